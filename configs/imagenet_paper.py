@@ -1,0 +1,30 @@
+"""Krizhevsky et al. 2012 on ImageNet: the 'original' model and recipe.
+
+    python -m trainer.task --config=imagenet_paper \
+        --train_data='gs://BUCKET/imagenet/train-*' \
+        --eval_data='gs://BUCKET/imagenet/validation-*' --label_offset=1
+
+SGD, momentum 0.9, weight decay 5e-4, batch 128, learning rate 0.01, 90
+epochs, 224 crops of 256 plus flips. The paper reached 40.7% top-1 error
+(single model, no test-time augmentation: about 59% top-1 accuracy). The
+paper lowered the rate by 10x on plateaus; this uses cosine decay.
+"""
+
+from trainer.config import Config
+
+CONFIG = Config(
+    model="original",
+    num_classes=1000,
+    image_size=227,
+    epochs=90,
+    global_batch_size=128,
+    optimizer="sgd",
+    learning_rate=0.01,
+    momentum=0.9,
+    weight_decay=5e-4,
+    lr_schedule="cosine",
+    warmup_epochs=1,
+    early_stopping_patience=0,
+    augment="crop_flip",
+    shuffle_buffer=16384,
+)

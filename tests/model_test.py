@@ -1,0 +1,102 @@
+"""Pins what the seed README and the paper fix: parameter counts, shapes, dtypes."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import model as model_lib
+
+# The seed README's stated total (its all-'valid' network).
+SEED_PARAMS = 21_586_689
+# The seed's code listing, conv2-conv5 padded 'same'.
+SEED_SAME_PARAMS = 46_752_513
+# Krizhevsky et al. 2012, one tower, 1000 classes.
+ORIGINAL_PARAMS = 62_378_344
+
+
+@pytest.mark.parametrize("name,num_classes,expected", [
+    ("seed", 1, SEED_PARAMS),
+    ("seed_same", 1, SEED_SAME_PARAMS),
+    ("original", 1000, ORIGINAL_PARAMS),
+])
+def test_parameter_counts(name, num_classes, expected):
+  assert model_lib.build_model(name, num_classes).count_params() == expected
+
+
+def test_original_at_224_padded_equals_227():
+  # The paper's 227 input; the classic "224" figure only works padded.
+  assert model_lib.build_model("original", 1000).input_shape == (None, 227, 227, 3)
+
+
+def test_seed_flops_match_analysis():
+  model = model_lib.build_model("seed", 1)
+  # 535 M multiply-adds forward; about 3.0 GFLOP per training image.
+  assert model_lib.forward_flops_per_image(model) == 2 * 535_370_880
+  assert 2.9e9 < model_lib.training_flops_per_image(model) < 3.1e9
+
+
+@pytest.mark.parametrize("num_classes,shape", [(1, (2, 1)), (5, (2, 5))])
+def test_output_shape_and_normalisation(num_classes, shape):
+  model = model_lib.build_model("tiny", num_classes, 32)
+  out = model(np.full((2, 32, 32, 3), 255, np.uint8)).numpy()
+  assert out.shape == shape
+  if num_classes > 1:
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+  else:
+    assert np.all((out > 0) & (out < 1))
+
+
+def test_mixed_precision_keeps_output_float32():
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = model_lib.build_model("tiny", 1, 32)
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("predictions").compute_dtype == "float32"
+    assert model(np.zeros((1, 32, 32, 3), np.uint8)).dtype == tf.float32
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_image_too_small_is_a_clear_error():
+  with pytest.raises(ValueError, match="image_size=64 is too small"):
+    model_lib.build_model("seed", 1, 64)
+
+
+def test_unknown_model_lists_valid_names():
+  with pytest.raises(ValueError, match="seed_same"):
+    model_lib.build_model("vgg", 1)
+
+
+def test_lrn_matches_paper_formula():
+  layer = model_lib.LocalResponseNormalization()
+  x = np.random.default_rng(0).normal(size=(1, 1, 1, 8)).astype(np.float32)
+  got = layer(x).numpy()[0, 0, 0]
+  a = x[0, 0, 0]
+  want = [a[i] / (2 + 1e-4 * np.sum(a[max(0, i - 2):i + 3] ** 2)) ** 0.75
+          for i in range(8)]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_full_size_seed_training_step_reduces_loss():
+  """One full-size 224x224 seed model, a few steps on one repeated batch."""
+  keras.utils.set_random_seed(0)
+  model = model_lib.build_model("seed", 1)
+  optimizer = keras.optimizers.Adam(1e-4)
+  images = tf.constant(np.random.default_rng(0).integers(
+      0, 255, (4, 224, 224, 3)), tf.uint8)
+  labels = tf.constant([[0.0], [1.0], [0.0], [1.0]])
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(keras.losses.binary_crossentropy(
+          labels, model(images, training=True)))
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+  first = float(step())
+  for _ in range(4):
+    last = float(step())
+  assert np.isfinite(first) and last < first

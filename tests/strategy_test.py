@@ -1,0 +1,90 @@
+"""Strategy selection and precision, on this machine, in fresh processes.
+
+Logical CPU devices can only be configured before TensorFlow initialises,
+so each case runs in its own interpreter.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, cli_env
+
+PROBE = """
+import json, sys
+from trainer import strategy as s
+s.configure_devices({cpu_devices})
+info = s.get_strategy({strategy!r}, {devices!r}, "")
+precision, why = s.choose_precision({precision!r}, info.name)
+print(json.dumps({{"name": info.name, "reason": info.reason,
+                  "replicas": info.num_replicas, "type": type(info.strategy).__name__,
+                  "precision": precision, "why": why, "chief": info.is_chief}}))
+"""
+
+
+def probe(cache_dir, strategy="auto", cpu_devices=0, devices="", precision="auto",
+          env=None):
+  code = PROBE.format(strategy=strategy, cpu_devices=cpu_devices,
+                      devices=devices, precision=precision)
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                          env=cli_env(cache_dir, **(env or {})),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _cpu_has_bf16():
+  with open("/proc/cpuinfo") as f:
+    return any(flag in f.read().split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def test_auto_on_this_machine_is_one_cpu_device(cache_dir):
+  got = probe(cache_dir)
+  assert got["name"] == "one_device" and got["type"] == "OneDeviceStrategy"
+  assert "no GPU or TPU" in got["reason"]
+  expected = "mixed_bfloat16" if _cpu_has_bf16() else "float32"
+  assert got["precision"] == expected
+
+
+def test_auto_with_logical_cpus_is_mirrored(cache_dir):
+  got = probe(cache_dir, cpu_devices=2)
+  assert got["name"] == "mirrored" and got["replicas"] == 2
+  assert got["type"] == "MirroredStrategy"
+
+
+def test_auto_with_multi_task_tf_config_picks_multi_worker(cache_dir):
+  # Reading the cluster is enough to choose; building it would start servers.
+  code = ("import json; from trainer import strategy as s; "
+          "c = s.cluster_spec_from_env(); print(s._num_cluster_tasks(c))")
+  tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+               "task": {"type": "worker", "index": 0}}
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                          env=cli_env(cache_dir, TF_CONFIG=json.dumps(tf_config)),
+                          capture_output=True, text=True, timeout=60)
+  assert result.stdout.strip() == "2"
+
+
+def test_vertex_cluster_spec_becomes_tf_config(cache_dir):
+  spec = {"cluster": {"workerpool0": ["h0:2222"], "workerpool1": ["h1:2222", "h2:2222"]},
+          "task": {"type": "workerpool1", "index": 1}}
+  code = ("import json; from trainer import strategy as s; "
+          "print(json.dumps(s.cluster_spec_from_env()))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                          env=cli_env(cache_dir, CLUSTER_SPEC=json.dumps(spec)),
+                          capture_output=True, text=True, timeout=60)
+  got = json.loads(result.stdout.strip().splitlines()[-1])
+  assert got == {"cluster": {"chief": ["h0:2222"], "worker": ["h1:2222", "h2:2222"]},
+                 "task": {"type": "worker", "index": 1}}
+
+
+def test_mirrored_with_device_list(cache_dir):
+  got = probe(cache_dir, strategy="mirrored", cpu_devices=2,
+              devices="/cpu:0,/cpu:1")
+  assert got["replicas"] == 2
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_explicit_precision_is_kept(cache_dir, precision):
+  assert probe(cache_dir, precision=precision)["precision"] == precision

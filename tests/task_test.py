@@ -1,0 +1,128 @@
+"""`python -m trainer.task` end to end, in a subprocess, as a user runs it."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import read_jsonl
+
+TINY = ["--config=tiny"]
+
+
+def test_tiny_run_writes_every_output(run_cli, tmp_path):
+  model_dir = tmp_path / "run"
+  result = run_cli("trainer.task", *TINY, f"--model_dir={model_dir}", check=True)
+  # The banner names strategy, replicas, batch sizes, precision and versions.
+  banner = next(l for l in result.stdout.splitlines() if l.startswith("task="))
+  for word in ("strategy=one_device", "replicas=1", "global_batch=32",
+               "per_replica_batch=32", "precision=", "tf=2.", "keras=3."):
+    assert word in banner
+  assert "built-in synthetic" in result.stderr + result.stdout
+
+  config = json.loads((model_dir / "config.json").read_text())
+  assert config["model"] == "tiny" and config["global_batch_size"] == 32
+  status = json.loads((model_dir / "status.json").read_text())
+  assert status["status"] == "completed" and status["epoch"] == 3
+
+  rows = read_jsonl(model_dir / "metrics.jsonl")
+  assert [r["epoch"] for r in rows] == [1, 2, 3]
+  for row in rows:
+    for key in ("step", "loss", "accuracy", "val_loss", "val_accuracy",
+                "learning_rate", "images_per_sec", "auc", "val_auc"):
+      assert np.isfinite(row[key]), (key, row)
+  assert rows[-1]["step"] == 3 * 16
+
+  assert (model_dir / "best" / "checkpoint").exists()
+  assert (model_dir / "checkpoints" / "checkpoint").exists()
+  events = list((model_dir / "logs").rglob("events.out.tfevents.*"))
+  assert {p.parent.name for p in events} == {"train", "validation"}
+
+  import keras
+  import tensorflow as tf
+  model = keras.models.load_model(model_dir / "export" / "model.keras")
+  images = np.zeros((2, 32, 32, 3), np.uint8)
+  served = tf.saved_model.load(str(model_dir / "export" / "saved_model"))
+  np.testing.assert_allclose(served.serve(tf.constant(images, tf.float32)),
+                             model(images), rtol=1e-5, atol=1e-6)
+
+
+def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path):
+  model_dir = tmp_path / "mirrored"
+  result = run_cli("trainer.task", *TINY, "--strategy=mirrored",
+                   "--cpu_devices=2", "--epochs=6", "--precision=float32",
+                   f"--model_dir={model_dir}", check=True)
+  assert "strategy=mirrored" in result.stdout
+  assert "replicas=2" in result.stdout and "per_replica_batch=16" in result.stdout
+  rows = read_jsonl(model_dir / "metrics.jsonl")
+  assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], rows
+  assert rows[-1]["val_accuracy"] >= 0.8, rows
+
+
+def test_second_run_with_same_dir_resumes_and_does_nothing(run_cli, tmp_path):
+  model_dir = tmp_path / "again"
+  run_cli("trainer.task", *TINY, "--epochs=1", f"--model_dir={model_dir}",
+          check=True)
+  again = run_cli("trainer.task", *TINY, "--epochs=2", f"--model_dir={model_dir}",
+                  check=True)
+  assert "Resumed from" in again.stdout
+  rows = read_jsonl(model_dir / "metrics.jsonl")
+  assert [r["epoch"] for r in rows] == [1, 2]
+
+
+@pytest.mark.parametrize("flag,fragment", [
+    ("--strategy=gpus", "auto|one_device|mirrored|multi_worker|tpu"),
+    ("--precision=fp8", "auto|float32|mixed_bfloat16|mixed_float16"),
+    ("--model=vgg", "seed|seed_same|original|tiny"),
+    ("--config=nope", "demo"),
+    ("--epochs=many", "epochs"),
+])
+def test_bad_flag_is_usage_error_listing_valid_values(run_cli, flag, fragment):
+  result = run_cli("trainer.task", flag, timeout=120)
+  assert result.returncode == 2, result.stderr
+  assert fragment in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--strategy=mirrored", "--cpu_devices=3", "--global_batch_size=32"],
+     "--global_batch_size=32 is not divisible by the 3 replicas"),
+    (["--strategy=tpu"], "--strategy=tpu: no TPU found"),
+    (["--strategy=mirrored", "--devices=/gpu:0,/gpu:1"], "--devices: /gpu:0, /gpu:1 not found"),
+    (["--strategy=multi_worker"], "needs TF_CONFIG"),
+    (["--train_data=/nonexistent/train-*"], "--train_data='/nonexistent/train-*' matches no files"),
+    (["--epochs=0"], "--epochs must be >= 1"),
+])
+def test_runtime_errors_are_one_line(run_cli, args, fragment):
+  result = run_cli("trainer.task", *TINY, *args, "--model_dir=/tmp/never-written",
+                   timeout=300)
+  assert result.returncode == 1, result.stdout + result.stderr
+  error_lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+  assert len(error_lines) == 1 and fragment in error_lines[0], result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_unwritable_model_dir_names_the_path(run_cli, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  result = run_cli("trainer.task", *TINY, f"--model_dir={blocker}/run",
+                   timeout=300)
+  assert result.returncode == 1
+  assert f"--model_dir={blocker}/run: not writable" in result.stderr
+
+
+def test_helpshort_reads_like_a_manual(run_cli):
+  result = run_cli("trainer.task", "--helpshort", timeout=120)
+  text = result.stdout + result.stderr
+  for flag in ("--strategy", "--precision", "--model", "--train_data",
+               "--global_batch_size", "--model_dir", "--config", "--cpu_devices"):
+    assert flag in text
+  assert "[Distribution]" in text and "when 'auto'" not in text
+
+
+def test_named_config_sets_defaults_and_flags_override(run_cli):
+  result = run_cli("trainer.task", "--config=cats_vs_dogs", "--helpshort",
+                   timeout=120)
+  text = result.stdout + result.stderr
+  assert "(default: '128')" in text  # cats_vs_dogs global batch

@@ -1,0 +1,249 @@
+"""The one source of truth for training options.
+
+`Config` is a typed, frozen dataclass. Each field carries its help text and,
+where the values are a closed set, its choices. The command-line flags of
+`python -m trainer.task` are generated from these fields, named experiment
+configs in `configs/` are `Config` instances, and the resolved config is
+written to the model dir as `config.json`.
+"""
+
+import dataclasses
+import json
+import os
+
+from trainer.errors import UserError
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+MODELS = ("seed", "seed_same", "original", "tiny")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "seed", "cosine")
+AUGMENTATIONS = ("random_resized_crop", "crop_flip", "resize")
+SCHEMAS = ("auto", "imagenet", "tfds")
+MONITORS = ("loss", "val_loss", "val_accuracy")
+NAN_POLICIES = ("error", "rollback")
+
+
+def _option(default, help, choices=None, section="Training"):
+  # `help` and `choices` live in field metadata so flags, docs and validation
+  # all read the same text.
+  return dataclasses.field(default=default, metadata={
+      "help": help, "choices": choices, "section": section})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A complete, resolved training experiment."""
+
+  # --- Model
+  model: str = _option("seed", "AlexNet variant: 'seed' (the Cats vs Dogs "
+                       "notebook's BatchNorm AlexNet, 21.6M params), "
+                       "'seed_same' (its code listing, 'same' padding, 46.8M), "
+                       "'original' (Krizhevsky 2012 with LRN, 62.4M at 1000 "
+                       "classes), 'tiny' (for tests).", MODELS, "Model")
+  num_classes: int = _option(1, "1 = one sigmoid unit and binary cross-entropy "
+                             "(the seed); 2+ = softmax and sparse categorical "
+                             "cross-entropy.", section="Model")
+  image_size: int = _option(0, "Input side in pixels; 0 = the model's own "
+                            "(224 seed, 227 original, 32 tiny).", section="Model")
+  dropout_rate: float = _option(0.5, "Dropout after each hidden dense layer.",
+                                section="Model")
+
+  # --- Data
+  train_data: str = _option("", "Training TFRecords: a file pattern or a "
+                            "directory, local or gs://. Empty = the built-in "
+                            "synthetic two-class set.", section="Data")
+  eval_data: str = _option("", "Validation TFRecords (pattern or directory). "
+                           "Empty with empty --train_data = the synthetic "
+                           "validation split; empty otherwise = no validation.",
+                           section="Data")
+  schema: str = _option("auto", "Record layout: 'imagenet' (image/encoded, "
+                        "image/class/label), 'tfds' (image, label), or 'auto' "
+                        "= detect from the first record.", SCHEMAS, "Data")
+  label_offset: int = _option(0, "Subtracted from every stored label (1 for "
+                              "the classic ImageNet TFRecords, whose labels "
+                              "start at 1).", section="Data")
+  augment: str = _option("random_resized_crop", "Training augmentation: "
+                         "'random_resized_crop' (fused crop-decode + flip), "
+                         "'crop_flip' (the paper: shorter side to 256/224 of "
+                         "the input, random crop, flip), 'resize' (the seed: "
+                         "plain resize, no augmentation).", AUGMENTATIONS, "Data")
+  shuffle_buffer: int = _option(2048, "Records held in the shuffle buffer "
+                                "(encoded bytes, before decoding).",
+                                section="Data")
+  skip_corrupt: bool = _option(False, "Skip undecodable records and count them "
+                               "instead of failing. Breaks --deterministic "
+                               "resumption only when records are skipped.",
+                               section="Data")
+  synthetic_train_examples: int = _option(2048, "Size of the built-in "
+                                          "synthetic training split.",
+                                          section="Data")
+  synthetic_eval_examples: int = _option(512, "Size of the built-in synthetic "
+                                         "validation split.", section="Data")
+  synthetic_dir: str = _option("", "Where the synthetic set is written once "
+                               "and reused; empty = "
+                               "$XDG_CACHE_HOME/alexnet_tf/synthetic.",
+                               section="Data")
+  deterministic: bool = _option(False, "Reproducible runs: op determinism, "
+                                "seeded and ordered input. Slower input "
+                                "pipeline.", section="Data")
+
+  # --- Training
+  epochs: int = _option(100, "Maximum number of epochs.")
+  steps_per_epoch: int = _option(0, "Training steps per epoch; 0 = training "
+                                 "examples // global batch size.")
+  global_batch_size: int = _option(128, "Images per step over all replicas; "
+                                   "must divide by the replica count.")
+  optimizer: str = _option("adam", "'adam' (the seed) or 'sgd' with momentum "
+                           "(the paper).", OPTIMIZERS)
+  learning_rate: float = _option(1e-3, "Peak learning rate.")
+  momentum: float = _option(0.9, "SGD momentum.")
+  weight_decay: float = _option(0.0, "Decoupled weight decay (the paper used "
+                                "5e-4 with SGD).")
+  lr_schedule: str = _option("seed", "'constant'; 'seed' (constant for "
+                             "--lr_constant_epochs, then x exp(-0.1) per "
+                             "epoch); 'cosine' (linear warmup, cosine decay "
+                             "to 0).", LR_SCHEDULES)
+  lr_constant_epochs: int = _option(10, "Epochs at the peak rate before the "
+                                    "'seed' schedule starts decaying.")
+  warmup_epochs: float = _option(0.0, "Linear warmup length in epochs "
+                                 "('cosine', or before 'seed').")
+  early_stopping_patience: int = _option(5, "Stop after this many epochs "
+                                         "without improvement of "
+                                         "--early_stopping_monitor; 0 = never.")
+  early_stopping_monitor: str = _option("loss", "Quantity early stopping "
+                                        "watches (the seed: training loss).",
+                                        MONITORS)
+  steps_per_call: int = _option(10, "Training steps run per tf.function call "
+                                "(fewer Python round trips; also the "
+                                "granularity of logging and preemption checks).")
+  seed: int = _option(42, "Seed for weights, input order and augmentation.")
+  nan_policy: str = _option("error", "On a NaN/Inf loss: 'error' stops naming "
+                            "the step; 'rollback' restores the last good "
+                            "checkpoint and halves the learning rate.",
+                            NAN_POLICIES)
+  max_rollbacks: int = _option(3, "Most NaN rollbacks before giving up.")
+
+  # --- Distribution
+  strategy: str = _option("auto", "tf.distribute strategy. 'auto' = TPU if "
+                          "one is reachable, else multi_worker if TF_CONFIG "
+                          "names several tasks, else mirrored on 2+ GPUs, "
+                          "else one GPU, else the CPU.", STRATEGIES,
+                          "Distribution")
+  cpu_devices: int = _option(0, "Split the host CPU into this many logical "
+                             "devices (so 'mirrored' runs without GPUs); 0 = "
+                             "don't.", section="Distribution")
+  devices: str = _option("", "Comma-separated devices for 'mirrored' or "
+                         "'one_device' (e.g. /gpu:0,/gpu:1); empty = all.",
+                         section="Distribution")
+  tpu: str = _option("", "TPU for --strategy=tpu: 'local' (TPU VM, Colab), a "
+                     "TPU name, or grpc://HOST:PORT.", section="Distribution")
+  precision: str = _option("auto", "'auto' = bfloat16 on TPU, float16 with "
+                           "loss scaling on GPUs of compute capability 7.x, "
+                           "bfloat16 on 8.0+ and on CPUs with AVX512_BF16 or "
+                           "AMX, else float32.", PRECISIONS, "Distribution")
+
+  # --- Outputs
+  model_dir: str = _option("", "Where checkpoints, metrics, TensorBoard logs "
+                           "and the exported model go (local or gs://). "
+                           "Empty = $AIP_MODEL_DIR if set, else runs/<config>. "
+                           "Re-running with the same dir resumes.",
+                           section="Outputs")
+  checkpoint_every_steps: int = _option(0, "Also checkpoint every N steps "
+                                        "(0 = only at epoch ends).",
+                                        section="Outputs")
+  checkpoint_every_secs: int = _option(0, "Also checkpoint every N seconds "
+                                       "(0 = off).", section="Outputs")
+  keep_checkpoints: int = _option(3, "Recent checkpoints kept (the best one "
+                                  "is kept apart).", section="Outputs")
+  export: bool = _option(True, "Export the best model at the end (.keras and "
+                         "SavedModel).", section="Outputs")
+
+  def to_json(self):
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  def replace(self, **changes):
+    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+    if unknown:
+      raise UserError(f"Unknown config option(s): {sorted(unknown)}")
+    return validate(dataclasses.replace(self, **changes))
+
+
+def fields():
+  return dataclasses.fields(Config)
+
+
+def validate(config):
+  """Checks values no flag parser can; returns the config or raises UserError."""
+  for field in fields():
+    value = getattr(config, field.name)
+    choices = field.metadata["choices"]
+    if choices and value not in choices:
+      raise UserError(f"--{field.name}={value!r} is not one of: "
+                      f"{', '.join(choices)}")
+  positive = ("epochs", "global_batch_size", "steps_per_call",
+              "synthetic_train_examples", "keep_checkpoints")
+  for name in positive:
+    if getattr(config, name) < 1:
+      raise UserError(f"--{name} must be >= 1, got {getattr(config, name)}")
+  non_negative = ("num_classes", "image_size", "steps_per_epoch", "cpu_devices",
+                  "checkpoint_every_steps", "checkpoint_every_secs",
+                  "early_stopping_patience", "label_offset", "shuffle_buffer",
+                  "max_rollbacks", "synthetic_eval_examples")
+  for name in non_negative:
+    if getattr(config, name) < 0:
+      raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
+  if config.num_classes < 1:
+    raise UserError(f"--num_classes must be >= 1, got {config.num_classes}")
+  if config.learning_rate <= 0:
+    raise UserError(f"--learning_rate must be > 0, got {config.learning_rate}")
+  if not 0 <= config.dropout_rate < 1:
+    raise UserError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
+  return config
+
+
+def resolve_model_dir(config, config_name):
+  """The model dir: the flag, else Vertex AI's AIP_MODEL_DIR, else runs/NAME."""
+  if config.model_dir:
+    return config.model_dir
+  return os.environ.get("AIP_MODEL_DIR") or os.path.join("runs", config_name)
+
+
+def load(path):
+  """Reads a config.json written by a previous run."""
+  import tensorflow as tf  # Kept local: launch/ imports this module without TF.
+  with tf.io.gfile.GFile(path) as f:
+    values = json.load(f)
+  known = {f.name for f in fields()}
+  return Config(**{k: v for k, v in values.items() if k in known})
+
+
+def define_flags(flag_values, defaults):
+  """Defines one absl flag per Config field, defaulting to `defaults`' values.
+
+  Enum fields become enum flags, so a bad value is a usage error listing the
+  valid ones.
+  """
+  from absl import flags  # Kept local: configs/ and launch/ import this module.
+  for field in fields():
+    default = getattr(defaults, field.name)
+    help_text = f"[{field.metadata['section']}] {field.metadata['help']}"
+    choices = field.metadata["choices"]
+    if choices:
+      flags.DEFINE_enum(field.name, default, choices, help_text,
+                        flag_values=flag_values)
+    elif field.type in (bool, "bool"):
+      flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
+    elif field.type in (int, "int"):
+      flags.DEFINE_integer(field.name, default, help_text,
+                           flag_values=flag_values)
+    elif field.type in (float, "float"):
+      flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
+    else:
+      flags.DEFINE_string(field.name, default, help_text,
+                          flag_values=flag_values)
+
+
+def from_flags(flag_values):
+  """The Config the parsed flags describe (defaults already folded in)."""
+  return validate(Config(**{f.name: flag_values[f.name].value for f in fields()}))

@@ -1,0 +1,339 @@
+"""Turns TFRecord file patterns into per-replica `tf.data` pipelines.
+
+Called from `strategy.distribute_datasets_from_function`: each input pipeline
+(one per worker, or per host on TPU) builds its own dataset from an
+`InputContext`, reads a disjoint part of the data and yields per-replica
+batches of uint8 images (normalisation happens in the model, on the device).
+
+Training order is a pure function of (seed, epoch): files are shuffled per
+epoch, records are shuffled as encoded bytes, and augmentation draws its
+randomness from (seed, epoch, position). With --deterministic the order is
+fixed too, so skipping the records already consumed resumes a run exactly.
+"""
+
+import dataclasses
+import logging
+import os
+
+import tensorflow as tf
+
+from trainer import records
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_KEYS = {
+    # schema: (encoded image key, label key)
+    "imagenet": ("image/encoded", "image/class/label"),
+    "tfds": ("image", "label"),
+}
+EVAL_CROP_FRACTION = 0.875  # Centre crop for evaluation, as in Inception/ResNet.
+MIN_CROP_AREA = 0.25        # Random-resized-crop area range (0.25, 1).
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+  """What the pipelines need to know, resolved once per run."""
+  files: tuple
+  num_examples: int
+  schema: str
+  image_size: int
+  num_classes: int
+  label_offset: int = 0
+  augment: str = "random_resized_crop"
+  shuffle_buffer: int = 2048
+  seed: int = 42
+  deterministic: bool = False
+  skip_corrupt: bool = False
+
+
+def list_files(pattern, flag_name):
+  """Expands a pattern or directory (local or gs://) to sorted shard files.
+
+  Raises:
+    UserError: nothing matches (names the flag and the pattern).
+  """
+  if tf.io.gfile.isdir(pattern):
+    candidates = tf.io.gfile.glob(os.path.join(pattern, "*"))
+  else:
+    candidates = tf.io.gfile.glob(os.path.expanduser(pattern))
+  files = sorted(f for f in candidates
+                 if ".tmp-" not in f and not f.endswith(".json")
+                 and not tf.io.gfile.isdir(f))
+  if not files:
+    raise UserError(f"--{flag_name}={pattern!r} matches no files")
+  return tuple(files)
+
+
+def detect_schema(path):
+  """'imagenet' or 'tfds', read from the keys of the first record in `path`."""
+  try:
+    first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
+  except tf.errors.OpError as e:
+    raise UserError(f"{path}: not a readable TFRecord file "
+                    f"({_first_line(e)})") from None
+  if first is None:
+    raise UserError(f"{path}: empty TFRecord file; cannot detect the schema")
+  example = tf.train.Example.FromString(first.numpy())
+  keys = set(example.features.feature)
+  for schema, (image_key, label_key) in SCHEMA_KEYS.items():
+    if image_key in keys and label_key in keys:
+      return schema
+  raise UserError(f"{path}: unknown record layout with keys {sorted(keys)}; "
+                  f"expected {list(SCHEMA_KEYS['imagenet'])} or "
+                  f"{list(SCHEMA_KEYS['tfds'])}")
+
+
+def count_examples(files):
+  """Example count from the manifest beside the files, else by reading them."""
+  manifest = records.read_manifest(os.path.dirname(files[0])) or {}
+  known = {}
+  for split in manifest.get("splits", {}).values():
+    for shard in split.get("shards", []):
+      known[shard["file"]] = shard["num_examples"]
+  names = [os.path.basename(f) for f in files]
+  if all(n in known for n in names):
+    return sum(known[n] for n in names)
+  log.info("No manifest for %d file(s) in %s; counting records (once).",
+           len(files), os.path.dirname(files[0]))
+  dataset = tf.data.TFRecordDataset(list(files), num_parallel_reads=8)
+  return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def make_input_spec(pattern, flag_name, config, image_size):
+  files = list_files(pattern, flag_name)
+  schema = config.schema if config.schema != "auto" else detect_schema(files[0])
+  return InputSpec(files=files, num_examples=count_examples(files),
+                   schema=schema, image_size=image_size,
+                   num_classes=config.num_classes,
+                   label_offset=config.label_offset, augment=config.augment,
+                   shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+                   deterministic=config.deterministic,
+                   skip_corrupt=config.skip_corrupt)
+
+
+def _first_line(error):
+  text = getattr(error, "message", None) or str(error)
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+# ----------------------------------------------------------------------------
+# Parsing and decoding (graph functions, run inside tf.data maps).
+
+
+def _parse(serialized, source_file, spec):
+  image_key, label_key = SCHEMA_KEYS[spec.schema]
+  features = tf.io.parse_single_example(serialized, {
+      image_key: tf.io.FixedLenFeature([], tf.string),
+      label_key: tf.io.FixedLenFeature([], tf.int64),
+  })
+  label = features[label_key] - spec.label_offset
+  num_labels = max(2, spec.num_classes)
+  check = tf.debugging.Assert(
+      tf.logical_and(label >= 0, label < num_labels),
+      ["label out of range [0, %d): label=" % num_labels, label,
+       "(after --label_offset) in file", source_file])
+  with tf.control_dependencies([check]):
+    label = tf.identity(label)
+  return features[image_key], label
+
+
+def _image_shape(encoded):
+  """(height, width) without decoding pixels, for JPEGs; else by decoding."""
+  return tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.io.extract_jpeg_shape(encoded)[:2],
+      lambda: tf.shape(tf.io.decode_image(encoded, channels=3,
+                                          expand_animations=False))[:2])
+
+
+def _decode_crop(encoded, crop_window):
+  """Decodes only the crop window [y, x, h, w] (fused for JPEG)."""
+  def decode_other():
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return tf.image.crop_to_bounding_box(image, crop_window[0], crop_window[1],
+                                         crop_window[2], crop_window[3])
+  return tf.cond(tf.io.is_jpeg(encoded),
+                 lambda: tf.io.decode_and_crop_jpeg(encoded, crop_window,
+                                                    channels=3),
+                 decode_other)
+
+
+def _resize_uint8(image, size):
+  image = tf.image.resize(image, [size, size], method="bilinear")
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _center_crop_window(shape, fraction):
+  height, width = shape[0], shape[1]
+  side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * fraction,
+                 tf.int32)
+  return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+
+
+def decode_for_eval(encoded, image_size, augment):
+  """Evaluation and serving preprocessing: a deterministic uint8 image."""
+  if augment == "resize":
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return _resize_uint8(image, image_size)
+  window = _center_crop_window(_image_shape(encoded), EVAL_CROP_FRACTION)
+  image = _decode_crop(encoded, window)
+  image.set_shape([None, None, 3])
+  return _resize_uint8(image, image_size)
+
+
+def decode_for_training(encoded, image_size, augment, seed):
+  """Training preprocessing with stateless randomness from `seed` ([2] int)."""
+  if augment == "resize":
+    return decode_for_eval(encoded, image_size, augment)
+  shape = _image_shape(encoded)
+  if augment == "random_resized_crop":
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.concat([shape, [3]], 0), bounding_boxes=tf.zeros([1, 0, 4]),
+        seed=seed, min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(MIN_CROP_AREA, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    image = _decode_crop(encoded, window)
+    image.set_shape([None, None, 3])
+    image = _resize_uint8(image, image_size)
+  else:  # crop_flip, the paper: shorter side to 256/224 * size, random crop.
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    scale_side = int(round(image_size * 256 / 224))
+    shorter = tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
+    new_shape = tf.cast(tf.round(tf.cast(shape, tf.float32) * scale_side / shorter),
+                        tf.int32)
+    image = tf.image.resize(image, new_shape)
+    image = tf.image.stateless_random_crop(image, [image_size, image_size, 3],
+                                           seed=seed)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  flip_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+# ----------------------------------------------------------------------------
+# Pipelines.
+
+
+def _options(deterministic):
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  # Sharding is done here, per InputContext; tell tf.distribute not to try.
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.OFF)
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def _records_with_source(files, num_pipelines, pipeline_id, by_file):
+  """(record, file) pairs of this pipeline's part of `files`."""
+  def read(path):
+    dataset = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
+    if not by_file:
+      dataset = dataset.shard(num_pipelines, pipeline_id)
+    return dataset.map(lambda record: (record, path))
+  return read
+
+
+def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
+                       skip_records=0):
+  """One epoch's training stream for this input pipeline, repeated.
+
+  Args:
+    spec: InputSpec.
+    input_context: tf.distribute.InputContext.
+    global_batch_size: images per step over all replicas.
+    epoch: seeds the file order, the shuffle and the augmentation.
+    skip_records: records this pipeline already consumed this epoch (resume).
+
+  Returns:
+    A dataset of (uint8 images [b, s, s, 3], int64 labels [b]) per-replica
+    batches with static shapes; it never ends (the loop takes
+    steps_per_epoch batches), so pipelines with fewer records don't stall
+    the others.
+  """
+  pipelines = input_context.num_input_pipelines
+  pipeline_id = input_context.input_pipeline_id
+  batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+  # By file when every pipeline gets at least one, else by record.
+  by_file = len(spec.files) >= pipelines
+  files = list(spec.files)
+  if by_file:
+    files = files[pipeline_id::pipelines]
+  epoch_seed = spec.seed * 100_003 + epoch
+  file_dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
+      len(files), seed=epoch_seed)
+  dataset = file_dataset.interleave(
+      _records_with_source(spec.files, pipelines, pipeline_id, by_file),
+      cycle_length=min(len(files), 16), block_length=1,
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=spec.deterministic)
+  dataset = dataset.shuffle(spec.shuffle_buffer, seed=epoch_seed,
+                            reshuffle_each_iteration=True)
+  dataset = dataset.repeat().skip(skip_records)
+  # Position-based seeds: an image's augmentation depends on where it is in
+  # the epoch, not on which thread decoded it.
+  dataset = dataset.enumerate(start=skip_records)
+
+  def preprocess(position, record_and_source):
+    record, source = record_and_source
+    encoded, label = _parse(record, source, spec)
+    seed = tf.stack([tf.cast(epoch_seed, tf.int64), position])
+    image = decode_for_training(encoded, spec.image_size, spec.augment, seed)
+    return image, label
+
+  dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=spec.deterministic)
+  if spec.skip_corrupt:
+    dataset = dataset.ignore_errors()
+  dataset = dataset.batch(batch_size, drop_remainder=True)
+  return dataset.prefetch(tf.data.AUTOTUNE).with_options(
+      _options(spec.deterministic))
+
+
+def eval_steps(num_examples, num_pipelines, num_replicas, per_replica_batch_size):
+  """Steps that cover every pipeline's share of an eval set exactly once."""
+  pipelines, replicas = num_pipelines, num_replicas
+  per_pipeline = -(-num_examples // pipelines)
+  replicas_per_pipeline = replicas // pipelines
+  batches = -(-per_pipeline // per_replica_batch_size)
+  return -(-batches // replicas_per_pipeline)
+
+
+def make_eval_dataset(spec, input_context, global_batch_size, steps):
+  """Every example of `spec` exactly once, padded with weight-0 examples.
+
+  Records are sharded by position over all files read in a fixed order, so
+  pipeline i holds examples i, i+P, ...; padding makes every pipeline yield
+  exactly `steps` full batches per local replica, so no worker waits for
+  another and none is dropped.
+
+  Returns:
+    A dataset of (images, labels, weights) per-replica batches.
+  """
+  pipelines = input_context.num_input_pipelines
+  batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+  replicas_per_pipeline = input_context.num_replicas_in_sync // pipelines
+  dataset = tf.data.TFRecordDataset(list(spec.files), num_parallel_reads=4,
+                                    buffer_size=8 << 20)
+  dataset = dataset.shard(pipelines, input_context.input_pipeline_id)
+  source = tf.constant(",".join(os.path.basename(f) for f in spec.files[:3]) +
+                       ("..." if len(spec.files) > 3 else ""))
+
+  def preprocess(record):
+    encoded, label = _parse(record, source, spec)
+    image = decode_for_eval(encoded, spec.image_size, spec.augment)
+    return image, label, tf.constant(1.0)
+
+  dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  if spec.skip_corrupt:
+    dataset = dataset.ignore_errors()
+  padding = tf.data.Dataset.from_tensors((
+      tf.zeros([spec.image_size, spec.image_size, 3], tf.uint8),
+      tf.constant(0, tf.int64), tf.constant(0.0))).repeat()
+  dataset = dataset.concatenate(padding)
+  dataset = dataset.batch(batch_size, drop_remainder=True)
+  dataset = dataset.take(steps * replicas_per_pipeline)
+  return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(False))
+

@@ -1,0 +1,69 @@
+"""Optimizers and learning-rate schedules.
+
+Schedules are pure functions of the optimizer step, so restoring the
+optimizer from a checkpoint restores the learning-rate position too.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """Warmup, then 'constant', 'seed' or 'cosine', times a rollback multiplier.
+
+  'seed' is the seed notebook's LearningRateScheduler: the peak rate for
+  `constant_epochs` epochs, then x exp(-0.1) per further epoch.
+  """
+
+  def __init__(self, kind, peak, steps_per_epoch, total_epochs,
+               constant_epochs=10, warmup_epochs=0.0, multiplier=None):
+    self.kind = kind
+    self.peak = peak
+    self.steps_per_epoch = steps_per_epoch
+    self.total_steps = steps_per_epoch * total_epochs
+    self.constant_epochs = constant_epochs
+    self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    # A variable owned by the training state (lowered on NaN rollback).
+    self.multiplier = multiplier
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    if self.kind == "constant":
+      rate = tf.constant(self.peak, tf.float32)
+    elif self.kind == "seed":
+      epoch = tf.floor(step / self.steps_per_epoch)
+      decay_epochs = tf.maximum(0.0, epoch - self.constant_epochs + 1)
+      rate = self.peak * tf.exp(-0.1 * decay_epochs)
+    else:  # cosine over the steps after warmup
+      progress = (step - self.warmup_steps) / max(
+          1, self.total_steps - self.warmup_steps)
+      progress = tf.clip_by_value(progress, 0.0, 1.0)
+      rate = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    if self.warmup_steps:
+      warmup = self.peak * (step + 1) / self.warmup_steps
+      rate = tf.where(step < self.warmup_steps, warmup, rate)
+    if self.multiplier is not None:
+      rate = rate * tf.cast(self.multiplier, tf.float32)
+    return rate
+
+  def get_config(self):
+    return {"kind": self.kind, "peak": self.peak,
+            "steps_per_epoch": self.steps_per_epoch,
+            "constant_epochs": self.constant_epochs,
+            "warmup_steps": self.warmup_steps}
+
+
+def build_optimizer(config, schedule, loss_scaling):
+  """Adam (the seed) or SGD with momentum (the paper), optionally loss-scaled."""
+  weight_decay = config.weight_decay or None
+  if config.optimizer == "adam":
+    optimizer = keras.optimizers.Adam(schedule, weight_decay=weight_decay)
+  else:
+    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                     weight_decay=weight_decay)
+  if loss_scaling:
+    # float16 gradients underflow without it; bfloat16 has float32's range.
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer

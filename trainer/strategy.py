@@ -1,0 +1,254 @@
+"""Builds the tf.distribute strategy and picks the precision.
+
+The only module that touches devices and clusters. Call `configure_devices`
+before anything else initialises TensorFlow's runtime (logical CPU devices can
+only be set up before that), then `get_strategy`, then `choose_precision`.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyInfo:
+  """What was built and why (for the banner and the outputs)."""
+  strategy: tf.distribute.Strategy
+  name: str            # one_device | mirrored | multi_worker | tpu
+  reason: str          # why 'auto' chose it, or "requested"
+  devices: tuple
+  is_chief: bool
+  task: str            # e.g. "chief:0", "worker:1", "local"
+
+  @property
+  def num_replicas(self):
+    return self.strategy.num_replicas_in_sync
+
+
+def configure_devices(cpu_devices=0):
+  """Splits the host CPU into logical devices; must run before TF initialises.
+
+  Raises:
+    UserError: the runtime is already initialised.
+  """
+  if cpu_devices <= 1:
+    return
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+  except RuntimeError as e:
+    existing = len(tf.config.list_logical_devices("CPU"))
+    if existing != cpu_devices:
+      raise UserError(f"--cpu_devices={cpu_devices} must be set before "
+                      f"TensorFlow starts; it already has {existing} CPU "
+                      f"device(s) ({e})") from None
+
+
+def cluster_spec_from_env():
+  """The multi-worker cluster as TF_CONFIG, or None for a single process.
+
+  Reads TF_CONFIG, or Vertex AI's CLUSTER_SPEC when TF_CONFIG is absent
+  (Vertex sets both for TensorFlow images; only CLUSTER_SPEC for others).
+  """
+  if os.environ.get("TF_CONFIG"):
+    return json.loads(os.environ["TF_CONFIG"])
+  if os.environ.get("CLUSTER_SPEC"):
+    spec = json.loads(os.environ["CLUSTER_SPEC"])
+    cluster = {k.replace("workerpool0", "chief").replace("workerpool1", "worker"): v
+               for k, v in spec["cluster"].items()
+               if k in ("workerpool0", "workerpool1")}
+    task = spec["task"]
+    task_type = {"workerpool0": "chief", "workerpool1": "worker"}.get(task["type"])
+    if task_type is None:
+      return None
+    return {"cluster": cluster, "task": {"type": task_type, "index": task["index"]}}
+  return None
+
+
+def _num_cluster_tasks(tf_config):
+  if not tf_config:
+    return 0
+  return sum(len(v) for k, v in tf_config.get("cluster", {}).items()
+             if k in ("chief", "worker"))
+
+
+def _tpu_hint():
+  """A TPU that is cheap to detect: TPU VM device files or a named TPU."""
+  if os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR"):
+    return os.environ.get("TPU_NAME") or "grpc://" + os.environ["COLAB_TPU_ADDR"]
+  if tf.io.gfile.glob("/dev/accel*") or tf.io.gfile.glob("/dev/vfio/[0-9]*"):
+    return "local"
+  return None
+
+
+def _pick_devices(device_list, kind):
+  """Resolves --devices (or all devices of the best kind) to names."""
+  available = [d.name for d in tf.config.list_logical_devices()]
+  if device_list:
+    wanted = [d.strip() for d in device_list.split(",") if d.strip()]
+    normalised = {d.lower().replace("/device:", "/").replace("/job:localhost/replica:0/task:0", ""): d
+                  for d in available}
+    missing = [d for d in wanted if d.lower().replace("/device:", "/") not in normalised]
+    if missing:
+      raise UserError(f"--devices: {', '.join(missing)} not found; this "
+                      f"machine has {', '.join(sorted(normalised)) or 'none'}")
+    return tuple(normalised[d.lower().replace("/device:", "/")] for d in wanted)
+  gpus = tf.config.list_logical_devices("GPU")
+  if gpus:
+    return tuple(d.name for d in gpus)
+  return tuple(d.name for d in tf.config.list_logical_devices("CPU"))
+
+
+def _connect_tpu(tpu):
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+  if tpu not in ("", "local"):
+    tf.config.experimental_connect_to_cluster(resolver)
+  tf.tpu.experimental.initialize_tpu_system(resolver)
+  return tf.distribute.TPUStrategy(resolver)
+
+
+def _multi_worker(tf_config):
+  # TF reads TF_CONFIG itself; set it when the cluster came from CLUSTER_SPEC.
+  os.environ["TF_CONFIG"] = json.dumps(tf_config)
+  options = tf.distribute.experimental.CommunicationOptions(
+      # A collective that waits this long means a peer is gone: fail, don't hang.
+      timeout_seconds=float(os.environ.get("ALEXNET_COLLECTIVE_TIMEOUT", 300)))
+  return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def get_strategy(strategy="auto", devices="", tpu=""):
+  """Builds the requested strategy.
+
+  Args:
+    strategy: auto | one_device | mirrored | multi_worker | tpu.
+    devices: comma-separated device names for one_device/mirrored.
+    tpu: 'local', a TPU name or grpc:// address for tpu.
+
+  Returns:
+    A StrategyInfo.
+
+  Raises:
+    UserError: the strategy can't be had here (one line, says why).
+  """
+  tf_config = cluster_spec_from_env()
+  reason = "requested"
+  if strategy == "auto":
+    tpu_hint = tpu or _tpu_hint()
+    if tpu_hint:
+      strategy, tpu, reason = "tpu", tpu_hint, f"auto: TPU found ({tpu_hint})"
+    elif _num_cluster_tasks(tf_config) > 1:
+      strategy, reason = "multi_worker", (
+          f"auto: TF_CONFIG names {_num_cluster_tasks(tf_config)} tasks")
+    elif len(tf.config.list_logical_devices("GPU")) > 1:
+      strategy, reason = "mirrored", "auto: 2+ GPUs"
+    elif len(tf.config.list_logical_devices("GPU")) == 1:
+      strategy, reason = "one_device", "auto: one GPU"
+    elif len(tf.config.list_logical_devices("CPU")) > 1:
+      strategy, reason = "mirrored", "auto: several logical CPU devices"
+    else:
+      strategy, reason = "one_device", "auto: no GPU or TPU found, using the CPU"
+
+  task, is_chief = "local", True
+  if strategy == "tpu":
+    tpu = tpu or _tpu_hint()
+    if not tpu:
+      raise UserError("--strategy=tpu: no TPU found (no /dev/accel*, TPU_NAME "
+                      "or COLAB_TPU_ADDR); pass --tpu=local|NAME|grpc://HOST:PORT")
+    try:
+      built = _connect_tpu(tpu)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise UserError(f"--strategy=tpu --tpu={tpu}: cannot reach the TPU "
+                      f"({first_line})") from None
+    device_names = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
+  elif strategy == "multi_worker":
+    if _num_cluster_tasks(tf_config) < 1:
+      raise UserError("--strategy=multi_worker needs TF_CONFIG (or Vertex AI's "
+                      "CLUSTER_SPEC) naming the cluster; use "
+                      "`python -m launch.local --workers=N` to run locally")
+    built = _multi_worker(tf_config)
+    resolver = built.cluster_resolver
+    task = f"{resolver.task_type}:{resolver.task_id}"
+    is_chief = _is_chief(resolver.task_type, resolver.task_id, tf_config)
+    device_names = tuple(built.extended.worker_devices)
+  else:
+    device_names = _pick_devices(devices, strategy)
+    if strategy == "one_device":
+      if len(device_names) != 1 and devices:
+        raise UserError(f"--strategy=one_device takes one device, got "
+                        f"--devices={devices}")
+      device_names = device_names[:1]
+      built = tf.distribute.OneDeviceStrategy(device_names[0])
+    else:
+      # Several CPU 'replicas' cannot use NCCL; cross-device ops default to it
+      # only when every device is a GPU.
+      cross_device_ops = None
+      if not all("GPU" in d.upper() for d in device_names):
+        cross_device_ops = tf.distribute.ReductionToOneDevice()
+      built = tf.distribute.MirroredStrategy(list(device_names),
+                                             cross_device_ops=cross_device_ops)
+  return StrategyInfo(built, strategy, reason, device_names, is_chief, task)
+
+
+def _is_chief(task_type, task_id, tf_config):
+  if task_type == "chief":
+    return True
+  has_chief = "chief" in tf_config.get("cluster", {})
+  return not has_chief and task_type == "worker" and task_id == 0
+
+
+def _cpu_has_fast_bfloat16():
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line for line in f if line.startswith("flags")), "")
+  except OSError:
+    return False
+  return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def choose_precision(requested, strategy_name):
+  """Resolves --precision=auto to a Keras dtype policy name.
+
+  Returns:
+    (policy_name, reason).
+  """
+  if requested != "auto":
+    return requested, "requested"
+  if strategy_name == "tpu":
+    return "mixed_bfloat16", "auto: TPU"
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus:
+    capability = tf.config.experimental.get_device_details(gpus[0]).get(
+        "compute_capability", (0, 0))
+    if capability >= (8, 0):
+      return "mixed_bfloat16", f"auto: GPU compute capability {capability}"
+    if capability >= (7, 0):
+      return "mixed_float16", f"auto: GPU compute capability {capability}"
+    return "float32", f"auto: GPU compute capability {capability} < 7.0"
+  if _cpu_has_fast_bfloat16():
+    return "mixed_bfloat16", "auto: CPU has AVX512_BF16/AMX"
+  return "float32", "auto: CPU without bfloat16 instructions"
+
+
+def set_precision(policy_name):
+  keras.mixed_precision.set_global_policy(policy_name)
+
+
+def banner(info, precision, precision_reason, global_batch_size):
+  """The one line that says how this process will train."""
+  per_replica = global_batch_size // info.num_replicas
+  devices = ",".join(d.split("device:")[-1] for d in info.devices)
+  return (f"task={info.task} chief={info.is_chief} strategy={info.name} "
+          f"({info.reason}) replicas={info.num_replicas} devices=[{devices}] "
+          f"global_batch={global_batch_size} per_replica_batch={per_replica} "
+          f"precision={precision} ({precision_reason}) "
+          f"tf={tf.__version__} keras={keras.__version__}")

@@ -1,0 +1,76 @@
+"""Train AlexNet: python -m trainer.task [--config=NAME] [--flag=value ...]
+
+Every option of trainer/config.py is a flag; --config picks a named
+experiment from configs/ whose values become the flags' defaults. Run with
+--helpshort for the manual. This file is intentionally short: the work is in
+trainer.train.train(config), which tests and notebooks call directly.
+"""
+
+import logging
+import os
+import sys
+
+# Hide TensorFlow's C++ INFO lines (CUDA probing etc.); warnings still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app
+from absl import flags
+
+import configs
+from trainer import config as config_lib
+from trainer.errors import UserError
+
+USAGE_EXIT_CODE = 2
+
+
+def _named_config(argv):
+  """--config=NAME from the raw argv, before flags exist (sets defaults)."""
+  name = configs.DEFAULT
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      name = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      name = argv[i + 1]
+  try:
+    return name, configs.get_config(name)
+  except KeyError as e:
+    print(f"Usage error: --config: {e.args[0]}", file=sys.stderr)
+    sys.exit(USAGE_EXIT_CODE)
+
+
+CONFIG_NAME, DEFAULTS = _named_config(sys.argv)
+flags.DEFINE_enum("config", CONFIG_NAME, configs.NAMES,
+                  "Named experiment from configs/; its values are the "
+                  "defaults of every other flag.")
+config_lib.define_flags(flags.FLAGS, DEFAULTS)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"Usage error: {e}\nRun with --helpshort for the flags.",
+          file=sys.stderr)
+    sys.exit(USAGE_EXIT_CODE)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
+                         exitcode=USAGE_EXIT_CODE)
+  logging.getLogger("trainer").setLevel(logging.INFO)
+  try:
+    config = config_lib.from_flags(flags.FLAGS)
+    from trainer import train  # Imports TensorFlow: after flags are checked.
+    summary = train.train(config, CONFIG_NAME)
+  except UserError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 1
+  print(f"Finished: {summary}", flush=True)
+  if summary["status"] == "preempted":
+    return train.PREEMPTED_EXIT_CODE
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,461 @@
+"""The training loop: `train(config)` is the one entry tests, notebooks and
+the CLI call.
+
+Data flows one way: config -> strategy -> (inside its scope) model, optimizer,
+datasets -> a custom loop (`strategy.run` inside a `tf.function` that runs
+several steps per call) -> outputs in the model dir. Keras `fit` is not used:
+it fails under MultiWorkerMirroredStrategy with Keras 3.
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer import data
+from trainer import metrics
+from trainer import model as model_lib
+from trainer import optimization
+from trainer import outputs
+from trainer import strategy as strategy_lib
+from trainer import synthetic
+from trainer.config import resolve_model_dir
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" - the run resumes.
+
+
+class TrainingError(UserError):
+  """Training cannot go on (NaN loss, bad data); the message says where."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was saved and the run can resume."""
+
+
+class _SignalWatcher:
+  """Turns SIGTERM into a flag the loop checks between calls."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading_is_main():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def threading_is_main():
+  import threading  # pylint: disable=g-import-not-at-top
+  return threading.current_thread() is threading.main_thread()
+
+
+def _check_writable(model_dir):
+  try:
+    tf.io.gfile.makedirs(model_dir)
+    probe = os.path.join(model_dir, f".write-test-{os.getpid()}")
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("ok")
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as e:
+    raise UserError(f"--model_dir={model_dir}: not writable "
+                    f"({data._first_line(e)})") from None
+
+
+def _input_specs(config, image_size):
+  train_pattern, eval_pattern = config.train_data, config.eval_data
+  if not train_pattern:
+    train_pattern, synthetic_eval = synthetic.ensure_dataset(
+        config.synthetic_dir, config.synthetic_train_examples,
+        config.synthetic_eval_examples,
+        image_size=int(round(image_size * 256 / 224)), seed=0)
+    eval_pattern = eval_pattern or (
+        synthetic_eval if config.synthetic_eval_examples else "")
+    log.info("No --train_data: using the built-in synthetic two-class set "
+             "(%s).", os.path.dirname(train_pattern))
+  train_spec = data.make_input_spec(train_pattern, "train_data", config,
+                                    image_size)
+  eval_spec = (data.make_input_spec(eval_pattern, "eval_data", config,
+                                    image_size) if eval_pattern else None)
+  return train_spec, eval_spec
+
+
+class _TrainState:
+  """Progress that must survive a restart, as checkpointed variables."""
+
+  def __init__(self):
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+    self.best_monitor = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+    self.epochs_without_improvement = tf.Variable(0, dtype=tf.int64,
+                                                  trainable=False)
+    self.lr_multiplier = tf.Variable(1.0, dtype=tf.float32, trainable=False)
+    self.rollbacks = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+  def trackables(self):
+    return {k: v for k, v in vars(self).items()}
+
+
+class Trainer:
+  """Owns the strategy, model, optimizer, checkpoints and the loop."""
+
+  def __init__(self, config, config_name="custom"):
+    self.config = config
+    self.model_dir = resolve_model_dir(config, config_name)
+    strategy_lib.configure_devices(config.cpu_devices)
+    self.info = strategy_lib.get_strategy(config.strategy, config.devices,
+                                          config.tpu)
+    self.strategy = self.info.strategy
+    replicas = self.info.num_replicas
+    if config.global_batch_size % replicas:
+      raise UserError(f"--global_batch_size={config.global_batch_size} is not "
+                      f"divisible by the {replicas} replicas of strategy "
+                      f"{self.info.name}")
+    self.per_replica_batch_size = config.global_batch_size // replicas
+    self.precision, precision_reason = strategy_lib.choose_precision(
+        config.precision, self.info.name)
+    strategy_lib.set_precision(self.precision)
+    self.is_chief = self.info.is_chief
+    if self.is_chief:
+      _check_writable(self.model_dir)
+    print(strategy_lib.banner(self.info, self.precision, precision_reason,
+                              config.global_batch_size), flush=True)
+    if config.deterministic:
+      tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+
+    self.image_size = config.image_size or model_lib.DEFAULT_IMAGE_SIZE[config.model]
+    self.train_spec, self.eval_spec = _input_specs(config, self.image_size)
+    self.steps_per_epoch = config.steps_per_epoch or (
+        self.train_spec.num_examples // config.global_batch_size)
+    if self.steps_per_epoch < 1:
+      raise UserError(f"{self.train_spec.num_examples} training examples are "
+                      f"fewer than --global_batch_size="
+                      f"{config.global_batch_size}")
+    self.num_pipelines = self._num_pipelines()
+
+    with self.strategy.scope():
+      self.model = model_lib.build_model(
+          config.model, config.num_classes, self.image_size,
+          config.dropout_rate, sync_batch_norm=replicas > 1)
+      self.state = _TrainState()
+      self.schedule = optimization.EpochSchedule(
+          config.lr_schedule, config.learning_rate, self.steps_per_epoch,
+          config.epochs, config.lr_constant_epochs, config.warmup_epochs,
+          self.state.lr_multiplier)
+      self.optimizer = optimization.build_optimizer(
+          config, self.schedule, loss_scaling=self.precision == "mixed_float16")
+      # Create optimizer slots now so checkpoints restore into them.
+      self.optimizer.build(self.model.trainable_variables)
+    self.checkpoint = tf.train.Checkpoint(model=self.model,
+                                          optimizer=self.optimizer,
+                                          **self.state.trackables())
+    self.checkpoints = outputs.CheckpointSet(
+        self.checkpoint, self.model_dir, self.is_chief, self.info.task,
+        max_to_keep=config.keep_checkpoints)
+    self.writer = outputs.RunWriter(self.model_dir, self.is_chief)
+    self._train_call = self._make_train_call()
+    self._eval_call = self._make_eval_call()
+
+  def _num_pipelines(self):
+    if self.info.name == "multi_worker":
+      return self.strategy.cluster_resolver.cluster_spec().num_tasks(
+          "worker") + self.strategy.cluster_resolver.cluster_spec().num_tasks(
+              "chief")
+    return 1
+
+  # --------------------------------------------------------------------------
+  # Compiled steps.
+
+  def _make_train_call(self):
+    config, model, optimizer = self.config, self.model, self.optimizer
+    num_classes = config.num_classes
+    global_batch = config.global_batch_size
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    size = metrics.stats_size(num_classes, with_confusion=False)
+
+    def replica_step(images, labels):
+      with tf.GradientTape() as tape:
+        probabilities = model(images, training=True)
+        per_example = metrics.loss_per_example(labels, probabilities, num_classes)
+        # Average over the global batch: gradients are summed across replicas.
+        loss = tf.nn.compute_average_loss(per_example,
+                                          global_batch_size=global_batch)
+        scaled = optimizer.scale_loss(loss) if loss_scaled else loss
+      gradients = tape.gradient(scaled, model.trainable_variables)
+      optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+      return metrics.batch_stats(labels, probabilities, per_example, num_classes)
+
+    strategy = self.strategy
+
+    @tf.function
+    def train_call(iterator, num_steps, control):
+      totals = tf.zeros([size], tf.float32)
+      step_losses = tf.TensorArray(tf.float32, size=num_steps)
+      for i in tf.range(num_steps):
+        images, labels = next(iterator)
+        stats = strategy.reduce("SUM", strategy.run(replica_step,
+                                                    args=(images, labels)),
+                                axis=None)
+        totals += stats
+        step_losses = step_losses.write(i, stats[0] / stats[2])
+      # Agree on stop/save across workers: any worker's request counts.
+      agreed = strategy.reduce("SUM", strategy.run(lambda: control), axis=None)
+      return totals, step_losses.stack(), agreed
+
+    return train_call
+
+  def _make_eval_call(self):
+    model, num_classes, strategy = self.model, self.config.num_classes, self.strategy
+    with_confusion = max(2, num_classes) <= 64
+    size = metrics.stats_size(num_classes, with_confusion)
+
+    def replica_step(images, labels, weights):
+      probabilities = model(images, training=False)
+      per_example = metrics.loss_per_example(labels, probabilities, num_classes)
+      return metrics.batch_stats(labels, probabilities, per_example,
+                                 num_classes, weights, with_confusion)
+
+    @tf.function
+    def eval_call(iterator, num_steps):
+      totals = tf.zeros([size], tf.float32)
+      for _ in tf.range(num_steps):
+        images, labels, weights = next(iterator)
+        totals += strategy.reduce("SUM", strategy.run(
+            replica_step, args=(images, labels, weights)), axis=None)
+      return totals
+
+    eval_call.with_confusion = with_confusion
+    return eval_call
+
+  # --------------------------------------------------------------------------
+  # Loop.
+
+  def evaluate(self):
+    """Exact metrics over the whole eval set, or {} if there is none."""
+    if self.eval_spec is None:
+      return {}
+    steps = data.eval_steps(self.eval_spec.num_examples, self.num_pipelines,
+                            self.info.num_replicas, self.per_replica_batch_size)
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: data.make_eval_dataset(self.eval_spec, ctx,
+                                           self.config.global_batch_size, steps))
+    totals = self._eval_call(iter(dataset), tf.constant(steps))
+    return metrics.summarize(totals.numpy(), self.config.num_classes,
+                             self._eval_call.with_confusion)
+
+  def _train_iterator(self, epoch, step_in_epoch):
+    records_per_step = self.config.global_batch_size // self.num_pipelines
+    skip = step_in_epoch * records_per_step
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: data.make_train_dataset(self.train_spec, ctx,
+                                            self.config.global_batch_size,
+                                            epoch, skip))
+    return iter(dataset)
+
+  def run(self):
+    """Trains to the end (or early stop / preemption). Returns a summary."""
+    config, state = self.config, self.state
+    restored = self.checkpoints.restore_latest()
+    if restored:
+      print(f"Resumed from {restored}: epoch {int(state.epoch)}, step "
+            f"{int(state.step)}.", flush=True)
+    self.writer.write_config(config)
+    self.writer.write_status("running", state)
+    if self._finished():
+      print("Nothing to train: this model dir already finished "
+            f"({int(state.epoch)} epochs). Use a new --model_dir to retrain.",
+            flush=True)
+      return self._finish("completed")
+    print(f"Training {self.steps_per_epoch} steps/epoch for up to "
+          f"{config.epochs} epochs; the first step compiles, may be slow.",
+          flush=True)
+    status = "completed"
+    with _SignalWatcher() as sigterm:
+      try:
+        while int(state.epoch) < config.epochs:
+          if not self._run_epoch(sigterm):
+            status = "preempted"
+            break
+          if self._should_stop_early():
+            status = "early_stopped"
+            break
+      except tf.errors.InvalidArgumentError as e:
+        raise TrainingError(f"bad input data: {data._first_line(e)}") from None
+      except tf.errors.DataLossError as e:
+        raise TrainingError(f"corrupt TFRecord data in --train_data/--eval_data"
+                            f" ({data._first_line(e)}); --skip_corrupt skips "
+                            f"bad records") from None
+    return self._finish(status)
+
+  def _finished(self):
+    return (int(self.state.epoch) >= self.config.epochs or
+            self.writer.read_status() in ("completed", "early_stopped"))
+
+  def _run_epoch(self, sigterm):
+    """One epoch (or its remainder). Returns False if preempted."""
+    config, state = self.config, self.state
+    epoch = int(state.epoch)
+    iterator = self._train_iterator(epoch, int(state.step_in_epoch))
+    progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
+                                self.is_chief)
+    totals = np.zeros(metrics.stats_size(config.num_classes, False))
+    start, images_done = time.time(), 0
+    last_save_time = time.time()
+    while int(state.step_in_epoch) < self.steps_per_epoch:
+      num_steps = self._steps_this_call()
+      want_save = (config.checkpoint_every_secs and
+                   time.time() - last_save_time >= config.checkpoint_every_secs)
+      control = tf.constant([float(sigterm.requested), float(bool(want_save))])
+      call_totals, step_losses, agreed = self._train_call(
+          iterator, tf.constant(num_steps), control)
+      step_losses = step_losses.numpy()
+      if not np.all(np.isfinite(step_losses)):
+        bad_step = int(state.step) + int(np.argmin(np.isfinite(step_losses))) + 1
+        if self._recover_from_nan(bad_step):
+          continue
+      state.step.assign_add(num_steps)
+      state.step_in_epoch.assign_add(num_steps)
+      totals += call_totals.numpy()
+      images_done += num_steps * config.global_batch_size
+      summary = metrics.summarize(totals, config.num_classes)
+      progress.update(int(state.step_in_epoch), summary["loss"],
+                      summary["accuracy"], images_done / (time.time() - start))
+      stop, save = (float(x) > 0 for x in agreed.numpy())
+      every = config.checkpoint_every_steps
+      if save or stop or (every and int(state.step) % every == 0):
+        self.checkpoints.save(int(state.step))
+        last_save_time = time.time()
+      if stop:
+        self.writer.write_status("preempted", state)
+        print(f"Preempted (SIGTERM): saved step {int(state.step)}; run the "
+              "same command to resume.", flush=True)
+        return False
+    elapsed = time.time() - start
+    train_figures = metrics.summarize(totals, config.num_classes)
+    val_figures = self.evaluate()
+    self._end_epoch(epoch, train_figures, val_figures, images_done / elapsed)
+    return True
+
+  def _steps_this_call(self):
+    config, state = self.config, self.state
+    steps = min(config.steps_per_call,
+                self.steps_per_epoch - int(state.step_in_epoch))
+    if config.checkpoint_every_steps:
+      # Land exactly on checkpoint boundaries.
+      to_boundary = config.checkpoint_every_steps - (
+          int(state.step) % config.checkpoint_every_steps)
+      steps = min(steps, to_boundary)
+    return steps
+
+  def _recover_from_nan(self, bad_step):
+    """Raises, or rolls back to the last checkpoint with a lower rate."""
+    config, state = self.config, self.state
+    if config.nan_policy == "error":
+      raise TrainingError(f"loss became NaN/Inf at step {bad_step}; lower "
+                          f"--learning_rate or use --nan_policy=rollback")
+    if int(state.rollbacks) >= config.max_rollbacks:
+      raise TrainingError(f"loss became NaN/Inf at step {bad_step} after "
+                          f"{int(state.rollbacks)} rollbacks (--max_rollbacks)")
+    # Keep the data position (skip the batches that blew up), restore the rest.
+    position = {k: int(getattr(state, k)) for k in
+                ("step", "epoch", "step_in_epoch", "rollbacks")}
+    multiplier = float(state.lr_multiplier)
+    restored = self.checkpoints.restore_latest()
+    if not restored:
+      raise TrainingError(f"loss became NaN/Inf at step {bad_step} and there "
+                          f"is no checkpoint to roll back to")
+    for name, value in position.items():
+      getattr(state, name).assign(value)
+    state.rollbacks.assign_add(1)
+    state.lr_multiplier.assign(multiplier * 0.5)
+    print(f"Loss became NaN/Inf at step {bad_step}: rolled back to {restored}, "
+          f"learning rate x{multiplier * 0.5:g} (rollback "
+          f"{int(state.rollbacks)}/{config.max_rollbacks}).", flush=True)
+    return True
+
+  def _end_epoch(self, epoch, train_figures, val_figures, images_per_sec):
+    config, state = self.config, self.state
+    record = {
+        "epoch": epoch + 1, "step": int(state.step),
+        "loss": train_figures["loss"], "accuracy": train_figures["accuracy"],
+        "learning_rate": float(self.schedule(max(0, int(state.step) - 1))),
+        "images_per_sec": images_per_sec,
+    }
+    if "auc" in train_figures:
+      record["auc"] = train_figures["auc"]
+    for key in ("loss", "accuracy", "auc"):
+      if key in val_figures:
+        record[f"val_{key}"] = val_figures[key]
+    monitor = record.get(config.early_stopping_monitor, record["loss"])
+    sign = -1.0 if config.early_stopping_monitor == "val_accuracy" else 1.0
+    if sign * monitor < float(state.best_monitor):
+      state.best_monitor.assign(sign * monitor)
+      state.epochs_without_improvement.assign(0)
+    else:
+      state.epochs_without_improvement.assign_add(1)
+    improved = "val_accuracy" in record and (
+        record["val_accuracy"] > float(state.best_val_accuracy))
+    if improved:
+      state.best_val_accuracy.assign(record["val_accuracy"])
+    state.epoch.assign_add(1)
+    state.step_in_epoch.assign(0)
+    self.checkpoints.save(int(state.step))
+    if improved or self.eval_spec is None:
+      self.checkpoints.save_best(int(state.step))
+    self.writer.append_metrics(record)
+    print(outputs.epoch_line(record, config.epochs), flush=True)
+
+  def _should_stop_early(self):
+    patience = self.config.early_stopping_patience
+    if patience and int(self.state.epochs_without_improvement) >= patience:
+      print(f"Early stopping: {self.config.early_stopping_monitor} has not "
+            f"improved for {patience} epochs.", flush=True)
+      return True
+    return False
+
+  def _finish(self, status):
+    state = self.state
+    self.writer.write_status(status, state)
+    summary = {"status": status, "epoch": int(state.epoch),
+               "step": int(state.step), "model_dir": self.model_dir,
+               "best_val_accuracy": float(state.best_val_accuracy)}
+    if status in ("completed", "early_stopped") and self.config.export:
+      self.checkpoints.restore_best()
+      summary["exported"] = outputs.export_model(
+          self.model, self.model_dir, self.is_chief, self.image_size,
+          self.config)
+    self.writer.close()
+    self.checkpoints.cleanup()
+    return summary
+
+
+def train(config, config_name="custom"):
+  """Trains `config` and returns a summary dict (status, epoch, step, ...).
+
+  Raises:
+    UserError: a bad flag, file or value (one line).
+    Preempted is never raised: a SIGTERM'd run returns status "preempted".
+  """
+  return Trainer(config, config_name).run()
