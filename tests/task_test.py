@@ -45,7 +45,7 @@ def test_tiny_run_writes_every_output(run_cli, tmp_path):
   images = np.zeros((2, 32, 32, 3), np.uint8)
   served = tf.saved_model.load(str(model_dir / "export" / "saved_model"))
   np.testing.assert_allclose(served.serve(tf.constant(images, tf.float32)),
-                             model(images), rtol=1e-5, atol=1e-6)
+                             model(images), atol=2e-3)  # bfloat16 compute
 
 
 def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path):

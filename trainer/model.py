@@ -81,6 +81,40 @@ def _head(x, num_classes, widths, dropout_rate):
                             dtype="float32", name="predictions")(x)
 
 
+def _features(name, x, sync_batch_norm):
+  """The convolutional trunk; returns (features, hidden dense widths)."""
+  if name in ("seed", "seed_same"):
+    pad = "valid" if name == "seed" else "same"
+    x = _conv(96, 11, 4, "valid", "conv1")(x)
+    x = _batch_norm("bn1", sync_batch_norm)(x)
+    x = _pool("pool1")(x)
+    x = _conv(256, 5, 1, pad, "conv2")(x)
+    x = _batch_norm("bn2", sync_batch_norm)(x)
+    x = _pool("pool2")(x)
+    x = _conv(384, 3, 1, pad, "conv3")(x)
+    x = _conv(384, 3, 1, pad, "conv4")(x)
+    x = _conv(256, 3, 1, pad, "conv5")(x)
+    return _pool("pool5")(x), (4096, 4096)
+  if name == "original":
+    x = _conv(96, 11, 4, "valid", "conv1")(x)
+    x = LocalResponseNormalization(name="lrn1")(x)
+    x = _pool("pool1")(x)
+    x = _conv(256, 5, 1, "same", "conv2")(x)
+    x = LocalResponseNormalization(name="lrn2")(x)
+    x = _pool("pool2")(x)
+    x = _conv(384, 3, 1, "same", "conv3")(x)
+    x = _conv(384, 3, 1, "same", "conv4")(x)
+    x = _conv(256, 3, 1, "same", "conv5")(x)
+    return _pool("pool5")(x), (4096, 4096)
+  # tiny
+  x = _conv(16, 5, 2, "same", "conv1")(x)
+  x = _batch_norm("bn1", sync_batch_norm)(x)
+  x = _pool("pool1")(x)
+  x = _conv(32, 3, 1, "same", "conv2")(x)
+  x = _batch_norm("bn2", sync_batch_norm)(x)
+  return _pool("pool2")(x), (64,)
+
+
 def build_model(name="seed", num_classes=1, image_size=None,
                 dropout_rate=0.5, sync_batch_norm=False):
   """Builds an AlexNet variant.
@@ -109,42 +143,12 @@ def build_model(name="seed", num_classes=1, image_size=None,
 
   inputs = keras.Input((image_size, image_size, 3), name="image")
   x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-  if name in ("seed", "seed_same"):
-    pad = "valid" if name == "seed" else "same"
-    x = _conv(96, 11, 4, "valid", "conv1")(x)
-    x = _batch_norm("bn1", sync_batch_norm)(x)
-    x = _pool("pool1")(x)
-    x = _conv(256, 5, 1, pad, "conv2")(x)
-    x = _batch_norm("bn2", sync_batch_norm)(x)
-    x = _pool("pool2")(x)
-    x = _conv(384, 3, 1, pad, "conv3")(x)
-    x = _conv(384, 3, 1, pad, "conv4")(x)
-    x = _conv(256, 3, 1, pad, "conv5")(x)
-    x = _pool("pool5")(x)
-    widths = (4096, 4096)
-  elif name == "original":
-    x = _conv(96, 11, 4, "valid", "conv1")(x)
-    x = LocalResponseNormalization(name="lrn1")(x)
-    x = _pool("pool1")(x)
-    x = _conv(256, 5, 1, "same", "conv2")(x)
-    x = LocalResponseNormalization(name="lrn2")(x)
-    x = _pool("pool2")(x)
-    x = _conv(384, 3, 1, "same", "conv3")(x)
-    x = _conv(384, 3, 1, "same", "conv4")(x)
-    x = _conv(256, 3, 1, "same", "conv5")(x)
-    x = _pool("pool5")(x)
-    widths = (4096, 4096)
-  else:  # tiny
-    x = _conv(16, 5, 2, "same", "conv1")(x)
-    x = _batch_norm("bn1", sync_batch_norm)(x)
-    x = _pool("pool1")(x)
-    x = _conv(32, 3, 1, "same", "conv2")(x)
-    x = _batch_norm("bn2", sync_batch_norm)(x)
-    x = _pool("pool2")(x)
-    widths = (64,)
-  if any(d is not None and d < 1 for d in x.shape[1:]):
-    raise ValueError(f"image_size={image_size} is too small for model {name!r}: "
-                     f"the last feature map would be {tuple(x.shape[1:])}.")
+  try:
+    x, widths = _features(name, x, sync_batch_norm)
+  except ValueError as e:
+    # Keras' message names a pooling layer's shapes; say what to change.
+    raise ValueError(f"image_size={image_size} is too small for model "
+                     f"{name!r}: {str(e).splitlines()[0]}") from None
   outputs = _head(x, num_classes, widths, dropout_rate)
   return keras.Model(inputs, outputs, name=f"alexnet_{name}")
 

@@ -92,8 +92,8 @@ class RunWriter:
     if self.is_chief:
       records.write_text_atomically(
           os.path.join(self.model_dir, "status.json"),
-          json.dumps({"status": status, "epoch": int(state.epoch),
-                      "step": int(state.step), "time": time.time()}) + "\n")
+          json.dumps({"status": status, "epoch": int(state.epoch.numpy()),
+                      "step": int(state.step.numpy()), "time": time.time()}) + "\n")
 
   def read_status(self):
     path = os.path.join(self.model_dir, "status.json")

@@ -43,6 +43,7 @@ flags.DEFINE_enum("config", CONFIG_NAME, configs.NAMES,
                   "Named experiment from configs/; its values are the "
                   "defaults of every other flag.")
 config_lib.define_flags(flags.FLAGS, DEFAULTS)
+flags.adopt_module_key_flags(config_lib)  # So --helpshort lists them.
 
 
 def _parse_flags(argv):

@@ -156,9 +156,12 @@ class Trainer:
     self.num_pipelines = self._num_pipelines()
 
     with self.strategy.scope():
-      self.model = model_lib.build_model(
-          config.model, config.num_classes, self.image_size,
-          config.dropout_rate, sync_batch_norm=replicas > 1)
+      try:
+        self.model = model_lib.build_model(
+            config.model, config.num_classes, self.image_size,
+            config.dropout_rate, sync_batch_norm=replicas > 1)
+      except ValueError as e:
+        raise UserError(f"--model={config.model}: {e}") from None
       self.state = _TrainState()
       self.schedule = optimization.EpochSchedule(
           config.lr_schedule, config.learning_rate, self.steps_per_epoch,
@@ -221,7 +224,8 @@ class Trainer:
         totals += stats
         step_losses = step_losses.write(i, stats[0] / stats[2])
       # Agree on stop/save across workers: any worker's request counts.
-      agreed = strategy.reduce("SUM", strategy.run(lambda: control), axis=None)
+      agreed = strategy.reduce("SUM", strategy.run(lambda: tf.identity(control)),
+                               axis=None)
       return totals, step_losses.stack(), agreed
 
     return train_call
@@ -279,13 +283,13 @@ class Trainer:
     config, state = self.config, self.state
     restored = self.checkpoints.restore_latest()
     if restored:
-      print(f"Resumed from {restored}: epoch {int(state.epoch)}, step "
-            f"{int(state.step)}.", flush=True)
+      print(f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
+            f"{int(state.step.numpy())}.", flush=True)
     self.writer.write_config(config)
     self.writer.write_status("running", state)
     if self._finished():
       print("Nothing to train: this model dir already finished "
-            f"({int(state.epoch)} epochs). Use a new --model_dir to retrain.",
+            f"({int(state.epoch.numpy())} epochs). Use a new --model_dir to retrain.",
             flush=True)
       return self._finish("completed")
     print(f"Training {self.steps_per_epoch} steps/epoch for up to "
@@ -294,7 +298,7 @@ class Trainer:
     status = "completed"
     with _SignalWatcher() as sigterm:
       try:
-        while int(state.epoch) < config.epochs:
+        while int(state.epoch.numpy()) < config.epochs:
           if not self._run_epoch(sigterm):
             status = "preempted"
             break
@@ -310,20 +314,20 @@ class Trainer:
     return self._finish(status)
 
   def _finished(self):
-    return (int(self.state.epoch) >= self.config.epochs or
+    return (int(self.state.epoch.numpy()) >= self.config.epochs or
             self.writer.read_status() in ("completed", "early_stopped"))
 
   def _run_epoch(self, sigterm):
     """One epoch (or its remainder). Returns False if preempted."""
     config, state = self.config, self.state
-    epoch = int(state.epoch)
-    iterator = self._train_iterator(epoch, int(state.step_in_epoch))
+    epoch = int(state.epoch.numpy())
+    iterator = self._train_iterator(epoch, int(state.step_in_epoch.numpy()))
     progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
                                 self.is_chief)
     totals = np.zeros(metrics.stats_size(config.num_classes, False))
     start, images_done = time.time(), 0
     last_save_time = time.time()
-    while int(state.step_in_epoch) < self.steps_per_epoch:
+    while int(state.step_in_epoch.numpy()) < self.steps_per_epoch:
       num_steps = self._steps_this_call()
       want_save = (config.checkpoint_every_secs and
                    time.time() - last_save_time >= config.checkpoint_every_secs)
@@ -332,7 +336,7 @@ class Trainer:
           iterator, tf.constant(num_steps), control)
       step_losses = step_losses.numpy()
       if not np.all(np.isfinite(step_losses)):
-        bad_step = int(state.step) + int(np.argmin(np.isfinite(step_losses))) + 1
+        bad_step = int(state.step.numpy()) + int(np.argmin(np.isfinite(step_losses))) + 1
         if self._recover_from_nan(bad_step):
           continue
       state.step.assign_add(num_steps)
@@ -340,16 +344,16 @@ class Trainer:
       totals += call_totals.numpy()
       images_done += num_steps * config.global_batch_size
       summary = metrics.summarize(totals, config.num_classes)
-      progress.update(int(state.step_in_epoch), summary["loss"],
+      progress.update(int(state.step_in_epoch.numpy()), summary["loss"],
                       summary["accuracy"], images_done / (time.time() - start))
       stop, save = (float(x) > 0 for x in agreed.numpy())
       every = config.checkpoint_every_steps
-      if save or stop or (every and int(state.step) % every == 0):
-        self.checkpoints.save(int(state.step))
+      if save or stop or (every and int(state.step.numpy()) % every == 0):
+        self.checkpoints.save(int(state.step.numpy()))
         last_save_time = time.time()
       if stop:
         self.writer.write_status("preempted", state)
-        print(f"Preempted (SIGTERM): saved step {int(state.step)}; run the "
+        print(f"Preempted (SIGTERM): saved step {int(state.step.numpy())}; run the "
               "same command to resume.", flush=True)
         return False
     elapsed = time.time() - start
@@ -361,11 +365,11 @@ class Trainer:
   def _steps_this_call(self):
     config, state = self.config, self.state
     steps = min(config.steps_per_call,
-                self.steps_per_epoch - int(state.step_in_epoch))
+                self.steps_per_epoch - int(state.step_in_epoch.numpy()))
     if config.checkpoint_every_steps:
       # Land exactly on checkpoint boundaries.
       to_boundary = config.checkpoint_every_steps - (
-          int(state.step) % config.checkpoint_every_steps)
+          int(state.step.numpy()) % config.checkpoint_every_steps)
       steps = min(steps, to_boundary)
     return steps
 
@@ -375,13 +379,13 @@ class Trainer:
     if config.nan_policy == "error":
       raise TrainingError(f"loss became NaN/Inf at step {bad_step}; lower "
                           f"--learning_rate or use --nan_policy=rollback")
-    if int(state.rollbacks) >= config.max_rollbacks:
+    if int(state.rollbacks.numpy()) >= config.max_rollbacks:
       raise TrainingError(f"loss became NaN/Inf at step {bad_step} after "
-                          f"{int(state.rollbacks)} rollbacks (--max_rollbacks)")
+                          f"{int(state.rollbacks.numpy())} rollbacks (--max_rollbacks)")
     # Keep the data position (skip the batches that blew up), restore the rest.
-    position = {k: int(getattr(state, k)) for k in
+    position = {k: int(getattr(state, k).numpy()) for k in
                 ("step", "epoch", "step_in_epoch", "rollbacks")}
-    multiplier = float(state.lr_multiplier)
+    multiplier = float(state.lr_multiplier.numpy())
     restored = self.checkpoints.restore_latest()
     if not restored:
       raise TrainingError(f"loss became NaN/Inf at step {bad_step} and there "
@@ -392,15 +396,15 @@ class Trainer:
     state.lr_multiplier.assign(multiplier * 0.5)
     print(f"Loss became NaN/Inf at step {bad_step}: rolled back to {restored}, "
           f"learning rate x{multiplier * 0.5:g} (rollback "
-          f"{int(state.rollbacks)}/{config.max_rollbacks}).", flush=True)
+          f"{int(state.rollbacks.numpy())}/{config.max_rollbacks}).", flush=True)
     return True
 
   def _end_epoch(self, epoch, train_figures, val_figures, images_per_sec):
     config, state = self.config, self.state
     record = {
-        "epoch": epoch + 1, "step": int(state.step),
+        "epoch": epoch + 1, "step": int(state.step.numpy()),
         "loss": train_figures["loss"], "accuracy": train_figures["accuracy"],
-        "learning_rate": float(self.schedule(max(0, int(state.step) - 1))),
+        "learning_rate": float(self.schedule(max(0, int(state.step.numpy()) - 1))),
         "images_per_sec": images_per_sec,
     }
     if "auc" in train_figures:
@@ -410,26 +414,26 @@ class Trainer:
         record[f"val_{key}"] = val_figures[key]
     monitor = record.get(config.early_stopping_monitor, record["loss"])
     sign = -1.0 if config.early_stopping_monitor == "val_accuracy" else 1.0
-    if sign * monitor < float(state.best_monitor):
+    if sign * monitor < float(state.best_monitor.numpy()):
       state.best_monitor.assign(sign * monitor)
       state.epochs_without_improvement.assign(0)
     else:
       state.epochs_without_improvement.assign_add(1)
     improved = "val_accuracy" in record and (
-        record["val_accuracy"] > float(state.best_val_accuracy))
+        record["val_accuracy"] > float(state.best_val_accuracy.numpy()))
     if improved:
       state.best_val_accuracy.assign(record["val_accuracy"])
     state.epoch.assign_add(1)
     state.step_in_epoch.assign(0)
-    self.checkpoints.save(int(state.step))
+    self.checkpoints.save(int(state.step.numpy()))
     if improved or self.eval_spec is None:
-      self.checkpoints.save_best(int(state.step))
+      self.checkpoints.save_best(int(state.step.numpy()))
     self.writer.append_metrics(record)
     print(outputs.epoch_line(record, config.epochs), flush=True)
 
   def _should_stop_early(self):
     patience = self.config.early_stopping_patience
-    if patience and int(self.state.epochs_without_improvement) >= patience:
+    if patience and int(self.state.epochs_without_improvement.numpy()) >= patience:
       print(f"Early stopping: {self.config.early_stopping_monitor} has not "
             f"improved for {patience} epochs.", flush=True)
       return True
@@ -438,9 +442,9 @@ class Trainer:
   def _finish(self, status):
     state = self.state
     self.writer.write_status(status, state)
-    summary = {"status": status, "epoch": int(state.epoch),
-               "step": int(state.step), "model_dir": self.model_dir,
-               "best_val_accuracy": float(state.best_val_accuracy)}
+    summary = {"status": status, "epoch": int(state.epoch.numpy()),
+               "step": int(state.step.numpy()), "model_dir": self.model_dir,
+               "best_val_accuracy": float(state.best_val_accuracy.numpy())}
     if status in ("completed", "early_stopped") and self.config.export:
       self.checkpoints.restore_best()
       summary["exported"] = outputs.export_model(
