@@ -222,7 +222,7 @@ def tfds_source(name, data_dir, validation_fraction):
           sum(len(i.encoded) for i in sample) / max(1, len(sample)))
 
 
-def synthetic_source(train_examples, eval_examples, size=256):
+def synthetic_source(train_examples, eval_examples, size):
   from trainer import synthetic  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   splits = {}
@@ -321,7 +321,7 @@ def _size_stats(sizes):
 
 def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
             num_shards=0, readers=1, quality=90, tfds_data_dir="", workers=8,
-            synthetic_examples=(2048, 512)):
+            synthetic_examples=(2048, 512), synthetic_size=256):
   """Writes `source` as sharded TFRecords plus manifest.json under `out`.
 
   Returns:
@@ -338,7 +338,8 @@ def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
     class_names, splits, bytes_per_image = tfds_source(
         argument, tfds_data_dir, validation_fraction)
   elif kind == "synthetic":
-    class_names, splits, bytes_per_image = synthetic_source(*synthetic_examples)
+    class_names, splits, bytes_per_image = synthetic_source(*synthetic_examples,
+                                                             synthetic_size)
   else:
     raise UserError(f"--source={source!r}: expected tfds:NAME, folder:PATH or "
                     "synthetic")
@@ -401,6 +402,9 @@ flags.DEFINE_integer("readers", 1, "Input pipelines (workers/hosts) that will "
 flags.DEFINE_integer("jpeg_quality", 90, "Quality of re-encoded JPEGs.")
 flags.DEFINE_string("tfds_data_dir", "", "TFDS data dir (may be gs://).")
 flags.DEFINE_integer("workers", 8, "Decode/encode threads.")
+flags.DEFINE_list("synthetic_examples", ["2048", "512"], "Train,validation "
+                  "sizes for --source=synthetic.")
+flags.DEFINE_integer("synthetic_size", 256, "Image side for --source=synthetic.")
 
 
 def main(argv):
@@ -412,7 +416,9 @@ def main(argv):
     manifest = prepare(FLAGS.source, FLAGS.out, FLAGS.resize_to,
                        FLAGS.validation_fraction, FLAGS.split_seed,
                        FLAGS.num_shards, FLAGS.readers, FLAGS.jpeg_quality,
-                       FLAGS.tfds_data_dir, FLAGS.workers)
+                       FLAGS.tfds_data_dir, FLAGS.workers,
+                       tuple(int(n) for n in FLAGS.synthetic_examples),
+                       FLAGS.synthetic_size)
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
