@@ -12,6 +12,7 @@ CONFIG = Config(
     model="tiny",
     num_classes=1,
     image_size=32,
+    batch_norm_momentum=0.9,  # Moving statistics settle within 48 steps.
     epochs=3,
     global_batch_size=32,
     learning_rate=3e-3,

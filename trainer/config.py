@@ -48,6 +48,10 @@ class Config:
                             "(224 seed, 227 original, 32 tiny).", section="Model")
   dropout_rate: float = _option(0.5, "Dropout after each hidden dense layer.",
                                 section="Model")
+  batch_norm_momentum: float = _option(0.99, "BatchNorm moving-average "
+                                       "momentum (Keras' default, as the "
+                                       "seed); lower it for runs of only a "
+                                       "few hundred steps.", section="Model")
 
   # --- Data
   train_data: str = _option("", "Training TFRecords: a file pattern or a "
@@ -138,6 +142,10 @@ class Config:
                          section="Distribution")
   tpu: str = _option("", "TPU for --strategy=tpu: 'local' (TPU VM, Colab), a "
                      "TPU name, or grpc://HOST:PORT.", section="Distribution")
+  collective_timeout_secs: int = _option(600, "multi_worker: a collective "
+                                         "that waits longer than this means a "
+                                         "peer is gone; the job fails instead "
+                                         "of hanging.", section="Distribution")
   precision: str = _option("auto", "'auto' = bfloat16 on TPU, float16 with "
                            "loss scaling on GPUs of compute capability 7.x, "
                            "bfloat16 on 8.0+ and on CPUs with AVX512_BF16 or "
@@ -189,7 +197,8 @@ def validate(config):
   non_negative = ("num_classes", "image_size", "steps_per_epoch", "cpu_devices",
                   "checkpoint_every_steps", "checkpoint_every_secs",
                   "early_stopping_patience", "label_offset", "shuffle_buffer",
-                  "max_rollbacks", "synthetic_eval_examples")
+                  "max_rollbacks", "synthetic_eval_examples",
+                  "collective_timeout_secs")
   for name in non_negative:
     if getattr(config, name) < 0:
       raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
@@ -197,6 +206,9 @@ def validate(config):
     raise UserError(f"--num_classes must be >= 1, got {config.num_classes}")
   if config.learning_rate <= 0:
     raise UserError(f"--learning_rate must be > 0, got {config.learning_rate}")
+  if not 0 <= config.batch_norm_momentum < 1:
+    raise UserError(f"--batch_norm_momentum must be in [0, 1), got "
+                    f"{config.batch_norm_momentum}")
   if not 0 <= config.dropout_rate < 1:
     raise UserError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
   return config

@@ -63,10 +63,12 @@ def _pool(name):
   return keras.layers.MaxPooling2D(3, 2, padding="valid", name=name)
 
 
-def _batch_norm(name, synchronized):
+def _batch_norm(name, options):
   # Synchronized BN computes batch moments over the global batch, so moving
   # statistics stay identical on every replica and worker.
-  return keras.layers.BatchNormalization(synchronized=synchronized, name=name)
+  synchronized, momentum = options
+  return keras.layers.BatchNormalization(synchronized=synchronized,
+                                         momentum=momentum, name=name)
 
 
 def _head(x, num_classes, widths, dropout_rate):
@@ -81,15 +83,15 @@ def _head(x, num_classes, widths, dropout_rate):
                             dtype="float32", name="predictions")(x)
 
 
-def _features(name, x, sync_batch_norm):
+def _features(name, x, batch_norm):
   """The convolutional trunk; returns (features, hidden dense widths)."""
   if name in ("seed", "seed_same"):
     pad = "valid" if name == "seed" else "same"
     x = _conv(96, 11, 4, "valid", "conv1")(x)
-    x = _batch_norm("bn1", sync_batch_norm)(x)
+    x = _batch_norm("bn1", batch_norm)(x)
     x = _pool("pool1")(x)
     x = _conv(256, 5, 1, pad, "conv2")(x)
-    x = _batch_norm("bn2", sync_batch_norm)(x)
+    x = _batch_norm("bn2", batch_norm)(x)
     x = _pool("pool2")(x)
     x = _conv(384, 3, 1, pad, "conv3")(x)
     x = _conv(384, 3, 1, pad, "conv4")(x)
@@ -108,15 +110,16 @@ def _features(name, x, sync_batch_norm):
     return _pool("pool5")(x), (4096, 4096)
   # tiny
   x = _conv(16, 5, 2, "same", "conv1")(x)
-  x = _batch_norm("bn1", sync_batch_norm)(x)
+  x = _batch_norm("bn1", batch_norm)(x)
   x = _pool("pool1")(x)
   x = _conv(32, 3, 1, "same", "conv2")(x)
-  x = _batch_norm("bn2", sync_batch_norm)(x)
+  x = _batch_norm("bn2", batch_norm)(x)
   return _pool("pool2")(x), (64,)
 
 
 def build_model(name="seed", num_classes=1, image_size=None,
-                dropout_rate=0.5, sync_batch_norm=False):
+                dropout_rate=0.5, sync_batch_norm=False,
+                batch_norm_momentum=0.99):
   """Builds an AlexNet variant.
 
   Args:
@@ -125,6 +128,7 @@ def build_model(name="seed", num_classes=1, image_size=None,
     image_size: input side in pixels; defaults to the variant's own.
     dropout_rate: dropout after each hidden dense layer.
     sync_batch_norm: synchronise BatchNorm statistics across replicas.
+    batch_norm_momentum: BatchNorm moving-average momentum.
 
   Returns:
     A `keras.Model` mapping [batch, size, size, 3] pixels in 0..255 to
@@ -144,7 +148,7 @@ def build_model(name="seed", num_classes=1, image_size=None,
   inputs = keras.Input((image_size, image_size, 3), name="image")
   x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
   try:
-    x, widths = _features(name, x, sync_batch_norm)
+    x, widths = _features(name, x, (sync_batch_norm, batch_norm_momentum))
   except ValueError as e:
     # Keras' message names a pooling layer's shapes; say what to change.
     raise ValueError(f"image_size={image_size} is too small for model "

@@ -14,6 +14,7 @@ saving (TF requires it): their checkpoints go to a local temporary directory
 that is removed at the end.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -192,3 +193,12 @@ def export_model(model, model_dir, is_chief, image_size, config):
   if not is_chief:
     shutil.rmtree(export_dir, ignore_errors=True)
   return export_dir
+
+
+def weights_digest(model):
+  """SHA-256 over every weight, BatchNorm moving statistics included."""
+  digest = hashlib.sha256()
+  for weight in sorted(model.weights, key=lambda w: w.path):
+    digest.update(weight.path.encode())
+    digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+  return digest.hexdigest()

@@ -27,6 +27,7 @@ class StrategyInfo:
   devices: tuple
   is_chief: bool
   task: str            # e.g. "chief:0", "worker:1", "local"
+  num_input_pipelines: int = 1  # one per worker (or per TPU host)
 
   @property
   def num_replicas(self):
@@ -116,22 +117,23 @@ def _connect_tpu(tpu):
   return tf.distribute.TPUStrategy(resolver)
 
 
-def _multi_worker(tf_config):
+def _multi_worker(tf_config, collective_timeout_secs):
   # TF reads TF_CONFIG itself; set it when the cluster came from CLUSTER_SPEC.
   os.environ["TF_CONFIG"] = json.dumps(tf_config)
   options = tf.distribute.experimental.CommunicationOptions(
       # A collective that waits this long means a peer is gone: fail, don't hang.
-      timeout_seconds=float(os.environ.get("ALEXNET_COLLECTIVE_TIMEOUT", 300)))
+      timeout_seconds=float(collective_timeout_secs) or None)
   return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
-def get_strategy(strategy="auto", devices="", tpu=""):
+def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=600):
   """Builds the requested strategy.
 
   Args:
     strategy: auto | one_device | mirrored | multi_worker | tpu.
     devices: comma-separated device names for one_device/mirrored.
     tpu: 'local', a TPU name or grpc:// address for tpu.
+    collective_timeout_secs: multi_worker collective timeout.
 
   Returns:
     A StrategyInfo.
@@ -157,7 +159,7 @@ def get_strategy(strategy="auto", devices="", tpu=""):
     else:
       strategy, reason = "one_device", "auto: no GPU or TPU found, using the CPU"
 
-  task, is_chief = "local", True
+  task, is_chief, num_pipelines = "local", True, 1
   if strategy == "tpu":
     tpu = tpu or _tpu_hint()
     if not tpu:
@@ -170,16 +172,18 @@ def get_strategy(strategy="auto", devices="", tpu=""):
       raise UserError(f"--strategy=tpu --tpu={tpu}: cannot reach the TPU "
                       f"({first_line})") from None
     device_names = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
+    num_pipelines = built.extended.num_hosts
   elif strategy == "multi_worker":
     if _num_cluster_tasks(tf_config) < 1:
       raise UserError("--strategy=multi_worker needs TF_CONFIG (or Vertex AI's "
                       "CLUSTER_SPEC) naming the cluster; use "
                       "`python -m launch.local --workers=N` to run locally")
-    built = _multi_worker(tf_config)
+    built = _multi_worker(tf_config, collective_timeout_secs)
     resolver = built.cluster_resolver
     task = f"{resolver.task_type}:{resolver.task_id}"
     is_chief = _is_chief(resolver.task_type, resolver.task_id, tf_config)
     device_names = tuple(built.extended.worker_devices)
+    num_pipelines = _num_cluster_tasks(tf_config)
   else:
     device_names = _pick_devices(devices, strategy)
     if strategy == "one_device":
@@ -196,7 +200,8 @@ def get_strategy(strategy="auto", devices="", tpu=""):
         cross_device_ops = tf.distribute.ReductionToOneDevice()
       built = tf.distribute.MirroredStrategy(list(device_names),
                                              cross_device_ops=cross_device_ops)
-  return StrategyInfo(built, strategy, reason, device_names, is_chief, task)
+  return StrategyInfo(built, strategy, reason, device_names, is_chief, task,
+                      num_pipelines)
 
 
 def _is_chief(task_type, task_id, tf_config):

@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 import configs
 from trainer import config as config_lib
@@ -59,6 +60,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
                          exitcode=USAGE_EXIT_CODE)
+  # TensorFlow's and Keras' INFO lines (collectives, savers) drown the
+  # progress; keep ours.
+  absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("trainer").setLevel(logging.INFO)
   try:
     config = config_lib.from_flags(flags.FLAGS)

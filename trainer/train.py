@@ -125,7 +125,8 @@ class Trainer:
     self.model_dir = resolve_model_dir(config, config_name)
     strategy_lib.configure_devices(config.cpu_devices)
     self.info = strategy_lib.get_strategy(config.strategy, config.devices,
-                                          config.tpu)
+                                          config.tpu,
+                                          config.collective_timeout_secs)
     self.strategy = self.info.strategy
     replicas = self.info.num_replicas
     if config.global_batch_size % replicas:
@@ -153,13 +154,14 @@ class Trainer:
       raise UserError(f"{self.train_spec.num_examples} training examples are "
                       f"fewer than --global_batch_size="
                       f"{config.global_batch_size}")
-    self.num_pipelines = self._num_pipelines()
+    self.num_pipelines = self.info.num_input_pipelines
 
     with self.strategy.scope():
       try:
         self.model = model_lib.build_model(
             config.model, config.num_classes, self.image_size,
-            config.dropout_rate, sync_batch_norm=replicas > 1)
+            config.dropout_rate, sync_batch_norm=replicas > 1,
+            batch_norm_momentum=config.batch_norm_momentum)
       except ValueError as e:
         raise UserError(f"--model={config.model}: {e}") from None
       self.state = _TrainState()
@@ -180,13 +182,6 @@ class Trainer:
     self.writer = outputs.RunWriter(self.model_dir, self.is_chief)
     self._train_call = self._make_train_call()
     self._eval_call = self._make_eval_call()
-
-  def _num_pipelines(self):
-    if self.info.name == "multi_worker":
-      return self.strategy.cluster_resolver.cluster_spec().num_tasks(
-          "worker") + self.strategy.cluster_resolver.cluster_spec().num_tasks(
-              "chief")
-    return 1
 
   # --------------------------------------------------------------------------
   # Compiled steps.
@@ -285,6 +280,9 @@ class Trainer:
     if restored:
       print(f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
             f"{int(state.step.numpy())}.", flush=True)
+    else:
+      # A step-0 checkpoint: something to roll back to if the loss blows up.
+      self.checkpoints.save(0)
     self.writer.write_config(config)
     self.writer.write_status("running", state)
     if self._finished():
@@ -429,7 +427,8 @@ class Trainer:
     if improved or self.eval_spec is None:
       self.checkpoints.save_best(int(state.step.numpy()))
     self.writer.append_metrics(record)
-    print(outputs.epoch_line(record, config.epochs), flush=True)
+    if self.is_chief:
+      print(outputs.epoch_line(record, config.epochs), flush=True)
 
   def _should_stop_early(self):
     patience = self.config.early_stopping_patience
@@ -452,6 +451,8 @@ class Trainer:
           self.config)
     self.writer.close()
     self.checkpoints.cleanup()
+    # Every worker prints it: equal digests prove the replicas hold one model.
+    summary["weights_sha256"] = outputs.weights_digest(self.model)
     return summary
 
 

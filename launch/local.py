@@ -1,0 +1,191 @@
+"""Run N trainer workers on this machine: python -m launch.local --workers=2 -- FLAGS
+
+    python -m launch.local --workers=2 -- --strategy=multi_worker --model_dir=runs/mw
+
+Each worker is `python -m trainer.task FLAGS` with a generated TF_CONFIG
+(free ports on 127.0.0.1), one GPU each when there are enough GPUs
+(CUDA_VISIBLE_DEVICES), otherwise CPU workers sharing the cores. Output lines
+are prefixed with the worker's index. If any worker fails, the others are
+stopped and the launcher exits non-zero; Ctrl-C stops them all.
+
+For one machine with several GPUs, `python -m trainer.task --strategy=mirrored`
+(one process) is simpler and faster; use this to rehearse a multi-machine job
+or to test MultiWorkerMirroredStrategy without a cluster.
+
+Never imports TensorFlow.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("workers", 2, "Worker processes to start.")
+flags.DEFINE_enum("devices", "auto", ["auto", "gpu", "cpu"],
+                  "'gpu': one GPU per worker; 'cpu': no GPUs; 'auto': gpu if "
+                  "there are at least --workers GPUs, else cpu.")
+flags.DEFINE_integer("threads_per_worker", 0, "CPU threads per worker "
+                     "(0 = the cores divided among the workers).")
+flags.DEFINE_integer("grace_secs", 20, "After a failure or Ctrl-C, seconds "
+                     "between SIGTERM and SIGKILL for the remaining workers.")
+
+PREEMPTED_EXIT_CODE = 75  # Same as trainer.train: the run can resume.
+
+
+def free_ports(count):
+  """Ports free on 127.0.0.1 now (held open together so they differ)."""
+  sockets = []
+  try:
+    for _ in range(count):
+      s = socket.socket()
+      s.bind(("127.0.0.1", 0))
+      sockets.append(s)
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+
+
+def count_gpus():
+  """NVIDIA GPUs visible to this process, without importing TensorFlow."""
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+  if not shutil.which("nvidia-smi"):
+    return 0
+  try:
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                         timeout=20).stdout
+  except (OSError, subprocess.TimeoutExpired):
+    return 0
+  return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def tf_configs(num_workers):
+  addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+  return [{"cluster": {"worker": addresses},
+           "task": {"type": "worker", "index": i}} for i in range(num_workers)]
+
+
+def worker_envs(num_workers, devices, threads_per_worker):
+  """One environment per worker: TF_CONFIG, devices and thread counts."""
+  gpus = count_gpus()
+  if devices == "auto":
+    devices = "gpu" if gpus >= num_workers else "cpu"
+  if devices == "gpu" and gpus < num_workers:
+    raise app.UsageError(f"--devices=gpu needs {num_workers} GPUs, found {gpus}")
+  threads = threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
+  envs = []
+  for index, tf_config in enumerate(tf_configs(num_workers)):
+    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))
+    env.pop("CLUSTER_SPEC", None)
+    if devices == "gpu":
+      env["CUDA_VISIBLE_DEVICES"] = str(index)
+    else:
+      env["CUDA_VISIBLE_DEVICES"] = "-1"
+      # CPU workers share the cores instead of each grabbing all of them.
+      env["TF_NUM_INTRAOP_THREADS"] = str(threads)
+      env["TF_NUM_INTEROP_THREADS"] = str(max(1, threads // 2))
+    envs.append(env)
+  return envs, devices
+
+
+def _pump(stream, prefix, lock):
+  for line in iter(stream.readline, ""):
+    with lock:
+      sys.stdout.write(f"{prefix}{line}")
+      sys.stdout.flush()
+  stream.close()
+
+
+class Workers:
+  """Started worker processes, watched until all end or one fails."""
+
+  def __init__(self, commands_and_envs, grace_secs):
+    self.grace_secs = grace_secs
+    self.processes = []
+    self._threads = []
+    lock = threading.Lock()
+    for index, (command, env) in enumerate(commands_and_envs):
+      process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
+      self.processes.append(process)
+      print(f"[launch] worker {index} pid {process.pid}", flush=True)
+      thread = threading.Thread(target=_pump, daemon=True, args=(
+          process.stdout, f"[worker {index}] ", lock))
+      thread.start()
+      self._threads.append(thread)
+
+  def stop(self):
+    """SIGTERM (lets workers checkpoint), then SIGKILL after the grace time."""
+    for process in self.processes:
+      if process.poll() is None:
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.time() + self.grace_secs
+    for process in self.processes:
+      try:
+        process.wait(timeout=max(0.1, deadline - time.time()))
+      except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+  def wait(self):
+    """Returns the job's exit code: 0, the first failure's code, or 75."""
+    try:
+      while True:
+        codes = [p.poll() for p in self.processes]
+        failed = [(i, c) for i, c in enumerate(codes)
+                  if c not in (None, 0, PREEMPTED_EXIT_CODE)]
+        if failed:
+          index, code = failed[0]
+          print(f"[launch] worker {index} exited with {code}; stopping the "
+                "others.", flush=True)
+          self.stop()
+          return code if code > 0 else 1
+        if all(c is not None for c in codes):
+          return PREEMPTED_EXIT_CODE if PREEMPTED_EXIT_CODE in codes else 0
+        time.sleep(0.2)
+    except KeyboardInterrupt:
+      print("[launch] interrupted; stopping all workers.", flush=True)
+      self.stop()
+      return 130
+    finally:
+      for thread in self._threads:
+        thread.join(timeout=5)
+
+
+def _signal_group(process, signum):
+  try:
+    os.killpg(process.pid, signum)
+  except ProcessLookupError:
+    pass
+
+
+def main(argv):
+  trainer_flags = argv[1:]
+  if FLAGS.workers < 1:
+    raise app.UsageError(f"--workers must be >= 1, got {FLAGS.workers}",
+                         exitcode=2)
+  envs, devices = worker_envs(FLAGS.workers, FLAGS.devices,
+                              FLAGS.threads_per_worker)
+  command = [sys.executable, "-m", "trainer.task", *trainer_flags]
+  print(f"[launch] {FLAGS.workers} {devices} worker(s): {' '.join(command[1:])}",
+        flush=True)
+  workers = Workers([(command, env) for env in envs], FLAGS.grace_secs)
+  # SIGTERM to the launcher (a preempted VM) reaches every worker.
+  signal.signal(signal.SIGTERM, lambda *_: workers.stop())
+  return workers.wait()
+
+
+if __name__ == "__main__":
+  app.run(main)
