@@ -173,8 +173,13 @@ class Trainer:
           config, self.schedule, loss_scaling=self.precision == "mixed_float16")
       # Create optimizer slots now so checkpoints restore into them.
       self.optimizer.build(self.model.trainable_variables)
+    # Dropout's random-seed state is a model variable but not a weight; it
+    # must be saved too, or a resumed run draws different masks.
+    weight_ids = {id(w) for w in self.model.weights}
+    rng_states = [v for v in self.model.variables if id(v) not in weight_ids]
     self.checkpoint = tf.train.Checkpoint(model=self.model,
                                           optimizer=self.optimizer,
+                                          rng_states=rng_states,
                                           **self.state.trackables())
     self.checkpoints = outputs.CheckpointSet(
         self.checkpoint, self.model_dir, self.is_chief, self.info.task,

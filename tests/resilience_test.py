@@ -1,0 +1,166 @@
+"""Several workers, and training that survives being killed (all on CPU, loopback)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, cli_env, read_jsonl
+
+TINY = ["--config=tiny"]
+
+
+def _digests(text):
+  return dict(re.findall(r"\[worker (\d)\] Finished: .*'weights_sha256': '([0-9a-f]+)'",
+                         text))
+
+
+def _popen(module, args, cache_dir, **env):
+  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
+                          env=cli_env(cache_dir, **env), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_line(process, pattern, timeout):
+  """Reads the process's output until a line matches; returns all lines."""
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = process.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if re.search(pattern, line):
+      return lines
+  raise AssertionError(f"no line matching {pattern!r}:\n{''.join(lines[-50:])}")
+
+
+def test_two_workers_end_with_identical_weights(run_cli, tmp_path):
+  model_dir = tmp_path / "mw"
+  result = run_cli("launch.local", "--workers=2", "--", *TINY,
+                   "--strategy=multi_worker", f"--model_dir={model_dir}",
+                   timeout=600)
+  assert result.returncode == 0, result.stdout[-4000:]
+  digests = _digests(result.stdout)
+  # Trainable weights and BatchNorm moving statistics, bit for bit.
+  assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+  assert "[worker 0] task=worker:0 chief=True strategy=multi_worker" in result.stdout
+  assert "[worker 1] task=worker:1 chief=False" in result.stdout
+  assert "replicas=2" in result.stdout
+  rows = read_jsonl(model_dir / "metrics.jsonl")
+  assert [r["epoch"] for r in rows] == [1, 2, 3]  # written once, by the chief
+  assert rows[-1]["val_accuracy"] >= 0.8
+  assert (model_dir / "export" / "model.keras").exists()
+
+
+def test_killing_a_worker_stops_the_job_promptly(tmp_path, cache_dir):
+  launcher = _popen("launch.local", ["--workers=2", "--grace_secs=5", "--", *TINY,
+                                     "--epochs=1000", f"--model_dir={tmp_path / 'k'}"],
+                    cache_dir)
+  lines = _wait_for_line(launcher, r"\[worker 0\] epoch 1/", timeout=300)
+  pid = int(re.search(r"worker 1 pid (\d+)", "".join(lines)).group(1))
+  killed_at = time.time()
+  os.kill(pid, signal.SIGKILL)
+  code = launcher.wait(timeout=120)
+  elapsed = time.time() - killed_at
+  output = "".join(lines) + launcher.stdout.read()
+  assert code != 0
+  assert "worker 1 exited with -9" in output or "exited with" in output
+  assert elapsed < 60, elapsed
+
+
+def test_sigterm_saves_exits_preempted_and_resumes(tmp_path, cache_dir):
+  model_dir = tmp_path / "pre"
+  args = [*TINY, "--epochs=1000", f"--model_dir={model_dir}"]
+  process = _popen("trainer.task", args, cache_dir)
+  _wait_for_line(process, r"^epoch 2/", timeout=300)
+  sent = time.time()
+  process.send_signal(signal.SIGTERM)
+  output = process.stdout.read()
+  code = process.wait(timeout=60)
+  assert time.time() - sent < 30
+  assert code == 75, output[-3000:]
+  match = re.search(r"Preempted \(SIGTERM\): saved step (\d+)", output)
+  assert match, output[-3000:]
+  saved_step = int(match.group(1))
+  status = json.loads((model_dir / "status.json").read_text())
+  assert status == {**status, "status": "preempted", "step": saved_step}
+  assert (model_dir / "checkpoints" / f"ckpt-{saved_step}.index").exists()
+
+  resumed = _popen("trainer.task", [*TINY, "--epochs=3", f"--model_dir={model_dir}"],
+                   cache_dir)
+  out = resumed.stdout.read()
+  assert resumed.wait(timeout=300) in (0,), out[-3000:]
+  assert f"Resumed from {model_dir}/checkpoints/ckpt-{saved_step}: epoch" in out
+  assert f"step {saved_step}." in out
+
+
+def _final_weights(model_dir):
+  import keras
+  model = keras.models.load_model(model_dir / "export" / "model.keras")
+  return {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+
+
+def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cli):
+  common = [*TINY, "--deterministic", "--epochs=3", "--checkpoint_every_steps=4",
+            "--steps_per_call=2", "--precision=float32", "--export"]
+  straight = run_cli("trainer.task", *common, f"--model_dir={tmp_path / 'a'}",
+                     check=True)
+  interrupted_dir = tmp_path / "b"
+  process = _popen("trainer.task", [*common, f"--model_dir={interrupted_dir}"],
+                   cache_dir)
+  deadline = time.time() + 300
+  # Mid-epoch 2 (16 steps per epoch): step 20 is saved, then the kill lands.
+  while not (interrupted_dir / "checkpoints" / "ckpt-20.index").exists():
+    assert time.time() < deadline and process.poll() is None
+    time.sleep(0.02)
+  process.kill()
+  process.wait()
+  assert json.loads((interrupted_dir / "status.json").read_text())["status"] == "running"
+  resumed = run_cli("trainer.task", *common, f"--model_dir={interrupted_dir}",
+                    check=True)
+  assert "Resumed from" in resumed.stdout
+  a, b = _final_weights(tmp_path / "a"), _final_weights(interrupted_dir)
+  assert a.keys() == b.keys()
+  worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+  assert worst <= 1e-6, worst
+
+
+def test_nan_loss_stops_with_the_step_or_rolls_back(tmp_path, cache_dir):
+  """A real NaN in the network at a chosen step, through the Python API."""
+  import configs
+  from trainer import train as train_lib
+
+  def poisoned_trainer(policy, model_dir):
+    config = configs.get_config("tiny").replace(
+        epochs=2, nan_policy=policy, model_dir=str(model_dir),
+        synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
+        checkpoint_every_steps=8, steps_per_call=4, export=False)
+    trainer = train_lib.Trainer(config)
+    real_call, calls = trainer._train_call, []
+
+    def call(iterator, num_steps, control):
+      calls.append(int(trainer.state.step.numpy()))
+      if int(trainer.state.step.numpy()) == 12 and calls.count(12) == 1:
+        kernel = trainer.model.get_layer("predictions").kernel
+        kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+      return real_call(iterator, num_steps, control)
+
+    trainer._train_call = call
+    return trainer
+
+  with pytest.raises(train_lib.TrainingError, match=r"NaN/Inf at step 13"):
+    poisoned_trainer("error", tmp_path / "err").run()
+
+  trainer = poisoned_trainer("rollback", tmp_path / "rb")
+  summary = trainer.run()
+  assert summary["status"] == "completed" and summary["step"] == 32
+  assert int(trainer.state.rollbacks.numpy()) == 1
+  assert float(trainer.state.lr_multiplier.numpy()) == 0.5
+  weights = trainer.model.get_layer("predictions").kernel.numpy()
+  assert np.all(np.isfinite(weights))
