@@ -164,6 +164,9 @@ class Config:
                                        "(0 = off).", section="Outputs")
   keep_checkpoints: int = _option(3, "Recent checkpoints kept (the best one "
                                   "is kept apart).", section="Outputs")
+  profile_steps: str = _option("", "'A,B': write a profiler trace of steps "
+                               "A to B to the TensorBoard logs (view in "
+                               "TensorBoard's Profile tab).", section="Outputs")
   export: bool = _option(True, "Export the best model at the end (.keras and "
                          "SavedModel).", section="Outputs")
 
@@ -206,12 +209,26 @@ def validate(config):
     raise UserError(f"--num_classes must be >= 1, got {config.num_classes}")
   if config.learning_rate <= 0:
     raise UserError(f"--learning_rate must be > 0, got {config.learning_rate}")
+  if config.profile_steps:
+    parts = config.profile_steps.split(",")
+    if (len(parts) != 2 or not all(p.strip().isdigit() for p in parts)
+        or int(parts[0]) >= int(parts[1])):
+      raise UserError(f"--profile_steps={config.profile_steps!r}: expected "
+                      "'A,B' with whole numbers A < B")
   if not 0 <= config.batch_norm_momentum < 1:
     raise UserError(f"--batch_norm_momentum must be in [0, 1), got "
                     f"{config.batch_norm_momentum}")
   if not 0 <= config.dropout_rate < 1:
     raise UserError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
   return config
+
+
+def profile_range(config):
+  """(first, last) steps to profile, or None."""
+  if not config.profile_steps:
+    return None
+  first, last = (int(p) for p in config.profile_steps.split(","))
+  return first, last
 
 
 def resolve_model_dir(config, config_name):

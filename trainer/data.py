@@ -18,7 +18,9 @@ import os
 import tensorflow as tf
 
 from trainer import records
+from trainer import synthetic
 from trainer.errors import UserError
+from trainer.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def detect_schema(path):
     first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
   except tf.errors.OpError as e:
     raise UserError(f"{path}: not a readable TFRecord file "
-                    f"({_first_line(e)})") from None
+                    f"({describe(e)})") from None
   if first is None:
     raise UserError(f"{path}: empty TFRecord file; cannot detect the schema")
   example = tf.train.Example.FromString(first.numpy())
@@ -100,6 +102,15 @@ def count_examples(files):
   return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
+def class_names(files, num_classes):
+  """Names from the manifest beside the files, else "0", "1", ..."""
+  manifest = records.read_manifest(os.path.dirname(files[0])) or {}
+  names = manifest.get("class_names")
+  if names and len(names) == max(2, num_classes):
+    return tuple(names)
+  return tuple(str(i) for i in range(max(2, num_classes)))
+
+
 def make_input_spec(pattern, flag_name, config, image_size):
   files = list_files(pattern, flag_name)
   schema = config.schema if config.schema != "auto" else detect_schema(files[0])
@@ -112,9 +123,23 @@ def make_input_spec(pattern, flag_name, config, image_size):
                    skip_corrupt=config.skip_corrupt)
 
 
-def _first_line(error):
-  text = getattr(error, "message", None) or str(error)
-  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+def resolve_input_specs(config, image_size):
+  """(train InputSpec, eval InputSpec or None); the synthetic set by default."""
+  train_pattern, eval_pattern = config.train_data, config.eval_data
+  if not train_pattern:
+    train_pattern, synthetic_eval = synthetic.ensure_dataset(
+        config.synthetic_dir, config.synthetic_train_examples,
+        config.synthetic_eval_examples,
+        image_size=int(round(image_size * 256 / 224)), seed=0)
+    eval_pattern = eval_pattern or (
+        synthetic_eval if config.synthetic_eval_examples else "")
+    log.info("No --train_data: using the built-in synthetic two-class set "
+             "(%s).", os.path.dirname(train_pattern))
+  train_spec = make_input_spec(train_pattern, "train_data", config,
+                                    image_size)
+  eval_spec = (make_input_spec(eval_pattern, "eval_data", config,
+                                    image_size) if eval_pattern else None)
+  return train_spec, eval_spec
 
 
 # ----------------------------------------------------------------------------

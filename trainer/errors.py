@@ -3,3 +3,16 @@
 
 class UserError(Exception):
   """A one-line, actionable error; the CLI prints it without a traceback."""
+
+
+def describe(error):
+  """The first meaningful line of an exception, TensorFlow's noise removed."""
+  import re  # pylint: disable=g-import-not-at-top
+  text = getattr(error, "message", None) or str(error)
+  text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
+  lines = [l.strip() for l in text.strip().splitlines()
+           if l.strip() and not l.startswith(("Graph execution error",
+                                              "Detected at node"))]
+  if not lines:
+    return type(error).__name__
+  return re.sub(r"\s*\[Op:\w+\]$", "", lines[0])

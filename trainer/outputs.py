@@ -1,6 +1,7 @@
 """Everything a run writes to its model dir (local or gs://).
 
     config.json         the resolved config
+    class_names.txt     one class name per line, in label order
     status.json         running | completed | early_stopped | preempted
     metrics.jsonl       one JSON object per epoch
     logs/               TensorBoard event files (train/, validation/)
@@ -84,10 +85,13 @@ class RunWriter:
         self._summaries[split] = tf.summary.create_file_writer(
             os.path.join(model_dir, "logs", split))
 
-  def write_config(self, config):
+  def write_config(self, config, class_names):
     if self.is_chief:
       records.write_text_atomically(os.path.join(self.model_dir, "config.json"),
                                     config.to_json() + "\n")
+      records.write_text_atomically(
+          os.path.join(self.model_dir, "class_names.txt"),
+          "\n".join(class_names) + "\n")
 
   def write_status(self, status, state):
     if self.is_chief:
@@ -102,6 +106,13 @@ class RunWriter:
       return None
     with tf.io.gfile.GFile(path) as f:
       return json.load(f).get("status")
+
+  def write_input_images(self, images):
+    """A few augmented training inputs, to check the pipeline by eye."""
+    with self._summaries["train"].as_default():
+      tf.summary.image("augmented_inputs", images, step=0,
+                       max_outputs=len(images))
+    self._summaries["train"].flush()
 
   def append_metrics(self, record):
     if not self.is_chief:
@@ -119,7 +130,7 @@ class RunWriter:
         if key in record:
           tf.summary.scalar(key, record[key], step=step)
     with self._summaries["validation"].as_default():
-      for key in ("loss", "accuracy", "auc"):
+      for key in ("loss", "accuracy", "auc", "skipped"):
         if f"val_{key}" in record:
           tf.summary.scalar(key, record[f"val_{key}"], step=step)
     for writer in self._summaries.values():
@@ -173,26 +184,6 @@ class Progress:
     if self.enabled:
       self._bar.update(step, [("loss", loss), ("accuracy", accuracy),
                               ("images/s", images_per_sec)])
-
-
-def export_model(model, model_dir, is_chief, image_size, config):
-  """Writes export/model.keras and export/saved_model; returns their dir."""
-  export_dir = os.path.join(model_dir, "export")
-  if not is_chief:
-    export_dir = tempfile.mkdtemp(prefix="alexnet-export-")
-  tf.io.gfile.makedirs(export_dir)
-  keras_path = os.path.join(export_dir, "model.keras")
-  if keras_path.startswith("gs://"):
-    # Keras writes .keras files through local zip I/O; stage and copy.
-    local = os.path.join(tempfile.mkdtemp(), "model.keras")
-    model.save(local)
-    tf.io.gfile.copy(local, keras_path, overwrite=True)
-  else:
-    model.save(keras_path)
-  model.export(os.path.join(export_dir, "saved_model"), verbose=False)
-  if not is_chief:
-    shutil.rmtree(export_dir, ignore_errors=True)
-  return export_dir
 
 
 def weights_digest(model):

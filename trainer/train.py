@@ -21,14 +21,18 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import data
+from trainer import evaluation
 from trainer import metrics
 from trainer import model as model_lib
 from trainer import optimization
 from trainer import outputs
+from trainer import plots
+from trainer import serving
 from trainer import strategy as strategy_lib
-from trainer import synthetic
+from trainer.config import profile_range
 from trainer.config import resolve_model_dir
 from trainer.errors import UserError
+from trainer.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +82,7 @@ def _check_writable(model_dir):
     tf.io.gfile.remove(probe)
   except (tf.errors.OpError, OSError) as e:
     raise UserError(f"--model_dir={model_dir}: not writable "
-                    f"({data._first_line(e)})") from None
-
-
-def _input_specs(config, image_size):
-  train_pattern, eval_pattern = config.train_data, config.eval_data
-  if not train_pattern:
-    train_pattern, synthetic_eval = synthetic.ensure_dataset(
-        config.synthetic_dir, config.synthetic_train_examples,
-        config.synthetic_eval_examples,
-        image_size=int(round(image_size * 256 / 224)), seed=0)
-    eval_pattern = eval_pattern or (
-        synthetic_eval if config.synthetic_eval_examples else "")
-    log.info("No --train_data: using the built-in synthetic two-class set "
-             "(%s).", os.path.dirname(train_pattern))
-  train_spec = data.make_input_spec(train_pattern, "train_data", config,
-                                    image_size)
-  eval_spec = (data.make_input_spec(eval_pattern, "eval_data", config,
-                                    image_size) if eval_pattern else None)
-  return train_spec, eval_spec
+                    f"({describe(e)})") from None
 
 
 class _TrainState:
@@ -147,7 +133,10 @@ class Trainer:
     keras.utils.set_random_seed(config.seed)
 
     self.image_size = config.image_size or model_lib.DEFAULT_IMAGE_SIZE[config.model]
-    self.train_spec, self.eval_spec = _input_specs(config, self.image_size)
+    self.train_spec, self.eval_spec = data.resolve_input_specs(
+        config, self.image_size)
+    self.class_names = data.class_names(self.train_spec.files,
+                                        config.num_classes)
     self.steps_per_epoch = config.steps_per_epoch or (
         self.train_spec.num_examples // config.global_batch_size)
     if self.steps_per_epoch < 1:
@@ -186,7 +175,8 @@ class Trainer:
         max_to_keep=config.keep_checkpoints)
     self.writer = outputs.RunWriter(self.model_dir, self.is_chief)
     self._train_call = self._make_train_call()
-    self._eval_call = self._make_eval_call()
+    self._eval_call = evaluation.make_eval_call(self.strategy, self.model,
+                                                config.num_classes)
 
   # --------------------------------------------------------------------------
   # Compiled steps.
@@ -230,29 +220,6 @@ class Trainer:
 
     return train_call
 
-  def _make_eval_call(self):
-    model, num_classes, strategy = self.model, self.config.num_classes, self.strategy
-    with_confusion = max(2, num_classes) <= 64
-    size = metrics.stats_size(num_classes, with_confusion)
-
-    def replica_step(images, labels, weights):
-      probabilities = model(images, training=False)
-      per_example = metrics.loss_per_example(labels, probabilities, num_classes)
-      return metrics.batch_stats(labels, probabilities, per_example,
-                                 num_classes, weights, with_confusion)
-
-    @tf.function
-    def eval_call(iterator, num_steps):
-      totals = tf.zeros([size], tf.float32)
-      for _ in tf.range(num_steps):
-        images, labels, weights = next(iterator)
-        totals += strategy.reduce("SUM", strategy.run(
-            replica_step, args=(images, labels, weights)), axis=None)
-      return totals
-
-    eval_call.with_confusion = with_confusion
-    return eval_call
-
   # --------------------------------------------------------------------------
   # Loop.
 
@@ -260,14 +227,9 @@ class Trainer:
     """Exact metrics over the whole eval set, or {} if there is none."""
     if self.eval_spec is None:
       return {}
-    steps = data.eval_steps(self.eval_spec.num_examples, self.num_pipelines,
-                            self.info.num_replicas, self.per_replica_batch_size)
-    dataset = self.strategy.distribute_datasets_from_function(
-        lambda ctx: data.make_eval_dataset(self.eval_spec, ctx,
-                                           self.config.global_batch_size, steps))
-    totals = self._eval_call(iter(dataset), tf.constant(steps))
-    return metrics.summarize(totals.numpy(), self.config.num_classes,
-                             self._eval_call.with_confusion)
+    return evaluation.evaluate(self.strategy, self.num_pipelines,
+                               self._eval_call, self.eval_spec,
+                               self.config.global_batch_size)
 
   def _train_iterator(self, epoch, step_in_epoch):
     records_per_step = self.config.global_batch_size // self.num_pipelines
@@ -288,7 +250,9 @@ class Trainer:
     else:
       # A step-0 checkpoint: something to roll back to if the loss blows up.
       self.checkpoints.save(0)
-    self.writer.write_config(config)
+      if self.is_chief:
+        self.writer.write_input_images(self._sample_inputs())
+    self.writer.write_config(config, self.class_names)
     self.writer.write_status("running", state)
     if self._finished():
       print("Nothing to train: this model dir already finished "
@@ -309,10 +273,10 @@ class Trainer:
             status = "early_stopped"
             break
       except tf.errors.InvalidArgumentError as e:
-        raise TrainingError(f"bad input data: {data._first_line(e)}") from None
+        raise TrainingError(f"bad input data: {describe(e)}") from None
       except tf.errors.DataLossError as e:
         raise TrainingError(f"corrupt TFRecord data in --train_data/--eval_data"
-                            f" ({data._first_line(e)}); --skip_corrupt skips "
+                            f" ({describe(e)}); --skip_corrupt skips "
                             f"bad records") from None
     return self._finish(status)
 
@@ -335,8 +299,10 @@ class Trainer:
       want_save = (config.checkpoint_every_secs and
                    time.time() - last_save_time >= config.checkpoint_every_secs)
       control = tf.constant([float(sigterm.requested), float(bool(want_save))])
+      self._profile(int(state.step.numpy()), after_call=False)
       call_totals, step_losses, agreed = self._train_call(
           iterator, tf.constant(num_steps), control)
+      self._profile(int(state.step.numpy()) + num_steps, after_call=True)
       step_losses = step_losses.numpy()
       if not np.all(np.isfinite(step_losses)):
         bad_step = int(state.step.numpy()) + int(np.argmin(np.isfinite(step_losses))) + 1
@@ -365,10 +331,38 @@ class Trainer:
     self._end_epoch(epoch, train_figures, val_figures, images_done / elapsed)
     return True
 
+  def _sample_inputs(self, count=8):
+    """A few augmented training images, exactly as the model sees them."""
+    dataset = data.make_train_dataset(
+        self.train_spec, tf.distribute.InputContext(1, 0, 1), count)
+    images, _ = next(iter(dataset))
+    return images
+
+  def _profile(self, step, after_call):
+    """Starts or stops the profiler at the --profile_steps boundaries."""
+    span = profile_range(self.config)
+    if not span or not self.is_chief:
+      return
+    first, last = span
+    if not after_call and step == first:
+      tf.profiler.experimental.start(os.path.join(self.model_dir, "logs", "profile"))
+      self._profiling = True
+    elif after_call and step >= last and getattr(self, "_profiling", False):
+      tf.profiler.experimental.stop()
+      self._profiling = False
+      print(f"Wrote a profile of steps {first}-{last} to "
+            f"{self.model_dir}/logs/profile.", flush=True)
+
   def _steps_this_call(self):
     config, state = self.config, self.state
     steps = min(config.steps_per_call,
                 self.steps_per_epoch - int(state.step_in_epoch.numpy()))
+    span = profile_range(config)
+    if span:
+      # Land exactly on the profiled range's ends.
+      for boundary in span:
+        if int(state.step.numpy()) < boundary:
+          steps = min(steps, boundary - int(state.step.numpy()))
     if config.checkpoint_every_steps:
       # Land exactly on checkpoint boundaries.
       to_boundary = config.checkpoint_every_steps - (
@@ -412,7 +406,7 @@ class Trainer:
     }
     if "auc" in train_figures:
       record["auc"] = train_figures["auc"]
-    for key in ("loss", "accuracy", "auc"):
+    for key in ("loss", "accuracy", "auc", "skipped"):
       if key in val_figures:
         record[f"val_{key}"] = val_figures[key]
     monitor = record.get(config.early_stopping_monitor, record["loss"])
@@ -434,6 +428,7 @@ class Trainer:
     self.writer.append_metrics(record)
     if self.is_chief:
       print(outputs.epoch_line(record, config.epochs), flush=True)
+      plots.plot_run(self.model_dir)  # Curves so far; cheap, per epoch.
 
   def _should_stop_early(self):
     patience = self.config.early_stopping_patience
@@ -443,6 +438,18 @@ class Trainer:
       return True
     return False
 
+  def _export(self):
+    """Chief exports to MODEL_DIR/export; others to a scratch dir (TF needs all)."""
+    export_dir = os.path.join(self.model_dir, "export")
+    if not self.is_chief:
+      export_dir = tempfile.mkdtemp(prefix="alexnet-export-")
+    serving.export(self.model, export_dir, self.image_size, self.config.augment,
+                   self.class_names)
+    if not self.is_chief:
+      shutil.rmtree(export_dir, ignore_errors=True)
+      return None
+    return export_dir
+
   def _finish(self, status):
     state = self.state
     self.writer.write_status(status, state)
@@ -451,9 +458,7 @@ class Trainer:
                "best_val_accuracy": float(state.best_val_accuracy.numpy())}
     if status in ("completed", "early_stopped") and self.config.export:
       self.checkpoints.restore_best()
-      summary["exported"] = outputs.export_model(
-          self.model, self.model_dir, self.is_chief, self.image_size,
-          self.config)
+      summary["exported"] = self._export()
     self.writer.close()
     self.checkpoints.cleanup()
     # Every worker prints it: equal digests prove the replicas hold one model.

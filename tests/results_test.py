@@ -1,0 +1,151 @@
+"""What people look at: evaluate, predict, plots, serving export, TensorBoard."""
+
+import base64
+import glob
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from trainer import data
+from trainer import records
+from trainer import synthetic
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir):
+  """One tiny run shared by these tests (with a profiled range)."""
+  import subprocess, sys
+  from conftest import REPO, cli_env
+  model_dir = tmp_path_factory.mktemp("trained") / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.task", "--config=tiny",
+       f"--model_dir={model_dir}", "--profile_steps=4,8"],
+      cwd=REPO, env=cli_env(cache_dir), capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return model_dir
+
+
+@pytest.fixture(scope="module")
+def fixed_set(tmp_path_factory):
+  """21 labelled JPEGs (not a multiple of the batch or of the replicas)."""
+  directory = tmp_path_factory.mktemp("fixed")
+  rng = np.random.default_rng(123)
+  labels = [i % 2 if i < 18 else 1 for i in range(21)]
+  encoded = []
+  for label in labels:
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic.draw_image(rng, label, 37)).save(buffer, format="JPEG")
+    encoded.append(buffer.getvalue())
+  serialized = [records.image_example(e, l, 37, 37).SerializeToString()
+                for e, l in zip(encoded, labels)]
+  records.write_shard(str(directory / "validation-00000-of-00002"), serialized[:11])
+  records.write_shard(str(directory / "validation-00001-of-00002"), serialized[11:])
+  return directory, encoded, labels
+
+
+def _assert_png(path, min_side=200):
+  with Image.open(path) as image:
+    assert image.format == "PNG"
+    assert min(image.size) >= min_side, image.size
+    pixels = np.asarray(image.convert("L"), np.float32)
+  assert pixels.std() > 5  # something was drawn
+
+
+def _keras_probabilities(model_dir, encoded):
+  import keras
+  model = keras.models.load_model(model_dir / "export" / "model.keras")
+  images = np.stack([data.decode_for_eval(tf.constant(e), 32, "random_resized_crop").numpy()
+                     for e in encoded])
+  return model(images).numpy()[:, 0]
+
+
+def test_evaluate_is_exact_under_mirrored(trained, fixed_set, run_cli):
+  directory, encoded, labels = fixed_set
+  out = trained / "eval-fixed"
+  result = run_cli("trainer.evaluate", f"--model_dir={trained}",
+                   f"--eval_data={directory}/validation-*", "--checkpoint=export",
+                   "--strategy=mirrored", "--cpu_devices=2", "--global_batch_size=8",
+                   f"--out={out}", check=True)
+  report = json.loads((out / "evaluation.json").read_text())
+  # By hand: the exported Keras model on the same preprocessed images.
+  predicted = (_keras_probabilities(trained, encoded) >= 0.5).astype(int)
+  matrix = np.zeros((2, 2), int)
+  for truth, guess in zip(labels, predicted):
+    matrix[truth, guess] += 1
+  assert report["num_examples"] == 21 and report["skipped"] == 0
+  assert report["confusion_matrix"] == matrix.tolist()
+  assert report["accuracy"] == pytest.approx(np.trace(matrix) / 21)
+  precision = matrix[1, 1] / max(1, matrix[:, 1].sum())
+  recall = matrix[1, 1] / matrix[1].sum()
+  assert report["per_class"]["vertical"]["precision"] == pytest.approx(precision)
+  assert report["per_class"]["vertical"]["recall"] == pytest.approx(recall)
+  assert report["per_class"]["vertical"]["support"] == 12
+  assert 0.0 <= report["roc_auc"] <= 1.0
+  assert "macro avg" in result.stdout and "confusion matrix" in result.stdout
+  _assert_png(out / "confusion_matrix.png")
+  _assert_png(out / "roc_curve.png")
+
+
+def test_training_curves_png_and_plots_command(trained, run_cli, tmp_path):
+  _assert_png(trained / "training_curves.png", min_side=500)
+  # A run still going: only one epoch written so far.
+  partial = tmp_path / "partial"
+  partial.mkdir()
+  first = (trained / "metrics.jsonl").read_text().splitlines()[0]
+  (partial / "metrics.jsonl").write_text(first + "\n")
+  result = run_cli("trainer.plots", str(partial), check=True)
+  assert "training_curves.png" in result.stdout
+  _assert_png(partial / "training_curves.png", min_side=500)
+
+
+def test_serving_signature_takes_jpeg_bytes(trained, fixed_set):
+  _, encoded, _ = fixed_set
+  loaded = tf.saved_model.load(str(trained / "export" / "saved_model"))
+  serve = loaded.signatures["serving_default"]
+  # As a Vertex AI request carries it: base64 in JSON, decoded by the server.
+  request = json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(e).decode()}}
+                                      for e in encoded[:5]]})
+  instances = [base64.b64decode(i["image_bytes"]["b64"])
+               for i in json.loads(request)["instances"]]
+  output = serve(image_bytes=tf.constant(instances))
+  want = _keras_probabilities(trained, encoded[:5])
+  np.testing.assert_allclose(output["probabilities"].numpy()[:, 1], want, atol=2e-3)
+  np.testing.assert_allclose(output["probabilities"].numpy().sum(axis=1), 1, rtol=1e-6)
+  names = [n.decode() for n in output["classes"].numpy()]
+  assert names == ["vertical" if p >= 0.5 else "horizontal" for p in want]
+  # PNG bytes work too.
+  buffer = io.BytesIO()
+  Image.open(io.BytesIO(encoded[0])).save(buffer, format="PNG")
+  assert serve(image_bytes=tf.constant([buffer.getvalue()]))["probabilities"].shape == (1, 2)
+
+
+def test_predict_answers_good_images_and_names_bad_ones(trained, fixed_set, run_cli, tmp_path):
+  _, encoded, labels = fixed_set
+  for i in range(3):
+    (tmp_path / f"img{i}.jpg").write_bytes(encoded[i])
+  (tmp_path / "broken.jpg").write_bytes(b"not an image")
+  result = run_cli("trainer.predict", str(trained), str(tmp_path / "img*.jpg"),
+                   str(tmp_path / "broken.jpg"), "--json")
+  assert result.returncode == 1
+  rows = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+  assert len(rows) == 4
+  good = [r for r in rows if "class" in r]
+  assert len(good) == 3 and all(0.5 <= r["probability"] <= 1 for r in good)
+  bad = [r for r in rows if "error" in r]
+  assert bad[0]["image"].endswith("broken.jpg") and "Unknown image file format" in bad[0]["error"]
+
+
+def test_tensorboard_has_scalars_images_and_profile(trained):
+  tags = set()
+  for path in glob.glob(str(trained / "logs" / "*" / "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  assert {"loss", "accuracy", "learning_rate", "images_per_sec", "skipped",
+          "augmented_inputs"} <= tags
+  assert glob.glob(str(trained / "logs" / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))

@@ -1,0 +1,177 @@
+"""Evaluate a trained model: python -m trainer.evaluate --model_dir=DIR
+
+    python -m trainer.evaluate --model_dir=runs/demo
+    python -m trainer.evaluate --model_dir=gs://b/runs/1 --eval_data='gs://b/data/validation-*' \
+        --checkpoint=latest --strategy=mirrored
+
+Reads DIR/config.json, restores the best checkpoint (or `latest`, `export`
+for DIR/export/model.keras, or a checkpoint path), runs the evaluation set
+under a strategy - every example counted exactly once - and writes to
+--out (default DIR/eval): evaluation.json (accuracy, per-class precision,
+recall, F1, macro averages, ROC AUC for binary models, the confusion matrix),
+confusion_matrix.png and, for binary models, roc_curve.png. A table goes to
+stdout.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import keras  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+from trainer import data  # pylint: disable=g-import-not-at-top
+from trainer import evaluation  # pylint: disable=g-import-not-at-top
+from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+from trainer import plots  # pylint: disable=g-import-not-at-top
+from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+from trainer.errors import UserError
+from trainer.errors import describe  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "A training run's model dir (local or gs://).")
+flags.DEFINE_string("eval_data", "", "Evaluation TFRecords; default: the run's "
+                    "--eval_data (or its synthetic validation split).")
+flags.DEFINE_string("checkpoint", "best", "'best', 'latest', 'export' "
+                    "(MODEL_DIR/export/model.keras) or a checkpoint path.")
+flags.DEFINE_string("out", "", "Output dir; default MODEL_DIR/eval.")
+flags.DEFINE_enum("strategy", "auto", config_lib.STRATEGIES, "As for training.")
+flags.DEFINE_integer("cpu_devices", 0, "As for training.")
+flags.DEFINE_integer("global_batch_size", 0, "0 = the run's.")
+flags.DEFINE_bool("json", False, "Print the JSON report instead of a table.")
+
+
+def _load_model(config, model_dir, checkpoint, image_size):
+  """The model with the requested weights; call inside strategy.scope()."""
+  if checkpoint == "export":
+    path = os.path.join(model_dir, "export", "model.keras")
+    if not tf.io.gfile.exists(path):
+      raise UserError(f"--checkpoint=export: {path} does not exist")
+    return keras.models.load_model(path, custom_objects={
+        "LocalResponseNormalization": model_lib.LocalResponseNormalization}), path
+  model = model_lib.build_model(config.model, config.num_classes, image_size,
+                                config.dropout_rate,
+                                batch_norm_momentum=config.batch_norm_momentum)
+  if checkpoint in ("best", "latest"):
+    directory = os.path.join(model_dir, "best" if checkpoint == "best" else "checkpoints")
+    path = tf.train.latest_checkpoint(directory)
+    if path is None:
+      raise UserError(f"--checkpoint={checkpoint}: no checkpoint in {directory}")
+  else:
+    path = checkpoint
+  try:
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+  except (tf.errors.OpError, ValueError) as e:
+    raise UserError(f"--checkpoint={path}: cannot restore "
+                    f"({describe(e)})") from None
+  return model, path
+
+
+def _class_names(model_dir, eval_spec, num_classes):
+  """The names the run trained with, else the eval set's manifest's."""
+  path = os.path.join(model_dir, "class_names.txt")
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      names = tuple(line.strip() for line in f if line.strip())
+    if len(names) == max(2, num_classes):
+      return names
+  return data.class_names(eval_spec.files, num_classes)
+
+
+def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
+        cpu_devices=0, global_batch_size=0):
+  """Evaluates a run; returns the report dict (also written as JSON)."""
+  config_path = os.path.join(model_dir, "config.json")
+  if not tf.io.gfile.exists(config_path):
+    raise UserError(f"--model_dir={model_dir}: no config.json (not a training run)")
+  config = config_lib.load(config_path)
+  config = config.replace(strategy=strategy, cpu_devices=cpu_devices,
+                          global_batch_size=global_batch_size or config.global_batch_size,
+                          eval_data=eval_data or config.eval_data)
+  strategy_lib.configure_devices(config.cpu_devices)
+  info = strategy_lib.get_strategy(config.strategy, config.devices, config.tpu,
+                                   config.collective_timeout_secs)
+  replicas = info.num_replicas
+  if config.global_batch_size % replicas:
+    raise UserError(f"--global_batch_size={config.global_batch_size} is not "
+                    f"divisible by the {replicas} replicas")
+  precision, _ = strategy_lib.choose_precision(config.precision, info.name)
+  strategy_lib.set_precision(precision)
+  image_size = config.image_size or model_lib.DEFAULT_IMAGE_SIZE[config.model]
+  if config.eval_data:
+    eval_spec = data.make_input_spec(config.eval_data, "eval_data", config,
+                                     image_size)
+  elif not config.train_data:
+    _, eval_spec = data.resolve_input_specs(config, image_size)
+  else:
+    raise UserError("no evaluation data: pass --eval_data")
+  class_names = _class_names(model_dir, eval_spec, config.num_classes)
+  with info.strategy.scope():
+    model, source = _load_model(config, model_dir, checkpoint, image_size)
+    eval_call = evaluation.make_eval_call(info.strategy, model,
+                                          config.num_classes, with_confusion=True)
+  figures = evaluation.evaluate(info.strategy, info.num_input_pipelines,
+                                eval_call, eval_spec, config.global_batch_size)
+  per_class, macro = evaluation.per_class_report(figures["confusion_matrix"],
+                                                 class_names)
+  report = {
+      "model_dir": model_dir, "weights": source, "eval_data": list(eval_spec.files),
+      "num_examples": figures["count"], "skipped": figures["skipped"],
+      "loss": figures["loss"], "accuracy": figures["accuracy"],
+      "macro": macro, "per_class": per_class, "class_names": list(class_names),
+      "confusion_matrix": figures["confusion_matrix"],
+  }
+  out = out or os.path.join(model_dir, "eval")
+  tf.io.gfile.makedirs(out)
+  report["plots"] = [plots.confusion_matrix(
+      figures["confusion_matrix"], class_names,
+      os.path.join(out, "confusion_matrix.png"))]
+  if config.num_classes == 1:
+    report["roc_auc"] = figures["auc"]
+    fpr, tpr = evaluation.roc_curve(figures["totals"], 1)
+    report["plots"].append(plots.roc_curve(fpr, tpr, figures["auc"],
+                                           os.path.join(out, "roc_curve.png")))
+  with tf.io.gfile.GFile(os.path.join(out, "evaluation.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  return report
+
+
+def format_table(report):
+  lines = [f"{report['num_examples']} examples ({report['skipped']} skipped), "
+           f"weights: {report['weights']}",
+           f"accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}" +
+           (f"  ROC AUC {report['roc_auc']:.4f}" if "roc_auc" in report else ""),
+           "", f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+  for name, row in list(report["per_class"].items()) + [("macro avg", {
+      **report["macro"], "support": report["num_examples"]})]:
+    lines.append(f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}"
+                 f"{row['f1']:>10.4f}{row['support']:>10}")
+  lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+  for name, row in zip(report["class_names"], report["confusion_matrix"]):
+    lines.append(f"{name:<20}" + "".join(f"{v:>8}" for v in row))
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=2)
+  if not FLAGS.model_dir:
+    raise app.UsageError("--model_dir is required", exitcode=2)
+  try:
+    report = run(FLAGS.model_dir, FLAGS.eval_data, FLAGS.checkpoint, FLAGS.out,
+                 FLAGS.strategy, FLAGS.cpu_devices, FLAGS.global_batch_size)
+  except UserError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 1
+  print(json.dumps(report, indent=2) if FLAGS.json else format_table(report))
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,114 @@
+"""PNG plots of a run: python -m trainer.plots MODEL_DIR
+
+Writes MODEL_DIR/training_curves.png from metrics.jsonl: accuracy and loss
+(train vs validation) per epoch as the seed's `plot_training_history` drew
+them, plus the learning rate and images/s. Works while a run is still going:
+it plots the epochs written so far. The evaluation figures (confusion matrix,
+ROC curve) are drawn by `python -m trainer.evaluate`.
+"""
+
+import io
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # No display needed: files only.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+
+def _save(figure, path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
+  plt.close(figure)
+  with tf.io.gfile.GFile(path, "wb") as f:  # local or gs://
+    f.write(buffer.getvalue())
+  return path
+
+
+def training_curves(records, path):
+  """Accuracy, loss, learning rate and throughput per epoch."""
+  epochs = [r["epoch"] for r in records]
+  figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+  panels = [
+      (axes[0, 0], "Model Accuracy", "Accuracy",
+       [("accuracy", "Training Accuracy"), ("val_accuracy", "Validation Accuracy")]),
+      (axes[0, 1], "Model Loss", "Loss",
+       [("loss", "Training Loss"), ("val_loss", "Validation Loss")]),
+      (axes[1, 0], "Learning Rate", "Learning rate",
+       [("learning_rate", "Learning Rate")]),
+      (axes[1, 1], "Throughput", "Images/s",
+       [("images_per_sec", "Training images/s")]),
+  ]
+  for axis, title, ylabel, series in panels:
+    for key, label in series:
+      values = [r.get(key, np.nan) for r in records]
+      if not all(np.isnan(v) for v in values):
+        axis.plot(epochs, values, marker="o", label=label)
+    axis.set_title(title)
+    axis.set_xlabel("Epoch")
+    axis.set_ylabel(ylabel)
+    axis.legend()
+  figure.tight_layout()
+  return _save(figure, path)
+
+
+def confusion_matrix(matrix, class_names, path):
+  matrix = np.asarray(matrix)
+  size = max(4, 0.6 * len(class_names) + 2)
+  figure, axis = plt.subplots(figsize=(size, size))
+  image = axis.imshow(matrix, cmap="Blues")
+  figure.colorbar(image, ax=axis)
+  ticks = range(len(class_names))
+  axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+  axis.set_yticks(ticks, class_names)
+  axis.set_xlabel("Predicted")
+  axis.set_ylabel("True")
+  axis.set_title("Confusion Matrix")
+  if len(class_names) <= 20:
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(matrix.shape[0]):
+      for j in range(matrix.shape[1]):
+        axis.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                  color="white" if matrix[i, j] > threshold else "black")
+  figure.tight_layout()
+  return _save(figure, path)
+
+
+def roc_curve(fpr, tpr, auc, path):
+  figure, axis = plt.subplots(figsize=(5, 5))
+  axis.plot(fpr, tpr, label=f"ROC (AUC = {auc:.4f})")
+  axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="Chance")
+  axis.set_xlabel("False positive rate")
+  axis.set_ylabel("True positive rate")
+  axis.set_title("ROC Curve")
+  axis.legend(loc="lower right")
+  figure.tight_layout()
+  return _save(figure, path)
+
+
+def plot_run(model_dir):
+  """Draws MODEL_DIR/training_curves.png; returns its path, or None if empty."""
+  from trainer import outputs  # pylint: disable=g-import-not-at-top
+  records = outputs.read_metrics(model_dir)
+  if not records:
+    return None
+  return training_curves(records, os.path.join(model_dir, "training_curves.png"))
+
+
+def main(argv):
+  if len(argv) != 2:
+    print("Usage: python -m trainer.plots MODEL_DIR", file=sys.stderr)
+    return 2
+  path = plot_run(argv[1])
+  if path is None:
+    print(f"Error: {argv[1]}/metrics.jsonl has no epochs yet", file=sys.stderr)
+    return 1
+  print(f"Wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
