@@ -1,0 +1,66 @@
+"""A fake Vertex AI REST server on 127.0.0.1 that records CustomJob requests.
+
+The real google-cloud-aiplatform client talks to it with
+api_endpoint="http://127.0.0.1:PORT", api_transport="rest" and anonymous
+credentials. Jobs move through the given states, one per GET.
+"""
+
+import http.server
+import json
+import re
+import threading
+
+
+class FakeVertex:
+
+  def __init__(self, states=("JOB_STATE_PENDING", "JOB_STATE_RUNNING",
+                             "JOB_STATE_SUCCEEDED")):
+    self.requests = []
+    self.states = list(states)
+    self._gets = 0
+    fake = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *args):
+        del args
+
+      def _reply(self, body, status=200):
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+      def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        fake.requests.append({"method": "POST", "path": self.path, "body": body,
+                              "headers": dict(self.headers)})
+        match = re.match(r"/v1/projects/([^/]+)/locations/([^/]+)/customJobs", self.path)
+        if not match:
+          return self._reply({"error": {"code": 404, "message": self.path}}, 404)
+        fake.job = {**body, "name": f"projects/{match.group(1)}/locations/"
+                                    f"{match.group(2)}/customJobs/4242",
+                    "state": fake.states[0], "createTime": "2026-01-01T00:00:00Z"}
+        self._reply(fake.job)
+
+      def do_GET(self):
+        fake.requests.append({"method": "GET", "path": self.path})
+        if "/customJobs/4242" not in self.path:
+          return self._reply({"error": {"code": 404, "message": self.path}}, 404)
+        fake._gets += 1
+        state = fake.states[min(fake._gets, len(fake.states) - 1)]
+        self._reply({**fake.job, "state": state})
+
+    self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+    self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+  def __enter__(self):
+    self.thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self.server.shutdown()
+    self.server.server_close()
