@@ -27,5 +27,4 @@ CONFIG = Config(
     early_stopping_patience=5,
     early_stopping_monitor="loss",
     augment="random_resized_crop",
-    steps_per_call=10,
 )

@@ -93,6 +93,10 @@ def test_bad_flag_is_usage_error_listing_valid_values(run_cli, flag, fragment):
     (["--strategy=multi_worker"], "needs TF_CONFIG"),
     (["--train_data=/nonexistent/train-*"], "--train_data='/nonexistent/train-*' matches no files"),
     (["--epochs=0"], "--epochs must be >= 1"),
+    (["--strategy=tpu", "--tpu=local"], "--strategy=tpu --tpu=local: cannot reach the TPU"),
+    (["--strategy=tpu", "--tpu=grpc://127.0.0.1:1", "--train_data=gs://b/train-*"],
+     "--model_dir=/tmp/never-written is on this machine, but --tpu=grpc://127.0.0.1:1 is a remote TPU"),
+    (["--profile_steps=9,3"], "--profile_steps='9,3'"),
 ])
 def test_runtime_errors_are_one_line(run_cli, args, fragment):
   result = run_cli("trainer.task", *TINY, *args, "--model_dir=/tmp/never-written",
@@ -126,3 +130,16 @@ def test_named_config_sets_defaults_and_flags_override(run_cli):
                    timeout=120)
   text = result.stdout + result.stderr
   assert "(default: '128')" in text  # cats_vs_dogs global batch
+
+
+def test_vertex_output_dirs_are_used_without_model_dir(run_cli, tmp_path):
+  """Vertex AI sets AIP_*_DIR from the job's base output dir."""
+  env = {"AIP_MODEL_DIR": str(tmp_path / "model"),
+         "AIP_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+         "AIP_TENSORBOARD_LOG_DIR": str(tmp_path / "logs")}
+  run_cli("trainer.task", *TINY, "--epochs=1", env=env, check=True)
+  assert (tmp_path / "model" / "metrics.jsonl").exists()
+  assert (tmp_path / "model" / "export" / "saved_model" / "saved_model.pb").exists()
+  assert (tmp_path / "checkpoints" / "checkpoints" / "checkpoint").exists()
+  assert (tmp_path / "checkpoints" / "best" / "checkpoint").exists()
+  assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))

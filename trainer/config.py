@@ -118,9 +118,10 @@ class Config:
   early_stopping_monitor: str = _option("loss", "Quantity early stopping "
                                         "watches (the seed: training loss).",
                                         MONITORS)
-  steps_per_call: int = _option(10, "Training steps run per tf.function call "
+  steps_per_call: int = _option(0, "Training steps run per tf.function call "
                                 "(fewer Python round trips; also the "
-                                "granularity of logging and preemption checks).")
+                                "granularity of logging and preemption "
+                                "checks); 0 = 100 on TPU, else 10.")
   seed: int = _option(42, "Seed for weights, input order and augmentation.")
   nan_policy: str = _option("error", "On a NaN/Inf loss: 'error' stops naming "
                             "the step; 'rollback' restores the last good "
@@ -192,7 +193,7 @@ def validate(config):
     if choices and value not in choices:
       raise UserError(f"--{field.name}={value!r} is not one of: "
                       f"{', '.join(choices)}")
-  positive = ("epochs", "global_batch_size", "steps_per_call",
+  positive = ("epochs", "global_batch_size",
               "synthetic_train_examples", "keep_checkpoints")
   for name in positive:
     if getattr(config, name) < 1:
@@ -200,7 +201,7 @@ def validate(config):
   non_negative = ("num_classes", "image_size", "steps_per_epoch", "cpu_devices",
                   "checkpoint_every_steps", "checkpoint_every_secs",
                   "early_stopping_patience", "label_offset", "shuffle_buffer",
-                  "max_rollbacks", "synthetic_eval_examples",
+                  "max_rollbacks", "synthetic_eval_examples", "steps_per_call",
                   "collective_timeout_secs")
   for name in non_negative:
     if getattr(config, name) < 0:
@@ -231,11 +232,19 @@ def profile_range(config):
   return first, last
 
 
-def resolve_model_dir(config, config_name):
-  """The model dir: the flag, else Vertex AI's AIP_MODEL_DIR, else runs/NAME."""
+def resolve_output_dirs(config, config_name):
+  """(model_dir, checkpoint_dir, log_dir).
+
+  --model_dir holds everything. Without it, Vertex AI's AIP_MODEL_DIR,
+  AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR are used when set (Vertex
+  sets them from the job's base output dir), else runs/<config>.
+  """
   if config.model_dir:
-    return config.model_dir
-  return os.environ.get("AIP_MODEL_DIR") or os.path.join("runs", config_name)
+    model_dir = config.model_dir
+    return model_dir, model_dir, os.path.join(model_dir, "logs")
+  model_dir = os.environ.get("AIP_MODEL_DIR") or os.path.join("runs", config_name)
+  return (model_dir, os.environ.get("AIP_CHECKPOINT_DIR") or model_dir,
+          os.environ.get("AIP_TENSORBOARD_LOG_DIR") or os.path.join(model_dir, "logs"))
 
 
 def load(path):

@@ -10,7 +10,9 @@
     export/model.keras  the best model, Keras format
     export/saved_model  the best model, SavedModel for TF Serving / Vertex AI
 
-Only the chief writes shared files. Other workers must still take part in
+On Vertex AI without --model_dir, checkpoints/ and best/ go under
+$AIP_CHECKPOINT_DIR and logs/ is $AIP_TENSORBOARD_LOG_DIR (what Vertex
+TensorBoard reads). Only the chief writes shared files. Other workers must still take part in
 saving (TF requires it): their checkpoints go to a local temporary directory
 that is removed at the end.
 """
@@ -33,11 +35,11 @@ from trainer import records
 class CheckpointSet:
   """Recent checkpoints plus the best one, chief-aware."""
 
-  def __init__(self, checkpoint, model_dir, is_chief, task, max_to_keep):
+  def __init__(self, checkpoint, checkpoint_dir, is_chief, task, max_to_keep):
     self.checkpoint = checkpoint
     self.is_chief = is_chief
     if is_chief:
-      root = model_dir
+      root = checkpoint_dir
       self._scratch = None
     else:
       self._scratch = tempfile.mkdtemp(prefix=f"alexnet-{task.replace(':', '')}-")
@@ -47,8 +49,8 @@ class CheckpointSet:
     self.best = tf.train.CheckpointManager(
         checkpoint, os.path.join(root, "best"), max_to_keep=1)
     # Every worker restores from the chief's files: they are the shared truth.
-    self._chief_latest_dir = os.path.join(model_dir, "checkpoints")
-    self._chief_best_dir = os.path.join(model_dir, "best")
+    self._chief_latest_dir = os.path.join(checkpoint_dir, "checkpoints")
+    self._chief_best_dir = os.path.join(checkpoint_dir, "best")
 
   def restore_latest(self):
     path = tf.train.latest_checkpoint(self._chief_latest_dir)
@@ -76,14 +78,14 @@ class CheckpointSet:
 class RunWriter:
   """config.json, status.json, metrics.jsonl and TensorBoard, chief only."""
 
-  def __init__(self, model_dir, is_chief):
+  def __init__(self, model_dir, log_dir, is_chief):
     self.model_dir = model_dir
     self.is_chief = is_chief
     self._summaries = {}
     if is_chief:
       for split in ("train", "validation"):
         self._summaries[split] = tf.summary.create_file_writer(
-            os.path.join(model_dir, "logs", split))
+            os.path.join(log_dir, split))
 
   def write_config(self, config, class_names):
     if self.is_chief:

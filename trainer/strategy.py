@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from trainer.errors import UserError
+from trainer.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,25 @@ def _pick_devices(device_list, kind):
   return tuple(d.name for d in tf.config.list_logical_devices("CPU"))
 
 
+def check_remote_tpu_paths(strategy, tpu, paths):
+  """A remote TPU (a name or grpc:// address) reads only gs:// paths.
+
+  Raises:
+    UserError: naming the first local path, before anything starts.
+  """
+  if strategy != "tpu" or tpu in ("", "local"):
+    return
+  if not paths.get("--train_data"):
+    raise UserError(f"--tpu={tpu} is a remote TPU, which cannot read the "
+                    "built-in synthetic set on this disk; prepare it to gs:// "
+                    "(python -m trainer.prepare --source=synthetic "
+                    "--out=gs://...) and pass --train_data")
+  for flag, path in paths.items():
+    if path and not path.startswith("gs://"):
+      raise UserError(f"{flag}={path} is on this machine, but --tpu={tpu} is "
+                      "a remote TPU, which reads only gs:// paths")
+
+
 def _connect_tpu(tpu):
   resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
   if tpu not in ("", "local"):
@@ -168,9 +188,8 @@ def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=60
     try:
       built = _connect_tpu(tpu)
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise UserError(f"--strategy=tpu --tpu={tpu}: cannot reach the TPU "
-                      f"({first_line})") from None
+                      f"({describe(e)})") from None
     device_names = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
     num_pipelines = built.extended.num_hosts
   elif strategy == "multi_worker":

@@ -30,7 +30,7 @@ from trainer import plots
 from trainer import serving
 from trainer import strategy as strategy_lib
 from trainer.config import profile_range
-from trainer.config import resolve_model_dir
+from trainer.config import resolve_output_dirs
 from trainer.errors import UserError
 from trainer.errors import describe
 
@@ -73,15 +73,15 @@ def threading_is_main():
   return threading.current_thread() is threading.main_thread()
 
 
-def _check_writable(model_dir):
+def _check_writable(directory, name):
   try:
-    tf.io.gfile.makedirs(model_dir)
-    probe = os.path.join(model_dir, f".write-test-{os.getpid()}")
+    tf.io.gfile.makedirs(directory)
+    probe = os.path.join(directory, f".write-test-{os.getpid()}")
     with tf.io.gfile.GFile(probe, "w") as f:
       f.write("ok")
     tf.io.gfile.remove(probe)
   except (tf.errors.OpError, OSError) as e:
-    raise UserError(f"--model_dir={model_dir}: not writable "
+    raise UserError(f"{name}={directory}: not writable "
                     f"({describe(e)})") from None
 
 
@@ -108,8 +108,12 @@ class Trainer:
 
   def __init__(self, config, config_name="custom"):
     self.config = config
-    self.model_dir = resolve_model_dir(config, config_name)
+    self.model_dir, self.checkpoint_dir, self.log_dir = resolve_output_dirs(
+        config, config_name)
     strategy_lib.configure_devices(config.cpu_devices)
+    strategy_lib.check_remote_tpu_paths(config.strategy, config.tpu, {
+        "--train_data": config.train_data, "--eval_data": config.eval_data,
+        "--model_dir": self.model_dir})
     self.info = strategy_lib.get_strategy(config.strategy, config.devices,
                                           config.tpu,
                                           config.collective_timeout_secs)
@@ -120,12 +124,18 @@ class Trainer:
                       f"divisible by the {replicas} replicas of strategy "
                       f"{self.info.name}")
     self.per_replica_batch_size = config.global_batch_size // replicas
+    # TPUs pay a host round trip per call: run many steps in each.
+    self.steps_per_call = config.steps_per_call or (
+        100 if self.info.name == "tpu" else 10)
     self.precision, precision_reason = strategy_lib.choose_precision(
         config.precision, self.info.name)
     strategy_lib.set_precision(self.precision)
     self.is_chief = self.info.is_chief
     if self.is_chief:
-      _check_writable(self.model_dir)
+      for directory, name in ((self.model_dir, "--model_dir"),
+                              (self.checkpoint_dir, "$AIP_CHECKPOINT_DIR"),
+                              (self.log_dir, "$AIP_TENSORBOARD_LOG_DIR")):
+        _check_writable(directory, name)
     print(strategy_lib.banner(self.info, self.precision, precision_reason,
                               config.global_batch_size), flush=True)
     if config.deterministic:
@@ -171,9 +181,9 @@ class Trainer:
                                           rng_states=rng_states,
                                           **self.state.trackables())
     self.checkpoints = outputs.CheckpointSet(
-        self.checkpoint, self.model_dir, self.is_chief, self.info.task,
+        self.checkpoint, self.checkpoint_dir, self.is_chief, self.info.task,
         max_to_keep=config.keep_checkpoints)
-    self.writer = outputs.RunWriter(self.model_dir, self.is_chief)
+    self.writer = outputs.RunWriter(self.model_dir, self.log_dir, self.is_chief)
     self._train_call = self._make_train_call()
     self._eval_call = evaluation.make_eval_call(self.strategy, self.model,
                                                 config.num_classes)
@@ -345,17 +355,17 @@ class Trainer:
       return
     first, last = span
     if not after_call and step == first:
-      tf.profiler.experimental.start(os.path.join(self.model_dir, "logs", "profile"))
+      tf.profiler.experimental.start(os.path.join(self.log_dir, "profile"))
       self._profiling = True
     elif after_call and step >= last and getattr(self, "_profiling", False):
       tf.profiler.experimental.stop()
       self._profiling = False
       print(f"Wrote a profile of steps {first}-{last} to "
-            f"{self.model_dir}/logs/profile.", flush=True)
+            f"{self.log_dir}/profile.", flush=True)
 
   def _steps_this_call(self):
     config, state = self.config, self.state
-    steps = min(config.steps_per_call,
+    steps = min(self.steps_per_call,
                 self.steps_per_epoch - int(state.step_in_epoch.numpy()))
     span = profile_range(config)
     if span:
