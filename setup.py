@@ -27,6 +27,7 @@ setuptools.setup(
         "google-cloud-storage>=2.10",
         "pillow>=10",
         "matplotlib>=3.7",
+        "nbformat>=5.9",  # launch.colab writes notebooks
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
