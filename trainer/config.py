@@ -88,6 +88,10 @@ class Config:
                                "and reused; empty = "
                                "$XDG_CACHE_HOME/alexnet_tf/synthetic.",
                                section="Data")
+  data_service: str = _option("", "grpc://HOST:PORT of a tf.data service "
+                              "dispatcher: decoding and augmentation run on "
+                              "its workers instead of this host's CPUs.",
+                              section="Data")
   deterministic: bool = _option(False, "Reproducible runs: op determinism, "
                                 "seeded and ordered input. Slower input "
                                 "pipeline.", section="Data")
