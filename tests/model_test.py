@@ -100,3 +100,34 @@ def test_full_size_seed_training_step_reduces_loss():
   for _ in range(4):
     last = float(step())
   assert np.isfinite(first) and last < first
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_matches_keras(dtype):
+  keras.mixed_precision.set_global_policy(dtype)
+  try:
+    x = np.random.default_rng(0).normal(2.0, 3.0, (8, 6, 6, 5)).astype(np.float32)
+    fused = model_lib.FusedBatchNormalization(momentum=0.9)
+    plain = keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (fused, plain):
+      layer.build(x.shape)
+      layer.gamma.assign(np.linspace(0.5, 1.5, 5))
+      layer.beta.assign(np.linspace(-1, 1, 5))
+    tolerance = 1e-5 if dtype == "float32" else 3e-2
+    np.testing.assert_allclose(fused(x, training=True), plain(x, training=True),
+                               atol=tolerance, rtol=tolerance)
+    for name in ("moving_mean", "moving_variance"):
+      np.testing.assert_allclose(getattr(fused, name).numpy(),
+                                 getattr(plain, name).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(fused(x, training=False), plain(x, training=False),
+                               atol=tolerance, rtol=tolerance)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_portable_copy_has_only_builtin_layers_and_same_outputs():
+  model = model_lib.build_model("tiny", 1, 32)
+  copy = model_lib.portable_copy(model, "tiny", 1, 32, 0.5)
+  assert not any(isinstance(l, model_lib.FusedBatchNormalization) for l in copy.layers)
+  x = np.random.default_rng(1).integers(0, 255, (2, 32, 32, 3)).astype(np.uint8)
+  np.testing.assert_allclose(copy(x), model(x), rtol=1e-6)

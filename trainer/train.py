@@ -453,7 +453,10 @@ class Trainer:
     export_dir = os.path.join(self.model_dir, "export")
     if not self.is_chief:
       export_dir = tempfile.mkdtemp(prefix="alexnet-export-")
-    serving.export(self.model, export_dir, self.image_size, self.config.augment,
+    portable = model_lib.portable_copy(
+        self.model, self.config.model, self.config.num_classes,
+        self.image_size, self.config.dropout_rate)
+    serving.export(portable, export_dir, self.image_size, self.config.augment,
                    self.class_names)
     if not self.is_chief:
       shutil.rmtree(export_dir, ignore_errors=True)
