@@ -169,7 +169,8 @@ class Trainer:
           config.epochs, config.lr_constant_epochs, config.warmup_epochs,
           self.state.lr_multiplier)
       self.optimizer = optimization.build_optimizer(
-          config, self.schedule, loss_scaling=self.precision == "mixed_float16")
+          config, self.schedule, loss_scaling=self.precision == "mixed_float16",
+          mirrored_variables=self.info.name != "one_device")
       # Create optimizer slots now so checkpoints restore into them.
       self.optimizer.build(self.model.trainable_variables)
     # Dropout's random-seed state is a model variable but not a weight; it
