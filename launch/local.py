@@ -35,6 +35,9 @@ flags.DEFINE_enum("devices", "auto", ["auto", "gpu", "cpu"],
                   "there are at least --workers GPUs, else cpu.")
 flags.DEFINE_integer("threads_per_worker", 0, "CPU threads per worker "
                      "(0 = the cores divided among the workers).")
+flags.DEFINE_integer("data_service_workers", 0, "Also start a tf.data service "
+                     "dispatcher and this many workers on 127.0.0.1, and "
+                     "point the trainers at it (--data_service).")
 flags.DEFINE_integer("grace_secs", 20, "After a failure or Ctrl-C, seconds "
                      "between SIGTERM and SIGKILL for the remaining workers.")
 
@@ -86,8 +89,10 @@ def worker_envs(num_workers, devices, threads_per_worker):
   threads = threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
   envs = []
   for index, tf_config in enumerate(tf_configs(num_workers)):
-    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))
+    env = dict(os.environ)
     env.pop("CLUSTER_SPEC", None)
+    if num_workers > 1:
+      env["TF_CONFIG"] = json.dumps(tf_config)
     if devices == "gpu":
       env["CUDA_VISIBLE_DEVICES"] = str(index)
     else:
@@ -108,31 +113,42 @@ def _pump(stream, prefix, lock):
 
 
 class Workers:
-  """Started worker processes, watched until all end or one fails."""
+  """Started worker processes, watched until all end or one fails.
 
-  def __init__(self, commands_and_envs, grace_secs):
+  Helpers (data service servers) run until the workers end; a helper that
+  dies fails the job like a worker.
+  """
+
+  def __init__(self, commands_and_envs, grace_secs, helpers=()):
     self.grace_secs = grace_secs
     self.processes = []
+    self.helpers = []
     self._threads = []
-    lock = threading.Lock()
+    self._lock = threading.Lock()
+    for name, command in helpers:
+      self.helpers.append(self._start(command, dict(os.environ), name))
     for index, (command, env) in enumerate(commands_and_envs):
-      process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True,
-                                 start_new_session=True)
-      self.processes.append(process)
-      print(f"[launch] worker {index} pid {process.pid}", flush=True)
-      thread = threading.Thread(target=_pump, daemon=True, args=(
-          process.stdout, f"[worker {index}] ", lock))
-      thread.start()
-      self._threads.append(thread)
+      self.processes.append(self._start(command, env, f"worker {index}"))
 
-  def stop(self):
+  def _start(self, command, env, name):
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    print(f"[launch] {name} pid {process.pid}", flush=True)
+    thread = threading.Thread(target=_pump, daemon=True, args=(
+        process.stdout, f"[{name}] ", self._lock))
+    thread.start()
+    self._threads.append(thread)
+    return process
+
+  def stop(self, include_helpers=True):
     """SIGTERM (lets workers checkpoint), then SIGKILL after the grace time."""
-    for process in self.processes:
+    processes = self.processes + (self.helpers if include_helpers else [])
+    for process in processes:
       if process.poll() is None:
         _signal_group(process, signal.SIGTERM)
     deadline = time.time() + self.grace_secs
-    for process in self.processes:
+    for process in processes:
       try:
         process.wait(timeout=max(0.1, deadline - time.time()))
       except subprocess.TimeoutExpired:
@@ -144,15 +160,18 @@ class Workers:
     try:
       while True:
         codes = [p.poll() for p in self.processes]
-        failed = [(i, c) for i, c in enumerate(codes)
+        failed = [(f"worker {i}", c) for i, c in enumerate(codes)
                   if c not in (None, 0, PREEMPTED_EXIT_CODE)]
+        failed += [("data service server", p.poll()) for p in self.helpers
+                   if p.poll() is not None]
         if failed:
-          index, code = failed[0]
-          print(f"[launch] worker {index} exited with {code}; stopping the "
-                "others.", flush=True)
+          name, code = failed[0]
+          print(f"[launch] {name} exited with {code}; stopping the others.",
+                flush=True)
           self.stop()
-          return code if code > 0 else 1
+          return code if code and code > 0 else 1
         if all(c is not None for c in codes):
+          self.stop()  # the data service servers, if any
           return PREEMPTED_EXIT_CODE if PREEMPTED_EXIT_CODE in codes else 0
         time.sleep(0.2)
     except KeyboardInterrupt:
@@ -178,10 +197,22 @@ def main(argv):
                          exitcode=2)
   envs, devices = worker_envs(FLAGS.workers, FLAGS.devices,
                               FLAGS.threads_per_worker)
+  helpers = []
+  if FLAGS.data_service_workers:
+    ports = free_ports(1 + FLAGS.data_service_workers)
+    dispatcher = f"127.0.0.1:{ports[0]}"
+    helpers.append(("data dispatcher", [
+        sys.executable, "-m", "trainer.data_service", "--role=dispatcher",
+        f"--port={ports[0]}"]))
+    for index, port in enumerate(ports[1:]):
+      helpers.append((f"data worker {index}", [
+          sys.executable, "-m", "trainer.data_service", "--role=worker",
+          f"--dispatcher={dispatcher}", f"--port={port}"]))
+    trainer_flags = [*trainer_flags, f"--data_service=grpc://{dispatcher}"]
   command = [sys.executable, "-m", "trainer.task", *trainer_flags]
   print(f"[launch] {FLAGS.workers} {devices} worker(s): {' '.join(command[1:])}",
         flush=True)
-  workers = Workers([(command, env) for env in envs], FLAGS.grace_secs)
+  workers = Workers([(command, env) for env in envs], FLAGS.grace_secs, helpers)
   # SIGTERM to the launcher (a preempted VM) reaches every worker.
   signal.signal(signal.SIGTERM, lambda *_: workers.stop())
   return workers.wait()

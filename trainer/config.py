@@ -48,6 +48,13 @@ class Config:
                             "(224 seed, 227 original, 32 tiny).", section="Model")
   dropout_rate: float = _option(0.5, "Dropout after each hidden dense layer.",
                                 section="Model")
+  batch_norm: str = _option("fused", "'fused': one fused kernel, each replica "
+                             "normalises with its own batch's moments and the "
+                             "moving statistics are averaged across replicas "
+                             "(same model everywhere; fastest). "
+                             "'synchronized': Keras' synchronized BatchNorm, "
+                             "moments over the global batch (slower).",
+                             ("fused", "synchronized"), "Model")
   batch_norm_momentum: float = _option(0.99, "BatchNorm moving-average "
                                        "momentum (Keras' default, as the "
                                        "seed); lower it for runs of only a "

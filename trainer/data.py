@@ -47,6 +47,8 @@ class InputSpec:
   seed: int = 42
   deterministic: bool = False
   skip_corrupt: bool = False
+  data_service: str = ""       # grpc://HOST:PORT of a tf.data dispatcher
+  job_name: str = "alexnet"    # shared by every consumer of one run
 
 
 def list_files(pattern, flag_name):
@@ -120,7 +122,8 @@ def make_input_spec(pattern, flag_name, config, image_size):
                    label_offset=config.label_offset, augment=config.augment,
                    shuffle_buffer=config.shuffle_buffer, seed=config.seed,
                    deterministic=config.deterministic,
-                   skip_corrupt=config.skip_corrupt)
+                   skip_corrupt=config.skip_corrupt,
+                   data_service=config.data_service)
 
 
 def resolve_input_specs(config, image_size):
@@ -282,6 +285,10 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
   pipelines = input_context.num_input_pipelines
   pipeline_id = input_context.input_pipeline_id
   batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+  if spec.data_service:
+    # The service hands files to its workers dynamically and splits the
+    # batches among all consumers: build the whole, unsharded stream.
+    pipelines, pipeline_id, skip_records = 1, 0, 0
   # By file when every pipeline gets at least one, else by record.
   by_file = len(spec.files) >= pipelines
   files = list(spec.files)
@@ -313,6 +320,10 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
   if spec.skip_corrupt:
     dataset = dataset.ignore_errors()
   dataset = dataset.batch(batch_size, drop_remainder=True)
+  if spec.data_service:
+    dataset = dataset.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+        service=spec.data_service, job_name=f"{spec.job_name}-epoch{epoch}"))
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(
       _options(spec.deterministic))
 

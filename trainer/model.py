@@ -54,14 +54,18 @@ class LocalResponseNormalization(keras.layers.Layer):
             "bias": self.bias, "alpha": self.alpha, "beta": self.beta}
 
 
+@keras.saving.register_keras_serializable(package="alexnet_tf")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
   """Keras BatchNormalization whose training step is one fused kernel.
 
   Same variables, same moving-average update and the same result as the
-  Keras layer (which normalises with several separate ops, 4x slower on a
-  CPU in bfloat16: 224 vs 51 ms per step for the seed's bn1 at batch 128).
-  Used for unsynchronised, channels-last 4-D inputs in training; everything
-  else falls back to the Keras implementation. Export swaps it back for the
+  Keras layer on one replica (which normalises with several separate ops, 4x
+  slower on a CPU in bfloat16: 224 vs 51 ms per step for the seed's bn1 at
+  batch 128). With several replicas each normalises with its own batch's
+  moments (as unsynchronised BatchNorm does), and the moments are averaged
+  across replicas before the moving-average update, so every replica and
+  worker holds the same moving statistics. Falls back to the Keras
+  implementation for masks, other ranks and axes. Export swaps it for the
   built-in layer (see `portable_copy`).
   """
 
@@ -80,6 +84,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     # biased one into moving_variance.
     count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
     variance = unbiased_variance * (count - 1.0) / count
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      mean, variance = context.all_reduce("MEAN", [mean, variance])
     momentum = self.momentum
     self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
     self.moving_variance.assign(
@@ -98,12 +105,13 @@ def _pool(name):
 
 
 def _batch_norm(name, options):
-  # Synchronized BN computes batch moments over the global batch, so moving
-  # statistics stay identical on every replica and worker.
+  # Either way the moving statistics stay identical on every replica: the
+  # fused layer averages them, synchronized BN computes global moments.
   synchronized, momentum, fused = options
-  layer = FusedBatchNormalization if fused and not synchronized else (
-      keras.layers.BatchNormalization)
-  return layer(synchronized=synchronized, momentum=momentum, name=name)
+  if fused:
+    return FusedBatchNormalization(momentum=momentum, name=name)
+  return keras.layers.BatchNormalization(synchronized=synchronized,
+                                         momentum=momentum, name=name)
 
 
 def _head(x, num_classes, widths, dropout_rate):
@@ -162,10 +170,12 @@ def build_model(name="seed", num_classes=1, image_size=None,
     num_classes: 1 for a sigmoid binary output, 2+ for softmax.
     image_size: input side in pixels; defaults to the variant's own.
     dropout_rate: dropout after each hidden dense layer.
-    sync_batch_norm: synchronise BatchNorm statistics across replicas.
+    sync_batch_norm: with fused_batch_norm=False, Keras' synchronized
+      BatchNorm (moments over the global batch).
     batch_norm_momentum: BatchNorm moving-average momentum.
-    fused_batch_norm: train unsynchronised BatchNorm with one fused kernel
-      (same math; False gives only built-in Keras layers).
+    fused_batch_norm: one fused kernel per BatchNorm, per-replica moments,
+      moving statistics averaged across replicas. False gives built-in Keras
+      layers only.
 
   Returns:
     A `keras.Model` mapping [batch, size, size, 3] pixels in 0..255 to

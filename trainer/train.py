@@ -7,6 +7,8 @@ several steps per call) -> outputs in the model dir. Keras `fit` is not used:
 it fails under MultiWorkerMirroredStrategy with Keras 3.
 """
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -147,6 +149,11 @@ class Trainer:
         config, self.image_size)
     self.class_names = data.class_names(self.train_spec.files,
                                         config.num_classes)
+    if config.data_service:
+      # One job per run and epoch, shared by all workers of this run.
+      run_id = hashlib.sha1(self.model_dir.encode()).hexdigest()[:10]
+      self.train_spec = dataclasses.replace(self.train_spec,
+                                            job_name=f"alexnet-{run_id}")
     self.steps_per_epoch = config.steps_per_epoch or (
         self.train_spec.num_examples // config.global_batch_size)
     if self.steps_per_epoch < 1:
@@ -160,7 +167,8 @@ class Trainer:
         self.model = model_lib.build_model(
             config.model, config.num_classes, self.image_size,
             config.dropout_rate, sync_batch_norm=replicas > 1,
-            batch_norm_momentum=config.batch_norm_momentum)
+            batch_norm_momentum=config.batch_norm_momentum,
+            fused_batch_norm=config.batch_norm == "fused")
       except ValueError as e:
         raise UserError(f"--model={config.model}: {e}") from None
       self.state = _TrainState()
@@ -170,7 +178,7 @@ class Trainer:
           self.state.lr_multiplier)
       self.optimizer = optimization.build_optimizer(
           config, self.schedule, loss_scaling=self.precision == "mixed_float16",
-          mirrored_variables=self.info.name != "one_device")
+          fused=self.info.name != "tpu")
       # Create optimizer slots now so checkpoints restore into them.
       self.optimizer.build(self.model.trainable_variables)
     # Dropout's random-seed state is a model variable but not a weight; it
