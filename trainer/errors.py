@@ -11,8 +11,10 @@ def describe(error):
   text = getattr(error, "message", None) or str(error)
   text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
   lines = [l.strip() for l in text.strip().splitlines()
-           if l.strip() and not l.startswith(("Graph execution error",
-                                              "Detected at node"))]
+           if l.strip() and not l.strip().startswith((
+               "Graph execution error", "Detected at node", "File \"",
+               "Traceback"))
+           and not l.startswith(" ")]
   if not lines:
     return type(error).__name__
   return re.sub(r"\s*\[Op:\w+\]$", "", lines[0])

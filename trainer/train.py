@@ -352,8 +352,11 @@ class Trainer:
 
   def _sample_inputs(self, count=8):
     """A few augmented training images, exactly as the model sees them."""
+    # Read locally even with --data_service: a second dataset under the
+    # run's service job name would clash with the training one.
+    local_spec = dataclasses.replace(self.train_spec, data_service="")
     dataset = data.make_train_dataset(
-        self.train_spec, tf.distribute.InputContext(1, 0, 1), count)
+        local_spec, tf.distribute.InputContext(1, 0, 1), count)
     images, _ = next(iter(dataset))
     return images
 
