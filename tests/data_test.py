@@ -77,7 +77,8 @@ def test_schema_detection_and_labels(tmp_path, schema):
   pattern = write_set(tmp_path / schema, 2, 4, schema=schema)
   spec = spec_for(pattern)
   assert spec.schema == schema and spec.num_examples == 8
-  images, labels = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  images, labels, skipped = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  assert skipped.numpy().tolist() == [0, 0, 0, 0]
   assert images.dtype == tf.uint8 and images.shape == (4, 16, 16, 3)
   assert set(labels.numpy()) <= {0, 1}
 
@@ -133,7 +134,7 @@ def test_eval_covers_every_example_exactly_once(tmp_path, pipelines, replicas, b
 def test_png_records_decode_too(tmp_path):
   pattern = write_set(tmp_path / "png", 1, 4, encode=_png)
   spec = spec_for(pattern, augment="random_resized_crop")
-  images, _ = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  images, _, _ = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
   assert images.shape == (4, 16, 16, 3)
 
 
@@ -147,7 +148,7 @@ def test_label_out_of_range_names_label_and_file(tmp_path):
 def test_label_offset(tmp_path):
   pattern = write_set(tmp_path / "offset", 1, 4, label_fn=lambda i: 1 + i % 2)
   spec = spec_for(pattern, label_offset=1)
-  _, labels = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  _, labels, _ = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
   assert sorted(labels.numpy()) == [0, 0, 1, 1]
 
 
@@ -160,3 +161,24 @@ def test_temporary_shards_are_never_read(tmp_path):
   pattern = write_set(tmp_path / "d", 2, 2)
   (tmp_path / "d" / "train-00002-of-00003.tmp-1234").write_bytes(b"partial")
   assert len(data.list_files(pattern, "train_data")) == 2
+
+
+def test_skip_corrupt_skips_and_counts_undecodable_records(tmp_path):
+  """Two records in 12 hold bytes no decoder reads."""
+  def encode(index):
+    return b"garbage, not an image" if index in (3, 7) else _jpeg(index)
+  pattern = write_set(tmp_path / "bad", 1, 12, encode=encode)
+  strict = spec_for(pattern, augment="random_resized_crop")
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    list(data.make_train_dataset(strict, context(1, 0), 5).take(2))
+  # File order (no shuffle) so both bad records fall within the first pass.
+  lenient = spec_for(pattern, augment="random_resized_crop", skip_corrupt=True,
+                     deterministic=False, shuffle_buffer=1)
+  dataset = data.make_train_dataset(lenient, context(1, 0), 5)
+  ids, skipped = [], 0
+  for images, _, skipped_before in dataset.take(2):  # 10 good records
+    ids.extend(int(round(float(v))) for v in tf.reduce_mean(
+        tf.cast(images, tf.float32), axis=[1, 2, 3]).numpy())
+    skipped += int(skipped_before.numpy().sum())
+  assert sorted(ids) == sorted(set(range(12)) - {3, 7})
+  assert skipped == 2

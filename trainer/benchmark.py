@@ -191,8 +191,9 @@ def phase_step(options):
   per_replica = trainer.per_replica_batch_size
   images = tf.cast(tf.random.uniform([per_replica, size, size, 3], 0, 255), tf.uint8)
   labels = tf.cast(tf.random.uniform([per_replica], 0, 2, tf.int32), tf.int64)
+  skipped = tf.zeros([per_replica], tf.int64)
   dataset = trainer.strategy.distribute_datasets_from_function(
-      lambda ctx: tf.data.Dataset.from_tensors((images, labels)).repeat())
+      lambda ctx: tf.data.Dataset.from_tensors((images, labels, skipped)).repeat())
   rate = _time_train_calls(trainer, iter(dataset), options["warmup_steps"],
                            options["steps"])
   result = _flops_summary(trainer, rate, options["peaks"])

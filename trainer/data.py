@@ -277,8 +277,10 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
     skip_records: records this pipeline already consumed this epoch (resume).
 
   Returns:
-    A dataset of (uint8 images [b, s, s, 3], int64 labels [b]) per-replica
-    batches with static shapes; it never ends (the loop takes
+    A dataset of (uint8 images [b, s, s, 3], int64 labels [b], int64
+    skipped [b]) per-replica batches with static shapes, where skipped
+    counts the unreadable records dropped before each example (always 0
+    without --skip_corrupt); it never ends (the loop takes
     steps_per_epoch batches), so pipelines with fewer records don't stall
     the others.
   """
@@ -313,12 +315,20 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
     encoded, label = _parse(record, source, spec)
     seed = tf.stack([tf.cast(epoch_seed, tf.int64), position])
     image = decode_for_training(encoded, spec.image_size, spec.augment, seed)
-    return image, label
+    return image, label, position
 
+  # Skipping needs positions in order to count the gaps it leaves.
   dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=spec.deterministic)
+                        deterministic=spec.deterministic or spec.skip_corrupt)
   if spec.skip_corrupt:
     dataset = dataset.ignore_errors()
+
+  def count_skipped(last_position, element):
+    image, label, position = element
+    return position, (image, label, position - last_position - 1)
+
+  # Each element carries how many records were skipped just before it.
+  dataset = dataset.scan(tf.constant(skip_records - 1, tf.int64), count_skipped)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   if spec.data_service:
     dataset = dataset.apply(tf.data.experimental.service.distribute(

@@ -128,7 +128,8 @@ class RunWriter:
     records.write_text_atomically(path, existing + json.dumps(record) + "\n")
     step = record["step"]
     with self._summaries["train"].as_default():
-      for key in ("loss", "accuracy", "auc", "learning_rate", "images_per_sec"):
+      for key in ("loss", "accuracy", "auc", "learning_rate", "images_per_sec",
+                  "skipped"):
         if key in record:
           tf.summary.scalar(key, record[key], step=step)
     with self._summaries["validation"].as_default():
@@ -165,7 +166,7 @@ def _format(value):
 def epoch_line(record, total_epochs):
   parts = [f"epoch {record['epoch']}/{total_epochs}", f"step {record['step']}"]
   for key in ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc",
-              "learning_rate"):
+              "learning_rate", "skipped", "val_skipped"):
     if key in record:
       parts.append(f"{key} {_format(record[key])}")
   parts.append(f"{record['images_per_sec']:.1f} images/s")

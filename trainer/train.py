@@ -205,9 +205,10 @@ class Trainer:
     num_classes = config.num_classes
     global_batch = config.global_batch_size
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    size = metrics.stats_size(num_classes, with_confusion=False)
+    # The batch statistics, then the skipped-record count.
+    size = metrics.stats_size(num_classes, with_confusion=False) + 1
 
-    def replica_step(images, labels):
+    def replica_step(images, labels, skipped):
       with tf.GradientTape() as tape:
         probabilities = model(images, training=True)
         per_example = metrics.loss_per_example(labels, probabilities, num_classes)
@@ -217,7 +218,8 @@ class Trainer:
         scaled = optimizer.scale_loss(loss) if loss_scaled else loss
       gradients = tape.gradient(scaled, model.trainable_variables)
       optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-      return metrics.batch_stats(labels, probabilities, per_example, num_classes)
+      stats = metrics.batch_stats(labels, probabilities, per_example, num_classes)
+      return tf.concat([stats, [tf.cast(tf.reduce_sum(skipped), tf.float32)]], 0)
 
     strategy = self.strategy
 
@@ -226,10 +228,9 @@ class Trainer:
       totals = tf.zeros([size], tf.float32)
       step_losses = tf.TensorArray(tf.float32, size=num_steps)
       for i in tf.range(num_steps):
-        images, labels = next(iterator)
-        stats = strategy.reduce("SUM", strategy.run(replica_step,
-                                                    args=(images, labels)),
-                                axis=None)
+        images, labels, skipped = next(iterator)
+        stats = strategy.reduce("SUM", strategy.run(
+            replica_step, args=(images, labels, skipped)), axis=None)
         totals += stats
         step_losses = step_losses.write(i, stats[0] / stats[2])
       # Agree on stop/save across workers: any worker's request counts.
@@ -310,7 +311,7 @@ class Trainer:
     iterator = self._train_iterator(epoch, int(state.step_in_epoch.numpy()))
     progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
                                 self.is_chief)
-    totals = np.zeros(metrics.stats_size(config.num_classes, False))
+    totals = np.zeros(metrics.stats_size(config.num_classes, False) + 1)
     start, images_done = time.time(), 0
     last_save_time = time.time()
     while int(state.step_in_epoch.numpy()) < self.steps_per_epoch:
@@ -331,7 +332,7 @@ class Trainer:
       state.step_in_epoch.assign_add(num_steps)
       totals += call_totals.numpy()
       images_done += num_steps * config.global_batch_size
-      summary = metrics.summarize(totals, config.num_classes)
+      summary = metrics.summarize(totals[:-1], config.num_classes)
       progress.update(int(state.step_in_epoch.numpy()), summary["loss"],
                       summary["accuracy"], images_done / (time.time() - start))
       stop, save = (float(x) > 0 for x in agreed.numpy())
@@ -345,7 +346,8 @@ class Trainer:
               "same command to resume.", flush=True)
         return False
     elapsed = time.time() - start
-    train_figures = metrics.summarize(totals, config.num_classes)
+    train_figures = metrics.summarize(totals[:-1], config.num_classes)
+    train_figures["skipped"] = int(totals[-1])
     val_figures = self.evaluate()
     self._end_epoch(epoch, train_figures, val_figures, images_done / elapsed)
     return True
@@ -357,7 +359,7 @@ class Trainer:
     local_spec = dataclasses.replace(self.train_spec, data_service="")
     dataset = data.make_train_dataset(
         local_spec, tf.distribute.InputContext(1, 0, 1), count)
-    images, _ = next(iter(dataset))
+    images, _, _ = next(iter(dataset))
     return images
 
   def _profile(self, step, after_call):
@@ -428,6 +430,8 @@ class Trainer:
     }
     if "auc" in train_figures:
       record["auc"] = train_figures["auc"]
+    if config.skip_corrupt:
+      record["skipped"] = train_figures["skipped"]
     for key in ("loss", "accuracy", "auc", "skipped"):
       if key in val_figures:
         record[f"val_{key}"] = val_figures[key]
