@@ -17,7 +17,6 @@ Never imports TensorFlow.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags

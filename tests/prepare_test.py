@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 from PIL import Image
-import pytest
 import tensorflow as tf
 
 from conftest import REPO, cli_env

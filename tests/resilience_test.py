@@ -109,8 +109,7 @@ def _final_weights(model_dir):
 def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cli):
   common = [*TINY, "--deterministic", "--epochs=3", "--checkpoint_every_steps=4",
             "--steps_per_call=2", "--precision=float32", "--export"]
-  straight = run_cli("trainer.task", *common, f"--model_dir={tmp_path / 'a'}",
-                     check=True)
+  run_cli("trainer.task", *common, f"--model_dir={tmp_path / 'a'}", check=True)
   interrupted_dir = tmp_path / "b"
   process = _popen("trainer.task", [*common, f"--model_dir={interrupted_dir}"],
                    cache_dir)
@@ -128,6 +127,7 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cl
   a, b = _final_weights(tmp_path / "a"), _final_weights(interrupted_dir)
   assert a.keys() == b.keys()
   worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+  print(f"kill -9 + resume vs uninterrupted: max abs weight difference {worst}")
   assert worst <= 1e-6, worst
 
 

@@ -4,7 +4,6 @@ import base64
 import glob
 import io
 import json
-import os
 
 import numpy as np
 from PIL import Image

@@ -1,7 +1,6 @@
 """`python -m trainer.task` end to end, in a subprocess, as a user runs it."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -143,3 +142,33 @@ def test_vertex_output_dirs_are_used_without_model_dir(run_cli, tmp_path):
   assert (tmp_path / "checkpoints" / "checkpoints" / "checkpoint").exists()
   assert (tmp_path / "checkpoints" / "best" / "checkpoint").exists()
   assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+
+
+def test_skip_corrupt_reports_skipped_records_per_epoch(run_cli, tmp_path):
+  import io
+  from PIL import Image
+  from trainer import records
+  rng = np.random.default_rng(0)
+  serialized = []
+  for i in range(66):
+    if i in (5, 40):
+      encoded = b"\xff\xd8 truncated jpeg"
+    else:
+      buffer = io.BytesIO()
+      Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+          buffer, format="JPEG")
+      encoded = buffer.getvalue()
+    serialized.append(records.image_example(encoded, i % 2, 40, 40).SerializeToString())
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  records.write_shard(str(data_dir / "train-00000-of-00001"), serialized)
+  args = ["--config=tiny", f"--train_data={data_dir}", "--epochs=1",
+          "--steps_per_epoch=2", "--shuffle_buffer=1", f"--model_dir={tmp_path / 'run'}"]
+  strict = run_cli("trainer.task", *args)
+  assert strict.returncode == 1
+  assert "bad input data" in strict.stderr and "--skip_corrupt" in strict.stderr
+  lenient = run_cli("trainer.task", *args, "--skip_corrupt",
+                    f"--model_dir={tmp_path / 'run2'}", check=True)
+  row = read_jsonl(tmp_path / "run2" / "metrics.jsonl")[0]
+  assert row["skipped"] == 2, row
+  assert "skipped 2" in lenient.stdout

@@ -2,10 +2,8 @@
 clients, against a fake Vertex REST server and fake-gcs-server on 127.0.0.1."""
 
 import json
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 

@@ -9,13 +9,12 @@ it fails under MultiWorkerMirroredStrategy with Keras 3.
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
+import threading
 import time
 
 import keras
@@ -57,7 +56,9 @@ class _SignalWatcher:
     self._previous = None
 
   def __enter__(self):
-    if threading_is_main():
+    # Signal handlers can only be installed from the main thread (a notebook
+    # or test may call train() from another); there SIGTERM keeps its default.
+    if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -68,11 +69,6 @@ class _SignalWatcher:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-def threading_is_main():
-  import threading  # pylint: disable=g-import-not-at-top
-  return threading.current_thread() is threading.main_thread()
 
 
 def _check_writable(directory, name):
@@ -261,7 +257,22 @@ class Trainer:
     return iter(dataset)
 
   def run(self):
-    """Trains to the end (or early stop / preemption). Returns a summary."""
+    """Trains to the end (or early stop / preemption). Returns a summary.
+
+    Raises:
+      TrainingError: bad input data (naming what and where) or a NaN loss.
+    """
+    try:
+      return self._run()
+    except tf.errors.InvalidArgumentError as e:
+      raise TrainingError(f"bad input data: {describe(e)}; --skip_corrupt "
+                          "skips undecodable records") from None
+    except tf.errors.DataLossError as e:
+      raise TrainingError(f"corrupt TFRecord data in --train_data/--eval_data "
+                          f"({describe(e)}); --skip_corrupt skips bad "
+                          "records") from None
+
+  def _run(self):
     config, state = self.config, self.state
     restored = self.checkpoints.restore_latest()
     if restored:
@@ -276,28 +287,21 @@ class Trainer:
     self.writer.write_status("running", state)
     if self._finished():
       print("Nothing to train: this model dir already finished "
-            f"({int(state.epoch.numpy())} epochs). Use a new --model_dir to retrain.",
-            flush=True)
+            f"({int(state.epoch.numpy())} epochs). Use a new --model_dir to "
+            "retrain.", flush=True)
       return self._finish("completed")
     print(f"Training {self.steps_per_epoch} steps/epoch for up to "
           f"{config.epochs} epochs; the first step compiles, may be slow.",
           flush=True)
     status = "completed"
     with _SignalWatcher() as sigterm:
-      try:
-        while int(state.epoch.numpy()) < config.epochs:
-          if not self._run_epoch(sigterm):
-            status = "preempted"
-            break
-          if self._should_stop_early():
-            status = "early_stopped"
-            break
-      except tf.errors.InvalidArgumentError as e:
-        raise TrainingError(f"bad input data: {describe(e)}") from None
-      except tf.errors.DataLossError as e:
-        raise TrainingError(f"corrupt TFRecord data in --train_data/--eval_data"
-                            f" ({describe(e)}); --skip_corrupt skips "
-                            f"bad records") from None
+      while int(state.epoch.numpy()) < config.epochs:
+        if not self._run_epoch(sigterm):
+          status = "preempted"
+          break
+        if self._should_stop_early():
+          status = "early_stopped"
+          break
     return self._finish(status)
 
   def _finished(self):
