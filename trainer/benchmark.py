@@ -19,6 +19,9 @@ caches or memory, and all side by side in one run:
             resize, no parallel map, no prefetch; and our e2e / seed ratio
   scaling   2 workers on 127.0.0.1 (one core each) vs one process with both
             cores, same global batch: multi-worker efficiency
+  service   e2e through a tf.data service (a dispatcher and one worker on
+            127.0.0.1 here; on this one machine it measures the service's
+            overhead, elsewhere its workers add CPUs)
 
 Without --train_data it writes realistic JPEG records once (about 450x375,
 ~45 KB, like Cats vs Dogs). Model, precision, batch and strategy are the
@@ -38,7 +41,7 @@ from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-PHASES = ("peak", "step", "input", "e2e", "seed", "scaling")
+PHASES = ("peak", "step", "input", "e2e", "seed", "scaling", "service")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "cats_vs_dogs", "Named config whose defaults to use.")
@@ -305,6 +308,32 @@ def phase_scaling(options):
           "efficiency": multi / single["images_per_sec"]}
 
 
+def phase_service(options):
+  """End-to-end with decoding moved to a tf.data service worker."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  from launch import local  # pylint: disable=g-import-not-at-top
+  dispatcher_port, worker_port = local.free_ports(2)
+  servers = []
+  for args in (["--role=dispatcher", f"--port={dispatcher_port}"],
+               ["--role=worker", f"--port={worker_port}",
+                f"--dispatcher=127.0.0.1:{dispatcher_port}"]):
+    server = subprocess.Popen(
+        [sys.executable, "-m", "trainer.data_service", *args], cwd=repo,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    servers.append(server)
+    # Start the trainer only once the servers listen.
+    if "listening" not in server.stdout.readline():
+      raise RuntimeError(f"tf.data service {args[0]} did not start")
+  try:
+    result = _run_phase("e2e", {**options, "data_service":
+                                f"grpc://127.0.0.1:{dispatcher_port}"}, repo)
+  finally:
+    for server in servers:
+      server.terminate()
+      server.wait()
+  return result
+
+
 # ----------------------------------------------------------------------------
 # Orchestration.
 
@@ -331,7 +360,8 @@ def _run_phase(name, options, repo):
 flags.DEFINE_string("phase_options", "", "Internal: JSON options of --phase.")
 
 PHASE_FUNCTIONS = {"peak": phase_peak, "step": phase_step, "input": phase_input,
-                   "e2e": phase_e2e, "seed": phase_seed, "scaling": phase_scaling}
+                   "e2e": phase_e2e, "seed": phase_seed, "scaling": phase_scaling,
+                   "service": phase_service}
 
 
 def format_table(results):
@@ -359,6 +389,11 @@ def format_table(results):
     ratio = results.get("speedup_vs_seed")
     rows.append(("seed setup", f"{r['images_per_sec']:.1f}", "", "",
                  f"fit, batch 4, float32; ours is {ratio:.1f}x" if ratio else ""))
+  if "service" in results:
+    r = results["service"]
+    rows.append(("e2e via tf.data service", f"{r['images_per_sec']:.1f}",
+                 f"{r['gflops']:.0f}", f"{r.get('fraction_of_peak', float('nan')):.0%}",
+                 "dispatcher + 1 worker on 127.0.0.1"))
   if "scaling" in results:
     r = results["scaling"]
     rows.append(("2 workers", f"{r['two_workers_images_per_sec']:.1f}", "", "",

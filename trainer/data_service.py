@@ -13,8 +13,6 @@ Order is dynamic: runs using it are not bit-reproducible.
 """
 
 import os
-import signal
-import sys
 
 from absl import app
 from absl import flags
@@ -30,7 +28,7 @@ flags.DEFINE_string("host", "127.0.0.1", "Worker: the address the dispatcher "
 
 
 def serve(role, port, dispatcher="", host="127.0.0.1"):
-  """Starts a server and blocks until SIGTERM/SIGINT."""
+  """Starts a server and blocks until the process is terminated."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   service = tf.data.experimental.service
   if role == "dispatcher":
@@ -42,7 +40,8 @@ def serve(role, port, dispatcher="", host="127.0.0.1"):
         dispatcher_address=dispatcher.replace("grpc://", ""),
         worker_address=f"{host}:{port}", port=port))
   print(f"tf.data service {role} listening on {host}:{port}", flush=True)
-  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+  # SIGTERM keeps its default action (exit): a Python handler would never
+  # run while join() blocks in C++.
   server.join()
 
 
