@@ -4,8 +4,8 @@
 
 Nothing is downloaded: 2,048 training and 512 validation images (horizontal
 vs vertical stripes) are drawn once and written as TFRecords. On a 2-core CPU
-with AVX512_BF16 this takes about 3 minutes and reaches >= 90% validation
-accuracy (typically 99-100%) in 4 epochs.
+with AVX512_BF16 this takes under 3 minutes and reaches >= 90% validation
+accuracy (measured: 100% from the first epoch) in 4 epochs.
 
 Adam at 1e-4 rather than the seed's 1e-3: with only 256 steps, 1e-3 left the
 21.6M-parameter network stuck at chance (loss 0.693 for 4 epochs).
@@ -20,7 +20,9 @@ CONFIG = Config(
     global_batch_size=32,
     optimizer="adam",
     learning_rate=1e-4,
-    lr_schedule="constant",
+    # Decaying to zero keeps the last epochs from the late loss spikes a
+    # constant rate showed (one epoch at 50% after 99%).
+    lr_schedule="cosine",
     early_stopping_patience=0,
     steps_per_call=8,
 )
