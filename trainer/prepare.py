@@ -231,10 +231,8 @@ def synthetic_source(train_examples, eval_examples, size):
     rng = np.random.default_rng(seed)
     items = []
     for i in range(count):
-      buffer = io.BytesIO()
-      Image.fromarray(synthetic.draw_image(rng, i % 2, size)).save(
-          buffer, format="JPEG", quality=90)
-      items.append(Item(f"synthetic:{split}:{i}", i % 2, buffer.getvalue()))
+      encoded = synthetic.encode_jpeg(synthetic.draw_image(rng, i % 2, size))
+      items.append(Item(f"synthetic:{split}:{i}", i % 2, encoded))
     splits[split] = items
   return list(synthetic.CLASS_NAMES), splits, 20_000
 

@@ -92,7 +92,7 @@ def _tpu_hint():
   return None
 
 
-def _pick_devices(device_list, kind):
+def _pick_devices(device_list):
   """Resolves --devices (or all devices of the best kind) to names."""
   available = [d.name for d in tf.config.list_logical_devices()]
   if device_list:
@@ -204,7 +204,7 @@ def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=60
     device_names = tuple(built.extended.worker_devices)
     num_pipelines = _num_cluster_tasks(tf_config)
   else:
-    device_names = _pick_devices(devices, strategy)
+    device_names = _pick_devices(devices)
     if strategy == "one_device":
       if len(device_names) != 1 and devices:
         raise UserError(f"--strategy=one_device takes one device, got "

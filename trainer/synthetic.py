@@ -41,7 +41,8 @@ def draw_image(rng, label, size):
   return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _encode_jpeg(pixels):
+def encode_jpeg(pixels):
+  """JPEG bytes (quality 90) of an RGB uint8 array."""
   buffer = io.BytesIO()
   Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
   return buffer.getvalue()
@@ -51,7 +52,7 @@ def _examples(num_examples, size, seed):
   rng = np.random.default_rng(seed)
   for i in range(num_examples):
     label = i % 2
-    yield records.image_example(_encode_jpeg(draw_image(rng, label, size)),
+    yield records.image_example(encode_jpeg(draw_image(rng, label, size)),
                                 label, size, size).SerializeToString()
 
 
