@@ -340,9 +340,8 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
 
 def eval_steps(num_examples, num_pipelines, num_replicas, per_replica_batch_size):
   """Steps that cover every pipeline's share of an eval set exactly once."""
-  pipelines, replicas = num_pipelines, num_replicas
-  per_pipeline = -(-num_examples // pipelines)
-  replicas_per_pipeline = replicas // pipelines
+  per_pipeline = -(-num_examples // num_pipelines)
+  replicas_per_pipeline = num_replicas // num_pipelines
   batches = -(-per_pipeline // per_replica_batch_size)
   return -(-batches // replicas_per_pipeline)
 

@@ -44,10 +44,6 @@ class TrainingError(UserError):
   """Training cannot go on (NaN loss, bad data); the message says where."""
 
 
-class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was saved and the run can resume."""
-
-
 class _SignalWatcher:
   """Turns SIGTERM into a flag the loop checks between calls."""
 
@@ -504,6 +500,6 @@ def train(config, config_name="custom"):
 
   Raises:
     UserError: a bad flag, file or value (one line).
-    Preempted is never raised: a SIGTERM'd run returns status "preempted".
+    A SIGTERM'd run is not an error: it returns status "preempted".
   """
   return Trainer(config, config_name).run()
