@@ -17,6 +17,10 @@ the trainer flags after `--`. Shapes:
   TPU VM                --machine_type=cloud-tpu --accelerator_type=TPU_V3
                         --accelerator_count=8, or ct5lp-hightpu-4t with
                         TPU_V5_LITEPOD
+  input on CPU machines --data_service_workers=N: pool 2 is N CPU machines
+                        (--data_service_machine_type) running a tf.data
+                        service that decodes and augments for the trainers
+                        (they get --data_service=vertex)
 
 --base_output_dir makes Vertex set AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and
 AIP_TENSORBOARD_LOG_DIR, which the trainer uses when its own flags are not
@@ -55,6 +59,11 @@ flags.DEFINE_string("accelerator_type", "", "e.g. NVIDIA_TESLA_T4, "
 flags.DEFINE_integer("accelerator_count", 0, "Accelerators per replica.")
 flags.DEFINE_integer("workers", 0, "Extra machines beside the chief (0 = one "
                      "machine).")
+flags.DEFINE_integer("data_service_workers", 0, "CPU machines (worker pool "
+                     "2) that decode and augment for the trainers through a "
+                     "tf.data service; 0 = the trainers' own CPUs do it.")
+flags.DEFINE_string("data_service_machine_type", "n1-highcpu-16", "Machine of "
+                    "each --data_service_workers replica.")
 flags.DEFINE_string("tpu_topology", "", "TPU v5e topology, e.g. 2x2 "
                     "(default from the machine type).")
 flags.DEFINE_integer("boot_disk_gb", 100, "Boot disk per replica.")
@@ -119,8 +128,16 @@ def validate(options, trainer_args):
       raise LaunchError(f"--{name} must be a gs:// path, got {options[name]!r}")
   accelerator, count = options["accelerator_type"], options["accelerator_count"]
   machine = options["machine_type"]
-  if options["workers"] < 0:
-    raise LaunchError(f"--workers must be >= 0, got {options['workers']}")
+  for name in ("workers", "data_service_workers"):
+    if options[name] < 0:
+      raise LaunchError(f"--{name} must be >= 0, got {options[name]}")
+  if options["data_service_workers"]:
+    if _trainer_flag(trainer_args, "data_service") is not None:
+      raise LaunchError("--data_service_workers starts the job's own tf.data "
+                        "service; drop the trainer flag --data_service")
+    if options["data_service_machine_type"].startswith(("cloud-tpu", "ct5lp")):
+      raise LaunchError("--data_service_machine_type must be a CPU machine, "
+                        f"got {options['data_service_machine_type']}")
   if accelerator and accelerator not in GPU_MACHINES and accelerator not in TPU_MACHINES:
     raise LaunchError(f"--accelerator_type={accelerator} is not one of "
                       f"{', '.join(list(GPU_MACHINES) + list(TPU_MACHINES))}")
@@ -153,9 +170,10 @@ def validate(options, trainer_args):
     if chips and int(chips.group(1)) != count:
       raise LaunchError(f"--machine_type={machine} has {chips.group(1)} TPU "
                         f"chips; got --accelerator_count={count}")
-    if options["workers"]:
-      raise LaunchError("--workers is not supported with TPU machines; use a "
-                        "larger TPU slice")
+    for name in ("workers", "data_service_workers"):
+      if options[name]:
+        raise LaunchError(f"--{name} is not supported with TPU machines; use "
+                          "a larger TPU slice")
   elif machine.startswith(("cloud-tpu", "ct5lp")):
     raise LaunchError(f"--machine_type={machine} needs a TPU --accelerator_type")
   strategy = _trainer_flag(trainer_args, "strategy")
@@ -175,12 +193,14 @@ def validate(options, trainer_args):
                         "letters, digits, - and _")
 
 
-def executor_image(options):
-  if options["executor_image_uri"]:
-    return options["executor_image_uri"]
+def executor_image(options, accelerator=None):
+  """The prebuilt image for `accelerator` (default: the trainers')."""
+  if accelerator is None:
+    accelerator = options["accelerator_type"]
+    if options["executor_image_uri"]:
+      return options["executor_image_uri"]
   region = options["region"].split("-")[0]
   region = {"us": "us", "europe": "europe", "asia": "asia"}.get(region, "us")
-  accelerator = options["accelerator_type"]
   kind = "cpu"
   if accelerator in GPU_MACHINES:
     kind = "gpu"
@@ -207,6 +227,8 @@ def trainer_args_for(options, trainer_args):
       args += ["--strategy=tpu", "--tpu=local"]
     elif options["workers"]:
       args.append("--strategy=multi_worker")
+  if options["data_service_workers"]:
+    args.append("--data_service=vertex")
   return args
 
 
@@ -234,6 +256,20 @@ def job_request(options, trainer_args, display_name):
   pools = [pool]
   if options["workers"]:
     pools.append({**pool, "replicaCount": str(options["workers"])})
+  if options["data_service_workers"]:
+    if not options["workers"]:
+      pools.append({})  # Vertex's way to leave pool 1 (workers) empty.
+    pools.append({
+        "machineSpec": {"machineType": options["data_service_machine_type"]},
+        "replicaCount": str(options["data_service_workers"]),
+        "diskSpec": pool["diskSpec"],
+        "pythonPackageSpec": {
+            "executorImageUri": executor_image(options, accelerator=""),
+            "packageUris": pool["pythonPackageSpec"]["packageUris"],
+            "pythonModule": "trainer.data_service",
+            "args": ["--role=vertex"],
+        },
+    })
   job_spec = {"workerPoolSpecs": pools,
               "baseOutputDirectory": {"outputUriPrefix": options["base_output_dir"]}}
   if options["service_account"]:
@@ -329,7 +365,8 @@ def wait(job, poll_secs):
 def options_from_flags():
   return {name: FLAGS[name].value for name in (
       "project", "region", "staging_bucket", "machine_type", "accelerator_type",
-      "accelerator_count", "workers", "tpu_topology", "boot_disk_gb",
+      "accelerator_count", "workers", "data_service_workers",
+      "data_service_machine_type", "tpu_topology", "boot_disk_gb",
       "base_output_dir", "executor_image_uri", "spot",
       "restart_job_on_worker_restart", "timeout_hours", "service_account",
       "network", "labels", "tensorboard", "api_endpoint")}

@@ -23,3 +23,70 @@ def test_training_through_data_service_matches_local_input(run_cli, tmp_path):
   assert with_service["val_accuracy"] >= 0.9
   assert abs(with_service["val_accuracy"] - without["val_accuracy"]) <= 0.1
   del local
+
+
+def _port_pair():
+  """A port P on 127.0.0.1 with P + 1 also free (pool replica 0 uses both)."""
+  import socket
+  while True:
+    first = socket.socket()
+    first.bind(("127.0.0.1", 0))
+    port = first.getsockname()[1]
+    second = socket.socket()
+    try:
+      second.bind(("127.0.0.1", port + 1))
+      return port
+    except OSError:
+      continue
+    finally:
+      first.close()
+      second.close()
+
+
+def test_vertex_data_service_pool_feeds_the_trainer(tmp_path, cache_dir):
+  """As Vertex AI runs launch.vertex --data_service_workers=2: pool 2's two
+  replicas read their roles from CLUSTER_SPEC; the chief finds the
+  dispatcher with --data_service=vertex and ignores pool 2 (TF_CONFIG's
+  "ps") when it builds its cluster."""
+  import json
+  import subprocess
+  import sys
+  from conftest import REPO, cli_env
+  from launch.local import free_ports
+
+  pool2 = [f"127.0.0.1:{_port_pair()}", f"127.0.0.1:{free_ports(1)[0]}"]
+  chief = [f"127.0.0.1:{free_ports(1)[0]}"]
+  cluster = {"workerpool0": chief, "workerpool2": pool2}
+
+  def vertex_env(pool, index):
+    spec = {"cluster": cluster, "task": {"type": pool, "index": index}}
+    tf_config = {"cluster": {"chief": chief, "ps": pool2},
+                 "task": {"type": {"workerpool0": "chief"}.get(pool, "ps"),
+                          "index": index}, "environment": "cloud"}
+    return cli_env(cache_dir, CLUSTER_SPEC=json.dumps(spec),
+                   TF_CONFIG=json.dumps(tf_config))
+
+  servers = [subprocess.Popen(
+      [sys.executable, "-m", "trainer.data_service", "--role=vertex"], cwd=REPO,
+      env=vertex_env("workerpool2", index), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for index in range(2)]
+  try:
+    trainer = subprocess.run(
+        [sys.executable, "-m", "trainer.task", "--config=tiny", "--epochs=2",
+         "--data_service=vertex", f"--model_dir={tmp_path / 'run'}"],
+        cwd=REPO, env=vertex_env("workerpool0", 0), capture_output=True,
+        text=True, timeout=600)
+    still_serving = [server.poll() is None for server in servers]
+  finally:
+    for server in servers:
+      server.terminate()
+    logs = [server.communicate(timeout=30)[0] for server in servers]
+  assert trainer.returncode == 0, trainer.stdout[-3000:] + trainer.stderr[-3000:]
+  assert still_serving == [True, True], logs
+  dispatcher_host, dispatcher_port = pool2[0].rsplit(":", 1)
+  assert f"dispatcher listening on {pool2[0]}" in logs[0]
+  assert f"worker listening on {dispatcher_host}:{int(dispatcher_port) + 1}" in logs[0]
+  assert f"worker listening on {pool2[1]}" in logs[1]
+  assert f"Input through the tf.data service at grpc://{pool2[0]}" in trainer.stdout
+  assert "strategy=one_device" in trainer.stdout  # one chief: pool 2 isn't a peer
+  assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["val_accuracy"] >= 0.9

@@ -88,3 +88,28 @@ def test_mirrored_with_device_list(cache_dir):
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_explicit_precision_is_kept(cache_dir, precision):
   assert probe(cache_dir, precision=precision)["precision"] == precision
+
+
+def _cluster_from(cache_dir, **env):
+  code = ("import json; from trainer import strategy as s; "
+          "print(json.dumps(s.cluster_spec_from_env()))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                          env=cli_env(cache_dir, **env), capture_output=True,
+                          text=True, timeout=60)
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_data_service_pool_is_not_part_of_the_training_cluster(cache_dir):
+  # Vertex's TF_CONFIG calls pool 2 (launch.vertex's tf.data service) "ps".
+  tf_config = {"cluster": {"chief": ["h0:2222"], "worker": ["h1:2222"],
+                           "ps": ["h2:2222", "h3:2222"]},
+               "task": {"type": "worker", "index": 0}, "environment": "cloud"}
+  assert _cluster_from(cache_dir, TF_CONFIG=json.dumps(tf_config)) == {
+      "cluster": {"chief": ["h0:2222"], "worker": ["h1:2222"]},
+      "task": {"type": "worker", "index": 0}, "environment": "cloud"}
+  spec = {"cluster": {"workerpool0": ["h0:2222"], "workerpool2": ["h2:2222"]},
+          "task": {"type": "workerpool0", "index": 0}}
+  assert _cluster_from(cache_dir, CLUSTER_SPEC=json.dumps(spec)) == {
+      "cluster": {"chief": ["h0:2222"]}, "task": {"type": "chief", "index": 0}}
+  spec["task"] = {"type": "workerpool2", "index": 0}
+  assert _cluster_from(cache_dir, CLUSTER_SPEC=json.dumps(spec)) is None

@@ -99,6 +99,8 @@ def test_bad_flag_is_usage_error_listing_valid_values(run_cli, flag, fragment):
     (["--strategy=tpu", "--tpu=grpc://127.0.0.1:1", "--train_data=gs://b/train-*"],
      "--model_dir=/tmp/never-written is on this machine, but --tpu=grpc://127.0.0.1:1 is a remote TPU"),
     (["--profile_steps=9,3"], "--profile_steps='9,3'"),
+    (["--data_service=vertex"], "--data_service=vertex needs a Vertex AI job"),
+    (["--data_service=http://dispatcher"], "--data_service='http://dispatcher'"),
 ])
 def test_runtime_errors_are_one_line(run_cli, args, fragment):
   result = run_cli("trainer.task", *TINY, *args, "--model_dir=/tmp/never-written",

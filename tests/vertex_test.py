@@ -104,6 +104,42 @@ def test_multi_machine_shape_has_chief_and_worker_pools():
   assert "--strategy=multi_worker" in pools[0]["pythonPackageSpec"]["args"]
 
 
+def test_data_service_pool_goes_through_the_real_client(gcs):
+  env = {"STORAGE_EMULATOR_HOST": gcs.url}
+  args = [*BASE, "--data_service_workers=3", "--data_service_machine_type=n2-highcpu-32",
+          "--", "--train_data=gs://bkt/data/train-*"]
+  dry = launch(*args[:-2], "--dry_run", *args[-2:])
+  assert dry.returncode == 0, dry.stderr
+  with FakeVertex() as vertex:
+    result = launch(*args[:-2], f"--api_endpoint={vertex.url}", *args[-2:], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (post,) = [r for r in vertex.requests if r["method"] == "POST"]
+  pools = _as_named_json(post["body"])["jobSpec"]["workerPoolSpecs"]
+  assert pools == json.loads(dry.stdout)["jobSpec"]["workerPoolSpecs"]
+  # Pool 1 (workers) left empty the way Vertex expects; pool 2 serves input.
+  assert pools[1] == {}
+  chief, service = pools[0], pools[2]
+  assert chief["pythonPackageSpec"]["args"] == ["--train_data=gs://bkt/data/train-*",
+                                                "--data_service=vertex"]
+  assert service["replicaCount"] == "3"
+  assert service["machineSpec"] == {"machineType": "n2-highcpu-32"}
+  assert service["pythonPackageSpec"]["pythonModule"] == "trainer.data_service"
+  assert service["pythonPackageSpec"]["args"] == ["--role=vertex"]
+  assert "tf-cpu" in service["pythonPackageSpec"]["executorImageUri"]
+  assert service["pythonPackageSpec"]["packageUris"] == chief["pythonPackageSpec"]["packageUris"]
+
+
+def test_data_service_pool_follows_the_worker_pool():
+  result = launch(*BASE, "--machine_type=g2-standard-8", "--accelerator_type=NVIDIA_L4",
+                  "--accelerator_count=1", "--workers=2", "--data_service_workers=4",
+                  "--dry_run")
+  assert result.returncode == 0, result.stderr
+  pools = json.loads(result.stdout)["jobSpec"]["workerPoolSpecs"]
+  assert [p["replicaCount"] for p in pools] == ["1", "2", "4"]
+  assert "tf-gpu" in pools[1]["pythonPackageSpec"]["executorImageUri"]
+  assert "accelerator_type" not in json.dumps(pools[2]["machineSpec"]).lower()
+
+
 @pytest.mark.parametrize("shape,topology", [
     (["--machine_type=cloud-tpu", "--accelerator_type=TPU_V3", "--accelerator_count=8"], None),
     (["--machine_type=ct5lp-hightpu-4t", "--accelerator_type=TPU_V5_LITEPOD",
@@ -132,6 +168,11 @@ def test_tpu_shapes(shape, topology):
     (["--workers=2", "--", "--strategy=mirrored"], "contradicts"),
     (["--", "--train_data=/home/me/data/train-*"], "is a local path"),
     (["--labels=Team=X"], "--labels"),
+    (["--data_service_workers=-2"], "--data_service_workers must be >= 0"),
+    (["--data_service_workers=2", "--", "--data_service=grpc://h:5050"],
+     "drop the trainer flag --data_service"),
+    (["--machine_type=cloud-tpu", "--accelerator_type=TPU_V3", "--accelerator_count=8",
+      "--data_service_workers=2"], "--data_service_workers is not supported with TPU"),
 ])
 def test_bad_values_fail_before_anything_is_uploaded(args, fragment):
   result = launch(*BASE, *args)

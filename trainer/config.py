@@ -10,6 +10,7 @@ written to the model dir as `config.json`.
 import dataclasses
 import json
 import os
+import re
 
 from trainer.errors import UserError
 
@@ -97,8 +98,10 @@ class Config:
                                section="Data")
   data_service: str = _option("", "grpc://HOST:PORT of a tf.data service "
                               "dispatcher: decoding and augmentation run on "
-                              "its workers instead of this host's CPUs.",
-                              section="Data")
+                              "its workers instead of this host's CPUs; "
+                              "'vertex' = the dispatcher in this Vertex AI "
+                              "job's worker pool 2 (launch.vertex "
+                              "--data_service_workers).", section="Data")
   deterministic: bool = _option(False, "Reproducible runs: op determinism, "
                                 "seeded and ordered input. Slower input "
                                 "pipeline.", section="Data")
@@ -232,6 +235,10 @@ def validate(config):
                     f"{config.batch_norm_momentum}")
   if not 0 <= config.dropout_rate < 1:
     raise UserError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
+  if config.data_service not in ("", "vertex") and not re.fullmatch(
+      r"(grpc://)?[^/:\s]+:\d+", config.data_service):
+    raise UserError(f"--data_service={config.data_service!r}: expected "
+                    "grpc://HOST:PORT or vertex")
   return config
 
 

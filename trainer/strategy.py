@@ -55,25 +55,60 @@ def configure_devices(cpu_devices=0):
                       f"device(s) ({e})") from None
 
 
+# Vertex AI names worker pools workerpool0..3; the trainer uses pool 0 (the
+# chief) and pool 1 (workers). launch.vertex puts tf.data service servers in
+# pool 2, which Vertex's TF_CONFIG calls "ps": they are not TensorFlow
+# servers, so they must not be in the collective cluster (its health checks
+# would ping them and abort).
+_TRAINING_POOLS = {"workerpool0": "chief", "workerpool1": "worker"}
+DATA_SERVICE_POOL = "workerpool2"
+
+
 def cluster_spec_from_env():
   """The multi-worker cluster as TF_CONFIG, or None for a single process.
 
   Reads TF_CONFIG, or Vertex AI's CLUSTER_SPEC when TF_CONFIG is absent
   (Vertex sets both for TensorFlow images; only CLUSTER_SPEC for others).
+  Only the chief and worker jobs are kept.
   """
   if os.environ.get("TF_CONFIG"):
-    return json.loads(os.environ["TF_CONFIG"])
-  if os.environ.get("CLUSTER_SPEC"):
+    tf_config = json.loads(os.environ["TF_CONFIG"])
+    cluster = {job: tasks for job, tasks in tf_config.get("cluster", {}).items()
+               if job in _TRAINING_POOLS.values()}
+  elif os.environ.get("CLUSTER_SPEC"):
     spec = json.loads(os.environ["CLUSTER_SPEC"])
-    cluster = {k.replace("workerpool0", "chief").replace("workerpool1", "worker"): v
-               for k, v in spec["cluster"].items()
-               if k in ("workerpool0", "workerpool1")}
+    cluster = {_TRAINING_POOLS[pool]: tasks
+               for pool, tasks in spec["cluster"].items() if pool in _TRAINING_POOLS}
     task = spec["task"]
-    task_type = {"workerpool0": "chief", "workerpool1": "worker"}.get(task["type"])
-    if task_type is None:
-      return None
-    return {"cluster": cluster, "task": {"type": task_type, "index": task["index"]}}
-  return None
+    tf_config = {"task": {"type": _TRAINING_POOLS.get(task["type"], task["type"]),
+                          "index": task["index"]}}
+  else:
+    return None
+  task = tf_config.get("task", {})
+  if task.get("type") not in _TRAINING_POOLS.values():
+    return None
+  # Other keys (rpc_layer, environment) pass through to TensorFlow.
+  return {**tf_config, "cluster": cluster,
+          "task": {"type": task["type"], "index": task.get("index", 0)}}
+
+
+def data_service_address(value):
+  """--data_service as a grpc:// address; `vertex` is this job's pool 2.
+
+  Raises:
+    UserError: `vertex` outside a Vertex AI job with a data service pool.
+  """
+  if value != "vertex":
+    return value
+  spec = json.loads(os.environ.get("CLUSTER_SPEC") or "{}")
+  servers = spec.get("cluster", {}).get(DATA_SERVICE_POOL)
+  if not servers:
+    raise UserError("--data_service=vertex needs a Vertex AI job with tf.data "
+                    f"service servers in {DATA_SERVICE_POOL} (CLUSTER_SPEC has "
+                    "none); submit with python -m launch.vertex "
+                    "--data_service_workers=N")
+  # Replica 0 of the pool runs the dispatcher on its own address.
+  return f"grpc://{servers[0]}"
 
 
 def _num_cluster_tasks(tf_config):

@@ -144,8 +144,11 @@ class Trainer:
     if config.data_service:
       # One job per run and epoch, shared by all workers of this run.
       run_id = hashlib.sha1(self.model_dir.encode()).hexdigest()[:10]
-      self.train_spec = dataclasses.replace(self.train_spec,
-                                            job_name=f"alexnet-{run_id}")
+      self.train_spec = dataclasses.replace(
+          self.train_spec, job_name=f"alexnet-{run_id}",
+          data_service=strategy_lib.data_service_address(config.data_service))
+      print(f"Input through the tf.data service at "
+            f"{self.train_spec.data_service}", flush=True)
     self.steps_per_epoch = config.steps_per_epoch or (
         self.train_spec.num_examples // config.global_batch_size)
     if self.steps_per_epoch < 1:
