@@ -18,7 +18,8 @@ caches or memory, and all side by side in one run:
             batch 4, float32, map -> shuffle(1000) -> batch(4) with a float
             resize, no parallel map, no prefetch; and our e2e / seed ratio
   scaling   2 workers on 127.0.0.1 (one core each) vs one process with both
-            cores, same global batch: multi-worker efficiency
+            cores (measured before and after them, averaged), same global
+            batch: multi-worker efficiency
   service   e2e through a tf.data service (a dispatcher and one worker on
             127.0.0.1 here; on this one machine it measures the service's
             overhead, elsewhere its workers add CPUs)
@@ -51,6 +52,8 @@ flags.DEFINE_string("model", "", "Override the config's model.")
 flags.DEFINE_string("precision", "", "Override the config's precision.")
 flags.DEFINE_integer("global_batch_size", 0, "Override the config's batch.")
 flags.DEFINE_string("strategy", "", "Override the config's strategy.")
+flags.DEFINE_string("all_reduce_precision", "", "Override the config's "
+                    "all-reduce dtype (the scaling phase).")
 flags.DEFINE_integer("cpu_devices", 0, "As for training.")
 flags.DEFINE_integer("steps", 12, "Timed training steps per phase.")
 flags.DEFINE_integer("warmup_steps", 4, "Untimed steps first (compilation).")
@@ -151,8 +154,8 @@ def _trainer(options, train_data):
                "export": False, "early_stopping_patience": 0,
                "model_dir": options["model_dir"],
                "data_service": options.get("data_service", "")}
-  for key in ("model", "precision", "strategy"):
-    if options[key]:
+  for key in ("model", "precision", "strategy", "all_reduce_precision"):
+    if options.get(key):
       overrides[key] = options[key]
   if options["global_batch_size"]:
     overrides["global_batch_size"] = options["global_batch_size"]
@@ -202,6 +205,7 @@ def phase_step(options):
   result = _flops_summary(trainer, rate, options["peaks"])
   result.update(precision=trainer.precision, strategy=trainer.info.name,
                 replicas=trainer.info.num_replicas,
+                all_reduce=trainer.all_reduce_dtype,
                 global_batch_size=trainer.config.global_batch_size,
                 model=trainer.config.model)
   return result
@@ -297,14 +301,20 @@ def phase_scaling(options):
   """2 workers x 1 core vs 1 process x 2 cores, same global batch."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   from launch import local  # pylint: disable=g-import-not-at-top
-  single = _run_phase("step", {**options, "strategy": "one_device"}, repo)
+  one_process = {**options, "strategy": "one_device"}
+  before = _run_phase("step", one_process, repo)["images_per_sec"]
   child = {**options, "strategy": "multi_worker", "skip_peaks": True}
   envs, _ = local.worker_envs(2, "cpu", 1)
   processes = [_spawn_phase("step", child, repo, env) for env in envs]
   results = [_collect(p) for p in processes]
   multi = results[0]["images_per_sec"]
+  # On a shared machine the speed drifts: bracket the workers' run.
+  after = _run_phase("step", one_process, repo)["images_per_sec"]
+  single = {"images_per_sec": (before + after) / 2}
   return {"one_process_images_per_sec": single["images_per_sec"],
+          "one_process_before_after": [before, after],
           "two_workers_images_per_sec": multi,
+          "all_reduce": results[0]["all_reduce"],
           "efficiency": multi / single["images_per_sec"]}
 
 
@@ -398,7 +408,8 @@ def format_table(results):
     r = results["scaling"]
     rows.append(("2 workers", f"{r['two_workers_images_per_sec']:.1f}", "", "",
                  f"vs {r['one_process_images_per_sec']:.1f} in one process: "
-                 f"efficiency {r['efficiency']:.2f}"))
+                 f"efficiency {r['efficiency']:.2f}, all-reduce in "
+                 f"{r['all_reduce']}"))
   widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
   return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths))
                    for row in rows)
@@ -426,6 +437,7 @@ def main(argv):
   scratch = tempfile.mkdtemp(prefix="alexnet-bench-")
   options = {"config": FLAGS.config, "train_data": train_data,
              "model": FLAGS.model, "precision": FLAGS.precision,
+             "all_reduce_precision": FLAGS.all_reduce_precision,
              "global_batch_size": FLAGS.global_batch_size,
              "strategy": FLAGS.strategy, "cpu_devices": FLAGS.cpu_devices,
              "steps": FLAGS.steps, "warmup_steps": FLAGS.warmup_steps,

@@ -16,6 +16,7 @@ from trainer.errors import UserError
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+ALL_REDUCE_PRECISIONS = ("auto", "float32", "bfloat16")
 MODELS = ("seed", "seed_same", "original", "tiny")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "seed", "cosine")
@@ -165,6 +166,11 @@ class Config:
                            "loss scaling on GPUs of compute capability 7.x, "
                            "bfloat16 on 8.0+ and on CPUs with AVX512_BF16 or "
                            "AMX, else float32.", PRECISIONS, "Distribution")
+  all_reduce_precision: str = _option(
+      "auto", "dtype gradients cross the network in. 'auto' = bfloat16 for "
+      "multi_worker runs in mixed_bfloat16 (their gradients come out of "
+      "bfloat16 kernels, so the cast is nearly lossless and halves the "
+      "bytes), else float32.", ALL_REDUCE_PRECISIONS, "Distribution")
 
   # --- Outputs
   model_dir: str = _option("", "Where checkpoints, metrics, TensorBoard logs "

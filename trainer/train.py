@@ -130,8 +130,11 @@ class Trainer:
                               (self.checkpoint_dir, "$AIP_CHECKPOINT_DIR"),
                               (self.log_dir, "$AIP_TENSORBOARD_LOG_DIR")):
         _check_writable(directory, name)
+    self.all_reduce_dtype, _ = strategy_lib.choose_all_reduce_dtype(
+        config.all_reduce_precision, self.precision, self.info.name)
     print(strategy_lib.banner(self.info, self.precision, precision_reason,
-                              config.global_batch_size), flush=True)
+                              config.global_batch_size, self.all_reduce_dtype),
+          flush=True)
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
@@ -173,7 +176,7 @@ class Trainer:
           self.state.lr_multiplier)
       self.optimizer = optimization.build_optimizer(
           config, self.schedule, loss_scaling=self.precision == "mixed_float16",
-          fused=self.info.name != "tpu")
+          fused=self.info.name != "tpu", all_reduce_dtype=self.all_reduce_dtype)
       # Create optimizer slots now so checkpoints restore into them.
       self.optimizer.build(self.model.trainable_variables)
     # Dropout's random-seed state is a model variable but not a weight; it
