@@ -25,22 +25,21 @@ def test_training_through_data_service_matches_local_input(run_cli, tmp_path):
   del local
 
 
-def _port_pair():
-  """A port P on 127.0.0.1 with P + 1 also free (pool replica 0 uses both)."""
+def _free_port(also_next=False):
+  """A port free on 127.0.0.1 (with port + 1 free too if asked: pool 2's
+  replica 0 serves on both)."""
   import socket
   while True:
-    first = socket.socket()
-    first.bind(("127.0.0.1", 0))
-    port = first.getsockname()[1]
-    second = socket.socket()
-    try:
-      second.bind(("127.0.0.1", port + 1))
-      return port
-    except OSError:
-      continue
-    finally:
-      first.close()
-      second.close()
+    with socket.socket() as first, socket.socket() as second:
+      first.bind(("127.0.0.1", 0))
+      port = first.getsockname()[1]
+      if not also_next:
+        return port
+      try:
+        second.bind(("127.0.0.1", port + 1))
+        return port
+      except OSError:
+        continue
 
 
 def test_vertex_data_service_pool_feeds_the_trainer(tmp_path, cache_dir):
@@ -52,10 +51,9 @@ def test_vertex_data_service_pool_feeds_the_trainer(tmp_path, cache_dir):
   import subprocess
   import sys
   from conftest import REPO, cli_env
-  from launch.local import free_ports
 
-  pool2 = [f"127.0.0.1:{_port_pair()}", f"127.0.0.1:{free_ports(1)[0]}"]
-  chief = [f"127.0.0.1:{free_ports(1)[0]}"]
+  pool2 = [f"127.0.0.1:{_free_port(also_next=True)}", f"127.0.0.1:{_free_port()}"]
+  chief = [f"127.0.0.1:{_free_port()}"]
   cluster = {"workerpool0": chief, "workerpool2": pool2}
 
   def vertex_env(pool, index):
