@@ -8,7 +8,6 @@ import pytest
 from conftest import read_jsonl
 
 TINY = ["--config=tiny"]
-BFLOAT16_ATOL = 3e-2
 
 
 def test_tiny_run_writes_every_output(run_cli, tmp_path):
@@ -42,12 +41,13 @@ def test_tiny_run_writes_every_output(run_cli, tmp_path):
   import keras
   import tensorflow as tf
   model = keras.models.load_model(model_dir / "export" / "model.keras")
-  images = np.zeros((2, 32, 32, 3), np.uint8)
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
   served = tf.saved_model.load(str(model_dir / "export" / "saved_model"))
-  # Both run in bfloat16 (8 significant bits); the SavedModel's graph fuses
-  # ops that eager Keras rounds one by one, so outputs agree to ~1e-2, not 1e-6.
-  np.testing.assert_allclose(served.serve(tf.constant(images, tf.float32)),
-                             model(images), atol=BFLOAT16_ATOL)
+  # Compare graph with graph: in bfloat16, eager Keras rounds after every op
+  # where the graph's fused kernels round once (differences up to ~1e-2).
+  images = tf.constant(images, tf.float32)
+  np.testing.assert_allclose(served.serve(images), tf.function(model)(images),
+                             atol=1e-5)
 
 
 def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path):
