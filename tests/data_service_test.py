@@ -88,3 +88,16 @@ def test_vertex_data_service_pool_feeds_the_trainer(tmp_path, cache_dir):
   assert f"Input through the tf.data service at grpc://{pool2[0]}" in trainer.stdout
   assert "strategy=one_device" in trainer.stdout  # one chief: pool 2 isn't a peer
   assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["val_accuracy"] >= 0.9
+
+
+def test_vertex_role_outside_its_pool_is_a_usage_error(run_cli):
+  import json
+  result = run_cli("trainer.data_service", "--role=vertex", timeout=120)
+  assert result.returncode == 2
+  assert "--role=vertex needs Vertex AI's CLUSTER_SPEC" in result.stderr
+  spec = {"cluster": {"workerpool0": ["h0:2222"], "workerpool2": ["h2:2222"]},
+          "task": {"type": "workerpool0", "index": 0}}
+  result = run_cli("trainer.data_service", "--role=vertex", timeout=120,
+                   env={"CLUSTER_SPEC": json.dumps(spec)})
+  assert result.returncode == 2
+  assert "runs in workerpool2; CLUSTER_SPEC says this replica is in workerpool0" in result.stderr
