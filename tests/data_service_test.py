@@ -70,7 +70,7 @@ def test_vertex_data_service_pool_feeds_the_trainer(tmp_path, cache_dir):
       stderr=subprocess.STDOUT, text=True) for index in range(2)]
   try:
     trainer = subprocess.run(
-        [sys.executable, "-m", "trainer.task", "--config=tiny", "--epochs=2",
+        [sys.executable, "-m", "trainer.task", "--config=tiny", "--epochs=3",
          "--data_service=vertex", f"--model_dir={tmp_path / 'run'}"],
         cwd=REPO, env=vertex_env("workerpool0", 0), capture_output=True,
         text=True, timeout=600)
