@@ -100,6 +100,7 @@ GPU_MACHINES = {
 }
 TPU_MACHINES = {"TPU_V2": "cloud-tpu", "TPU_V3": "cloud-tpu",
                 "TPU_V5_LITEPOD": "ct5lp-hightpu-"}
+TPU_MACHINE_PREFIXES = ("cloud-tpu", "ct5lp")
 V5E_TOPOLOGY = {"1t": "1x1", "4t": "2x2", "8t": "2x4"}
 # Newest prebuilt training images (TF 2.17); pip then installs this
 # package's pinned TensorFlow on top.
@@ -135,7 +136,7 @@ def validate(options, trainer_args):
     if _trainer_flag(trainer_args, "data_service") is not None:
       raise LaunchError("--data_service_workers starts the job's own tf.data "
                         "service; drop the trainer flag --data_service")
-    if options["data_service_machine_type"].startswith(("cloud-tpu", "ct5lp")):
+    if options["data_service_machine_type"].startswith(TPU_MACHINE_PREFIXES):
       raise LaunchError("--data_service_machine_type must be a CPU machine, "
                         f"got {options['data_service_machine_type']}")
   if accelerator and accelerator not in GPU_MACHINES and accelerator not in TPU_MACHINES:
@@ -174,7 +175,7 @@ def validate(options, trainer_args):
       if options[name]:
         raise LaunchError(f"--{name} is not supported with TPU machines; use "
                           "a larger TPU slice")
-  elif machine.startswith(("cloud-tpu", "ct5lp")):
+  elif machine.startswith(TPU_MACHINE_PREFIXES):
     raise LaunchError(f"--machine_type={machine} needs a TPU --accelerator_type")
   strategy = _trainer_flag(trainer_args, "strategy")
   if options["workers"] and strategy not in (None, "auto", "multi_worker"):

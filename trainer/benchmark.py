@@ -310,12 +310,12 @@ def phase_scaling(options):
   multi = results[0]["images_per_sec"]
   # On a shared machine the speed drifts: bracket the workers' run.
   after = _run_phase("step", one_process, repo)["images_per_sec"]
-  single = {"images_per_sec": (before + after) / 2}
-  return {"one_process_images_per_sec": single["images_per_sec"],
+  single = (before + after) / 2
+  return {"one_process_images_per_sec": single,
           "one_process_before_after": [before, after],
           "two_workers_images_per_sec": multi,
           "all_reduce": results[0]["all_reduce"],
-          "efficiency": multi / single["images_per_sec"]}
+          "efficiency": multi / single}
 
 
 def phase_service(options):

@@ -75,10 +75,9 @@ def vertex_roles(cluster_spec, pool):
 def serve_vertex(cluster_spec):
   """Runs this Vertex replica's servers until the process is terminated."""
   from trainer import strategy  # pylint: disable=g-import-not-at-top
-  pool = strategy.DATA_SERVICE_POOL
-  dispatcher = cluster_spec["cluster"][pool][0]
-  servers = [_start(role, port, dispatcher, host)
-             for role, host, port in vertex_roles(cluster_spec, pool)]
+  dispatcher = strategy.vertex_dispatcher(cluster_spec)
+  servers = [_start(role, port, dispatcher, host) for role, host, port
+             in vertex_roles(cluster_spec, strategy.DATA_SERVICE_POOL)]
   servers[0].join()
 
 

@@ -92,6 +92,15 @@ def cluster_spec_from_env():
           "task": {"type": task["type"], "index": task.get("index", 0)}}
 
 
+def vertex_dispatcher(cluster_spec):
+  """HOST:PORT of the tf.data dispatcher in a Vertex AI CLUSTER_SPEC, or None.
+
+  Replica 0 of the data service pool runs it on its own address.
+  """
+  servers = cluster_spec.get("cluster", {}).get(DATA_SERVICE_POOL)
+  return servers[0] if servers else None
+
+
 def data_service_address(value):
   """--data_service as a grpc:// address; `vertex` is this job's pool 2.
 
@@ -100,15 +109,13 @@ def data_service_address(value):
   """
   if value != "vertex":
     return value
-  spec = json.loads(os.environ.get("CLUSTER_SPEC") or "{}")
-  servers = spec.get("cluster", {}).get(DATA_SERVICE_POOL)
-  if not servers:
+  dispatcher = vertex_dispatcher(json.loads(os.environ.get("CLUSTER_SPEC") or "{}"))
+  if not dispatcher:
     raise UserError("--data_service=vertex needs a Vertex AI job with tf.data "
                     f"service servers in {DATA_SERVICE_POOL} (CLUSTER_SPEC has "
                     "none); submit with python -m launch.vertex "
                     "--data_service_workers=N")
-  # Replica 0 of the pool runs the dispatcher on its own address.
-  return f"grpc://{servers[0]}"
+  return f"grpc://{dispatcher}"
 
 
 def _num_cluster_tasks(tf_config):
@@ -305,15 +312,12 @@ def choose_all_reduce_dtype(requested, precision, strategy_name):
   cast up, so sending them as bfloat16 loses only the rounding of the
   float32 gradients (BatchNorm, the output layer) and one rounding per sum;
   it halves what multi_worker sends between machines every step.
-
-  Returns:
-    (dtype_name, reason).
   """
   if requested != "auto":
-    return requested, "requested"
+    return requested
   if strategy_name == "multi_worker" and precision == "mixed_bfloat16":
-    return "bfloat16", "auto: multi_worker in mixed_bfloat16"
-  return "float32", "auto"
+    return "bfloat16"
+  return "float32"
 
 
 def set_precision(policy_name):

@@ -130,7 +130,7 @@ class Trainer:
                               (self.checkpoint_dir, "$AIP_CHECKPOINT_DIR"),
                               (self.log_dir, "$AIP_TENSORBOARD_LOG_DIR")):
         _check_writable(directory, name)
-    self.all_reduce_dtype, _ = strategy_lib.choose_all_reduce_dtype(
+    self.all_reduce_dtype = strategy_lib.choose_all_reduce_dtype(
         config.all_reduce_precision, self.precision, self.info.name)
     print(strategy_lib.banner(self.info, self.precision, precision_reason,
                               config.global_batch_size, self.all_reduce_dtype),
