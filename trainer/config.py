@@ -24,6 +24,7 @@ AUGMENTATIONS = ("random_resized_crop", "crop_flip", "resize")
 SCHEMAS = ("auto", "imagenet", "tfds")
 MONITORS = ("loss", "val_loss", "val_accuracy")
 NAN_POLICIES = ("error", "rollback")
+ACCELERATORS = ("none", "gpu", "tpu")
 
 
 def _option(default, help, choices=None, section="Training"):
@@ -166,6 +167,12 @@ class Config:
                            "loss scaling on GPUs of compute capability 7.x, "
                            "bfloat16 on 8.0+ and on CPUs with AVX512_BF16 or "
                            "AMX, else float32.", PRECISIONS, "Distribution")
+  require_accelerator: str = _option(
+      "none", "'gpu' or 'tpu': exit at once with one line (what TensorFlow "
+      "sees, what it was built for, the likely cause) when TensorFlow cannot "
+      "see that accelerator, instead of training on the CPU. launch.vertex "
+      "and the Colab notebook set it for accelerator machines.", ACCELERATORS,
+      "Distribution")
   all_reduce_precision: str = _option(
       "auto", "dtype gradients cross the network in. 'auto' = bfloat16 for "
       "multi_worker runs in mixed_bfloat16 (their gradients come out of "
