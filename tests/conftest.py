@@ -44,3 +44,85 @@ def run_cli(cache_dir):
 def read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+# Python prelude for probes: small trainer configs and per-replica reads.
+PROBE_PRELUDE = """
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+import configs
+from trainer import train as train_lib
+
+def tiny(**changes):
+  values = dict(model_dir=os.environ["MODEL_DIR"], export=False,
+                synthetic_dir=os.path.join(os.environ["XDG_CACHE_HOME"],
+                                           "alexnet_tf", "synthetic"))
+  values.update(changes)
+  return configs.get_config("tiny").replace(**values)
+
+def per_replica(strategy, variable):
+  return [np.asarray(v) for v in strategy.experimental_local_results(variable)]
+
+def emit(**values):
+  print("PROBE " + json.dumps(values), flush=True)
+"""
+
+
+def probe_result(stdout):
+  lines = [l for l in stdout.splitlines() if l.startswith("PROBE ")]
+  assert lines, stdout[-3000:]
+  return json.loads(lines[-1][len("PROBE "):])
+
+
+def run_probe(code, cache_dir, model_dir, timeout=300, **env):
+  """Runs PROBE_PRELUDE + code in a fresh interpreter; returns what it emit()s."""
+  result = subprocess.run(
+      [sys.executable, "-c", PROBE_PRELUDE + code], cwd=REPO,
+      env=cli_env(cache_dir, MODEL_DIR=str(model_dir), **env),
+      capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  return probe_result(result.stdout)
+
+
+def free_ports(count):
+  import socket
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def run_workers(code, cache_dir, model_dir, num_workers=2, timeout=300,
+                env_per_worker=None):
+  """Runs PROBE_PRELUDE + code as a multi-worker cluster on 127.0.0.1.
+
+  Returns each worker's emit()ted dict, or raises with every worker's output.
+  """
+  ports = free_ports(num_workers)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  processes = []
+  for index in range(num_workers):
+    tf_config = json.dumps({"cluster": cluster,
+                            "task": {"type": "worker", "index": index}})
+    extra = (env_per_worker or [{}] * num_workers)[index]
+    processes.append(subprocess.Popen(
+        [sys.executable, "-c", PROBE_PRELUDE + code], cwd=REPO,
+        env=cli_env(cache_dir, MODEL_DIR=str(model_dir), TF_CONFIG=tf_config,
+                    WORKER_INDEX=str(index), **extra),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = []
+  try:
+    for process in processes:
+      outputs.append(process.communicate(timeout=timeout)[0])
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  failed = [(i, p.returncode) for i, p in enumerate(processes) if p.returncode]
+  assert not failed, f"workers exited {failed}:\n" + "\n".join(
+      o[-2500:] for o in outputs)
+  return [probe_result(o) for o in outputs]

@@ -144,7 +144,7 @@ def test_nan_loss_stops_with_the_step_or_rolls_back(tmp_path, cache_dir):
         synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
         checkpoint_every_steps=8, steps_per_call=4, export=False)
     trainer = train_lib.Trainer(config)
-    real_call, calls = trainer._train_call, []
+    real_call, calls = trainer.train_steps, []
 
     def call(iterator, num_steps, control):
       calls.append(int(trainer.state.step.numpy()))
@@ -153,7 +153,7 @@ def test_nan_loss_stops_with_the_step_or_rolls_back(tmp_path, cache_dir):
         kernel.assign(np.full(kernel.shape, np.nan, np.float32))
       return real_call(iterator, num_steps, control)
 
-    trainer._train_call = call
+    trainer.train_steps = call
     return trainer
 
   with pytest.raises(train_lib.TrainingError, match=r"NaN/Inf at step 13"):

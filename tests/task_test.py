@@ -50,11 +50,14 @@ def test_tiny_run_writes_every_output(run_cli, tmp_path):
                              atol=1e-5)
 
 
-def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path):
+# float16 takes the loss-scaling path (one shared skip decision per step).
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path, precision):
   model_dir = tmp_path / "mirrored"
   result = run_cli("trainer.task", *TINY, "--strategy=mirrored",
-                   "--cpu_devices=2", "--epochs=6", "--precision=float32",
+                   "--cpu_devices=2", "--epochs=6", f"--precision={precision}",
                    f"--model_dir={model_dir}", check=True)
+  assert f"precision={precision}" in result.stdout
   assert "strategy=mirrored" in result.stdout
   assert "replicas=2" in result.stdout and "per_replica_batch=16" in result.stdout
   rows = read_jsonl(model_dir / "metrics.jsonl")

@@ -168,11 +168,11 @@ def _time_train_calls(trainer, iterator, warmup_steps, steps):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   control = tf.constant([0.0, 0.0])
   per_call = min(trainer.steps_per_call, max(1, steps))
-  trainer._train_call(iterator, tf.constant(max(1, warmup_steps)), control)[0].numpy()
+  trainer.train_steps(iterator, tf.constant(max(1, warmup_steps)), control)[0].numpy()
   calls = max(1, steps // per_call)
   start = time.perf_counter()
   for _ in range(calls):
-    trainer._train_call(iterator, tf.constant(per_call), control)[0].numpy()
+    trainer.train_steps(iterator, tf.constant(per_call), control)[0].numpy()
   elapsed = time.perf_counter() - start
   return calls * per_call * trainer.config.global_batch_size / elapsed
 
@@ -237,7 +237,7 @@ def phase_input(options):
 
 def phase_e2e(options):
   trainer = _trainer(options, options["train_data"])
-  iterator = trainer._train_iterator(0, 0)
+  iterator = trainer.train_iterator(0, 0)
   rate = _time_train_calls(trainer, iterator, options["warmup_steps"],
                            options["steps"])
   result = _flops_summary(trainer, rate, options["peaks"])

@@ -109,6 +109,29 @@ class FusedAdam(_AllReduceIn, keras.optimizers.Adam):
         grad=tf.cast(gradient, dtype))
 
 
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+  """Keras' dynamic loss scaling with one decision for the whole cluster.
+
+  Keras decides "the gradients are finite" from each replica's own
+  gradients, before they are summed: when one replica overflows, the others
+  still apply (their weights go to inf with the summed gradient) and, across
+  workers, some enter the gradient all-reduce while others skip it - a
+  collective mismatch that hangs. Here the decision is all-reduced first, so
+  every replica and worker applies the step, or skips it and halves the
+  scale, together. It is taken on the same information as the finiteness of
+  the summed gradient: a sum is finite iff every replica's part is.
+  """
+
+  def check_finite(self, grads):
+    finite = super().check_finite(grads)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+      return finite
+    overflowed = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+    return tf.equal(overflowed, 0.0)
+
+
 def build_optimizer(config, schedule, loss_scaling, fused=True,
                     all_reduce_dtype="float32"):
   """Adam (the seed) or SGD with momentum (the paper), optionally loss-scaled.
@@ -125,5 +148,5 @@ def build_optimizer(config, schedule, loss_scaling, fused=True,
     optimizer.all_reduce_dtype = tf.as_dtype(all_reduce_dtype)
   if loss_scaling:
     # float16 gradients underflow without it; bfloat16 has float32's range.
-    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = LossScaleOptimizer(optimizer)
   return optimizer

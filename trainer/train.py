@@ -191,31 +191,44 @@ class Trainer:
         self.checkpoint, self.checkpoint_dir, self.is_chief, self.info.task,
         max_to_keep=config.keep_checkpoints)
     self.writer = outputs.RunWriter(self.model_dir, self.log_dir, self.is_chief)
-    self._train_call = self._make_train_call()
+    self.train_steps = self._make_train_call()
     self._eval_call = evaluation.make_eval_call(self.strategy, self.model,
                                                 config.num_classes)
 
   # --------------------------------------------------------------------------
   # Compiled steps.
 
-  def _make_train_call(self):
+  def compute_gradients(self, images, labels):
+    """This replica's share of the step: (probabilities, per-example loss,
+    gradients of the global-batch mean loss, loss-scaled under float16)."""
     config, model, optimizer = self.config, self.model, self.optimizer
-    num_classes = config.num_classes
-    global_batch = config.global_batch_size
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    with tf.GradientTape() as tape:
+      probabilities = model(images, training=True)
+      per_example = metrics.loss_per_example(labels, probabilities,
+                                             config.num_classes)
+      # Average over the global batch: gradients are summed across replicas.
+      loss = tf.nn.compute_average_loss(
+          per_example, global_batch_size=config.global_batch_size)
+      if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        loss = optimizer.scale_loss(loss)
+    return probabilities, per_example, tape.gradient(
+        loss, model.trainable_variables)
+
+  def apply_gradients(self, gradients):
+    """Sums `gradients` across replicas and updates the weights (replica
+    context); under loss scaling every replica and worker takes one shared
+    decision to apply or skip."""
+    self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+
+  def _make_train_call(self):
+    num_classes = self.config.num_classes
     # The batch statistics, then the skipped-record count.
     size = metrics.stats_size(num_classes, with_confusion=False) + 1
 
     def replica_step(images, labels, skipped):
-      with tf.GradientTape() as tape:
-        probabilities = model(images, training=True)
-        per_example = metrics.loss_per_example(labels, probabilities, num_classes)
-        # Average over the global batch: gradients are summed across replicas.
-        loss = tf.nn.compute_average_loss(per_example,
-                                          global_batch_size=global_batch)
-        scaled = optimizer.scale_loss(loss) if loss_scaled else loss
-      gradients = tape.gradient(scaled, model.trainable_variables)
-      optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+      probabilities, per_example, gradients = self.compute_gradients(images,
+                                                                     labels)
+      self.apply_gradients(gradients)
       stats = metrics.batch_stats(labels, probabilities, per_example, num_classes)
       return tf.concat([stats, [tf.cast(tf.reduce_sum(skipped), tf.float32)]], 0)
 
@@ -249,7 +262,7 @@ class Trainer:
                                self._eval_call, self.eval_spec,
                                self.config.global_batch_size)
 
-  def _train_iterator(self, epoch, step_in_epoch):
+  def train_iterator(self, epoch, step_in_epoch):
     records_per_step = self.config.global_batch_size // self.num_pipelines
     skip = step_in_epoch * records_per_step
     dataset = self.strategy.distribute_datasets_from_function(
@@ -314,7 +327,7 @@ class Trainer:
     """One epoch (or its remainder). Returns False if preempted."""
     config, state = self.config, self.state
     epoch = int(state.epoch.numpy())
-    iterator = self._train_iterator(epoch, int(state.step_in_epoch.numpy()))
+    iterator = self.train_iterator(epoch, int(state.step_in_epoch.numpy()))
     progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
                                 self.is_chief)
     totals = np.zeros(metrics.stats_size(config.num_classes, False) + 1)
@@ -326,7 +339,7 @@ class Trainer:
                    time.time() - last_save_time >= config.checkpoint_every_secs)
       control = tf.constant([float(sigterm.requested), float(bool(want_save))])
       self._profile(int(state.step.numpy()), after_call=False)
-      call_totals, step_losses, agreed = self._train_call(
+      call_totals, step_losses, agreed = self.train_steps(
           iterator, tf.constant(num_steps), control)
       self._profile(int(state.step.numpy()) + num_steps, after_call=True)
       step_losses = step_losses.numpy()
