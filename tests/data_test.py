@@ -141,8 +141,40 @@ def test_png_records_decode_too(tmp_path):
 def test_label_out_of_range_names_label_and_file(tmp_path):
   pattern = write_set(tmp_path / "bad", 1, 4, label_fn=lambda i: 7)
   spec = spec_for(pattern)
-  with pytest.raises(tf.errors.InvalidArgumentError, match=r"label=.*7.*train-00000-of-00001"):
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  assert data.label_error(raised.value) == (
+      f"label 7 outside [0, 2) in {pattern[:-1]}00000-of-00001 (after "
+      "--label_offset=0); labels that start at 1 need --label_offset=1")
+
+
+def test_skip_corrupt_never_drops_out_of_range_labels(tmp_path):
+  pattern = write_set(tmp_path / "bad", 1, 8, label_fn=lambda i: 2 if i == 5 else 0)
+  spec = spec_for(pattern, skip_corrupt=True)
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    list(data.make_train_dataset(spec, context(1, 0), 4).take(2))
+  assert "label 2 outside [0, 2)" in data.label_error(raised.value)
+  eval_spec = spec_for(pattern, skip_corrupt=True)
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    list(data.make_eval_dataset(eval_spec, context(1, 0), 4, steps=2))
+  assert "label 2 outside [0, 2)" in data.label_error(raised.value)
+
+
+def test_pipelines_draw_different_augmentations(tmp_path):
+  """Every record holds the same image: position 0 of two pipelines must
+  still be cropped differently (and identically when repeated)."""
+  rng = np.random.default_rng(0)
+  buffer = io.BytesIO()
+  Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(buffer, format="PNG")
+  pattern = write_set(tmp_path / "same", 2, 4, encode=lambda i: buffer.getvalue())
+  spec = spec_for(pattern, augment="random_resized_crop", shuffle_buffer=1)
+
+  def first_image(pipeline_id):
+    images, _, _ = next(iter(data.make_train_dataset(spec, context(2, pipeline_id), 2)))
+    return images[0].numpy()
+
+  assert not np.array_equal(first_image(0), first_image(1))
+  assert np.array_equal(first_image(1), first_image(1))
 
 
 def test_label_offset(tmp_path):

@@ -131,3 +131,58 @@ def test_portable_copy_has_only_builtin_layers_and_same_outputs():
   assert not any(isinstance(l, model_lib.FusedBatchNormalization) for l in copy.layers)
   x = np.random.default_rng(1).integers(0, 255, (2, 32, 32, 3)).astype(np.uint8)
   np.testing.assert_allclose(copy(x), model(x), rtol=1e-6)
+
+
+CROSS_REPLICA_BATCH_NORM = """
+from trainer import model as model_lib
+from trainer import strategy as strategy_lib
+strategy_lib.configure_devices(int(os.environ["REPLICAS"]))
+strategy = strategy_lib.get_strategy("mirrored").strategy
+rng = np.random.default_rng(0)
+# Deliberately different halves: the replicas' means differ by 4 std devs.
+halves = [rng.normal(0.0, 1.0, (4, 5, 5, 3)), rng.normal(4.0, 2.0, (4, 5, 5, 3))]
+halves = [h.astype(np.float32) for h in halves]
+with strategy.scope():
+  layer = model_lib.FusedBatchNormalization(momentum=0.0)
+  layer.build((None, 5, 5, 3))
+replicas = strategy.num_replicas_in_sync
+inputs = strategy.experimental_distribute_values_from_function(
+    lambda ctx: halves[ctx.replica_id_in_sync_group] if replicas == 2
+    else np.concatenate(halves))
+strategy.run(tf.function(lambda x: layer(x, training=True)), args=(inputs,))
+emit(mean=per_replica(strategy, layer.moving_mean)[0].tolist(),
+     variance=per_replica(strategy, layer.moving_variance)[0].tolist(),
+     replicas_agree=all(np.array_equal(a, b) for v in (layer.moving_mean, layer.moving_variance)
+                        for a, b in zip(per_replica(strategy, v), per_replica(strategy, v)[1:])))
+"""
+
+
+def test_cross_replica_batch_norm_statistics_are_the_global_batchs(cache_dir, tmp_path):
+  from conftest import run_probe
+  one = run_probe(CROSS_REPLICA_BATCH_NORM, cache_dir, tmp_path, REPLICAS="1")
+  two = run_probe(CROSS_REPLICA_BATCH_NORM, cache_dir, tmp_path, REPLICAS="2")
+  assert two["replicas_agree"]
+  np.testing.assert_allclose(two["mean"], one["mean"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(two["variance"], one["variance"], rtol=1e-5)
+
+
+DROPOUT_PER_REPLICA = """
+from trainer import model as model_lib
+from trainer import strategy as strategy_lib
+strategy_lib.configure_devices(2)
+strategy = strategy_lib.get_strategy("mirrored").strategy
+with strategy.scope():
+  model = model_lib.build_model("tiny", 1, 32, dropout_rate=0.5)
+dropout = model.get_layer("dropout6")
+masks = strategy.run(tf.function(
+    lambda: tf.cast(dropout(tf.ones([4, 64]), training=True) > 0, tf.int32)))
+first, second = [np.asarray(m) for m in strategy.experimental_local_results(masks)]
+emit(equal=bool(np.array_equal(first, second)), kept=float(first.mean()))
+"""
+
+
+def test_replicas_draw_different_dropout_masks(cache_dir, tmp_path):
+  from conftest import run_probe
+  got = run_probe(DROPOUT_PER_REPLICA, cache_dir, tmp_path)
+  assert not got["equal"], got
+  assert 0.3 < got["kept"] < 0.7, got

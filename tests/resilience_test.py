@@ -102,10 +102,13 @@ def test_sigterm_saves_exits_preempted_and_resumes(tmp_path, cache_dir):
   assert f"step {saved_step}." in out
 
 
-def _final_weights(model_dir):
-  import keras
-  model = keras.models.load_model(model_dir / "export" / "model.keras")
-  return {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+def _final_state(model_dir):
+  """Every variable of the latest checkpoint: model, optimizer, loop state."""
+  import tensorflow as tf
+  reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if "save_counter" not in name}
 
 
 def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cli):
@@ -126,43 +129,88 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cl
   resumed = run_cli("trainer.task", *common, f"--model_dir={interrupted_dir}",
                     check=True)
   assert "Resumed from" in resumed.stdout
-  a, b = _final_weights(tmp_path / "a"), _final_weights(interrupted_dir)
+  a, b = _final_state(tmp_path / "a"), _final_state(interrupted_dir)
   assert a.keys() == b.keys()
-  worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+  assert any("optimizer" in k for k in a) and any("model" in k for k in a)
+  assert int(a["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 48
+  worst = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))))
+              for k in a)
   print(f"kill -9 + resume vs uninterrupted: max abs weight difference {worst}")
   assert worst <= 1e-6, worst
 
 
-def test_nan_loss_stops_with_the_step_or_rolls_back(tmp_path, cache_dir):
-  """A real NaN in the network at a chosen step, through the Python API."""
+def _checkpoints_are_finite(directory):
+  import tensorflow as tf
+  for index in directory.glob("ckpt-*.index"):
+    reader = tf.train.load_checkpoint(str(index)[:-len(".index")])
+    for name in reader.get_variable_to_shape_map():
+      value = reader.get_tensor(name)
+      if np.issubdtype(np.asarray(value).dtype, np.floating):
+        assert np.all(np.isfinite(value)), (index, name)
+
+
+def _trainer_with_nan_at(policy, model_dir, cache_dir, step, after_call=False):
+  """A real NaN in the network at a chosen step, through the Python API.
+
+  after_call: the NaN comes from the last update of the call that ends at
+  `step` (its losses are all finite), as when an update itself overflows.
+  """
   import configs
   from trainer import train as train_lib
+  config = configs.get_config("tiny").replace(
+      epochs=2, nan_policy=policy, model_dir=str(model_dir),
+      synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
+      checkpoint_every_steps=8, steps_per_call=4, export=False,
+      lr_schedule="cosine")
+  trainer = train_lib.Trainer(config)
+  real_call, calls = trainer.train_steps, []
 
-  def poisoned_trainer(policy, model_dir):
-    config = configs.get_config("tiny").replace(
-        epochs=2, nan_policy=policy, model_dir=str(model_dir),
-        synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
-        checkpoint_every_steps=8, steps_per_call=4, export=False)
-    trainer = train_lib.Trainer(config)
-    real_call, calls = trainer.train_steps, []
+  def poison():
+    kernel = trainer.model.get_layer("predictions").kernel
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
 
-    def call(iterator, num_steps, control):
-      calls.append(int(trainer.state.step.numpy()))
-      if int(trainer.state.step.numpy()) == 12 and calls.count(12) == 1:
-        kernel = trainer.model.get_layer("predictions").kernel
-        kernel.assign(np.full(kernel.shape, np.nan, np.float32))
-      return real_call(iterator, num_steps, control)
+  def call(iterator, num_steps, control):
+    at = int(trainer.state.step.numpy())
+    calls.append(at)
+    first_time = calls.count(at) == 1
+    if not after_call and at == step and first_time:
+      poison()
+    result = real_call(iterator, num_steps, control)
+    if after_call and at + int(num_steps) == step and first_time:
+      poison()
+    return result
 
-    trainer.train_steps = call
-    return trainer
+  trainer.train_steps = call
+  return trainer
 
+
+def test_nan_loss_stops_with_the_step_or_rolls_back(tmp_path, cache_dir):
+  from trainer import outputs
+  from trainer import train as train_lib
   with pytest.raises(train_lib.TrainingError, match=r"NaN/Inf at step 13"):
-    poisoned_trainer("error", tmp_path / "err").run()
+    _trainer_with_nan_at("error", tmp_path / "err", cache_dir, 12).run()
 
-  trainer = poisoned_trainer("rollback", tmp_path / "rb")
+  trainer = _trainer_with_nan_at("rollback", tmp_path / "rb", cache_dir, 12)
   summary = trainer.run()
   assert summary["status"] == "completed" and summary["step"] == 32
   assert int(trainer.state.rollbacks.numpy()) == 1
   assert float(trainer.state.lr_multiplier.numpy()) == 0.5
   weights = trainer.model.get_layer("predictions").kernel.numpy()
   assert np.all(np.isfinite(weights))
+  # The schedule's position is the run's step; the logged rate is the one
+  # the last update used.
+  assert int(trainer.optimizer.iterations.numpy()) == 32
+  logged = outputs.read_metrics(str(tmp_path / "rb"))[-1]["learning_rate"]
+  assert logged == pytest.approx(float(trainer.schedule(31)), rel=1e-6)
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, cache_dir):
+  # The update ending the call at step 8 (a checkpoint boundary) makes the
+  # weights NaN while every loss of that call was finite.
+  trainer = _trainer_with_nan_at("rollback", tmp_path / "rb", cache_dir, 8,
+                                 after_call=True)
+  summary = trainer.run()
+  assert summary["status"] == "completed" and summary["step"] == 32
+  assert int(trainer.state.rollbacks.numpy()) == 1
+  _checkpoints_are_finite(tmp_path / "rb" / "checkpoints")
+  _checkpoints_are_finite(tmp_path / "rb" / "best")

@@ -152,3 +152,16 @@ def test_tensorboard_has_scalars_images_and_profile(trained):
   assert {"loss", "accuracy", "learning_rate", "images_per_sec", "skipped",
           "augmented_inputs"} <= tags
   assert glob.glob(str(trained / "logs" / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+
+
+def test_evaluate_refuses_a_checkpoint_without_the_model(trained, run_cli, tmp_path):
+  """Restoring nothing would evaluate random weights; it must fail instead."""
+  unrelated = tf.train.Checkpoint(step=tf.Variable(7, dtype=tf.int64))
+  path = unrelated.write(str(tmp_path / "other" / "ckpt"))
+  result = run_cli("trainer.evaluate", f"--model_dir={trained}",
+                   f"--checkpoint={path}", f"--out={tmp_path / 'eval'}")
+  assert result.returncode == 1, result.stdout[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+  assert len(errors) == 1 and f"--checkpoint={path}" in errors[0], result.stderr
+  assert "model" in errors[0]
+  assert not (tmp_path / "eval" / "evaluation.json").exists()

@@ -54,16 +54,23 @@ def test_auto_with_logical_cpus_is_mirrored(cache_dir):
   assert got["type"] == "MirroredStrategy"
 
 
-def test_auto_with_multi_task_tf_config_picks_multi_worker(cache_dir):
-  # Reading the cluster is enough to choose; building it would start servers.
-  code = ("import json; from trainer import strategy as s; "
-          "c = s.cluster_spec_from_env(); print(s._num_cluster_tasks(c))")
-  tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
-               "task": {"type": "worker", "index": 0}}
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
-                          env=cli_env(cache_dir, TF_CONFIG=json.dumps(tf_config)),
-                          capture_output=True, text=True, timeout=60)
-  assert result.stdout.strip() == "2"
+def test_auto_with_multi_task_tf_config_picks_multi_worker(cache_dir, tmp_path):
+  from conftest import run_workers
+  code = ("from trainer import strategy as s\n"
+          "info = s.get_strategy('auto')\n"
+          "emit(name=info.name, reason=info.reason, chief=info.is_chief,\n"
+          "     type=type(info.strategy).__name__, replicas=info.num_replicas)\n")
+  results = run_workers(code, cache_dir, tmp_path, timeout=120)
+  for index, got in enumerate(results):
+    assert got == {"name": "multi_worker", "reason": "auto: TF_CONFIG names 2 tasks",
+                   "chief": index == 0, "type": "CollectiveAllReduceStrategy",
+                   "replicas": 2}, got
+
+
+def test_mirrored_without_gpus_says_it_uses_the_cpu(cache_dir):
+  got = probe(cache_dir, strategy="mirrored")
+  assert got["replicas"] == 1
+  assert "no GPU" in got["reason"] and "--cpu_devices" in got["reason"], got
 
 
 def test_vertex_cluster_spec_becomes_tf_config(cache_dir):
@@ -85,9 +92,31 @@ def test_mirrored_with_device_list(cache_dir):
   assert got["replicas"] == 2
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
-def test_explicit_precision_is_kept(cache_dir, precision):
-  assert probe(cache_dir, precision=precision)["precision"] == precision
+POLICY_PROBE = """
+import json
+from trainer import model as model_lib
+from trainer import strategy as s
+precision, why = s.choose_precision({precision!r}, "one_device")
+s.set_precision(precision)
+model = model_lib.build_model("tiny", 1, 32)
+print(json.dumps({{"why": why, "conv": model.get_layer("conv1").compute_dtype,
+                  "variables": model.get_layer("conv1").kernel.dtype,
+                  "output": model.get_layer("predictions").compute_dtype}}))
+"""
+
+
+@pytest.mark.parametrize("precision,compute", [
+    ("float32", "float32"), ("mixed_bfloat16", "bfloat16"),
+    ("mixed_float16", "float16")])
+def test_explicit_precision_sets_the_models_compute_dtype(cache_dir, precision,
+                                                          compute):
+  result = subprocess.run([sys.executable, "-c", POLICY_PROBE.format(
+      precision=precision)], cwd=REPO, env=cli_env(cache_dir),
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  got = json.loads(result.stdout.strip().splitlines()[-1])
+  assert got == {"why": "requested", "conv": compute, "variables": "float32",
+                 "output": "float32"}
 
 
 def _cluster_from(cache_dir, **env):

@@ -65,15 +65,32 @@ def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path, precision):
   assert rows[-1]["val_accuracy"] >= 0.8, rows
 
 
-def test_second_run_with_same_dir_resumes_and_does_nothing(run_cli, tmp_path):
+def test_second_run_of_a_finished_dir_trains_nothing(run_cli, tmp_path):
   model_dir = tmp_path / "again"
-  run_cli("trainer.task", *TINY, "--epochs=1", f"--model_dir={model_dir}",
-          check=True)
-  again = run_cli("trainer.task", *TINY, "--epochs=2", f"--model_dir={model_dir}",
-                  check=True)
-  assert "Resumed from" in again.stdout
-  rows = read_jsonl(model_dir / "metrics.jsonl")
-  assert [r["epoch"] for r in rows] == [1, 2]
+  args = [*TINY, "--epochs=1", f"--model_dir={model_dir}"]
+  run_cli("trainer.task", *args, check=True)
+  rows = (model_dir / "metrics.jsonl").read_text()
+  again = run_cli("trainer.task", *args, check=True)
+  assert "Nothing to train" in again.stdout, again.stdout
+  assert "Training " not in again.stdout
+  assert (model_dir / "metrics.jsonl").read_text() == rows
+
+
+def test_early_stopping_stops_and_a_rerun_trains_nothing(run_cli, tmp_path):
+  model_dir = tmp_path / "early"
+  # Validation accuracy reaches its ceiling (1.0) within a few epochs, after
+  # which it cannot improve: patience 1 must stop the run well before 12.
+  args = [*TINY, "--epochs=12", "--early_stopping_monitor=val_accuracy",
+          "--early_stopping_patience=1", f"--model_dir={model_dir}"]
+  first = run_cli("trainer.task", *args, check=True)
+  assert "Early stopping: val_accuracy has not improved for 1 epochs" in first.stdout
+  status = json.loads((model_dir / "status.json").read_text())
+  assert status["status"] == "early_stopped" and status["epoch"] < 12, status
+  rows = (model_dir / "metrics.jsonl").read_text()
+  again = run_cli("trainer.task", *args, check=True)
+  assert "Nothing to train" in again.stdout, again.stdout
+  assert (model_dir / "metrics.jsonl").read_text() == rows
+  assert json.loads((model_dir / "status.json").read_text())["status"] == "early_stopped"
 
 
 @pytest.mark.parametrize("flag,fragment", [
@@ -104,6 +121,8 @@ def test_bad_flag_is_usage_error_listing_valid_values(run_cli, flag, fragment):
     (["--profile_steps=9,3"], "--profile_steps='9,3'"),
     (["--data_service=vertex"], "--data_service=vertex needs a Vertex AI job"),
     (["--data_service=http://dispatcher"], "--data_service='http://dispatcher'"),
+    (["--early_stopping_monitor=val_loss", "--synthetic_eval_examples=0"],
+     "--early_stopping_monitor=val_loss needs validation data"),
 ])
 def test_runtime_errors_are_one_line(run_cli, args, fragment):
   result = run_cli("trainer.task", *TINY, *args, "--model_dir=/tmp/never-written",
@@ -180,3 +199,31 @@ def test_skip_corrupt_reports_skipped_records_per_epoch(run_cli, tmp_path):
   row = read_jsonl(tmp_path / "run2" / "metrics.jsonl")[0]
   assert row["skipped"] == 2, row
   assert "skipped 2" in lenient.stdout
+
+
+def test_remote_tpu_found_by_auto_rejects_local_paths(run_cli):
+  result = run_cli("trainer.task", *TINY, "--train_data=gs://b/train-*",
+                   "--model_dir=/tmp/never-written",
+                   env={"TPU_NAME": "grpc://127.0.0.1:1"}, timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert ("Error: --model_dir=/tmp/never-written is on this machine, but "
+          "--tpu=grpc://127.0.0.1:1 is a remote TPU") in result.stderr
+
+
+def test_label_out_of_range_is_one_line_even_with_skip_corrupt(run_cli, tmp_path):
+  from trainer import records
+  from trainer import synthetic
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  image = synthetic.encode_jpeg(np.zeros((40, 40, 3), np.uint8))
+  records.write_shard(str(data_dir / "train-00000-of-00001"), [
+      records.image_example(image, 2, 40, 40).SerializeToString()] * 40)
+  for extra in ([], ["--skip_corrupt"]):
+    result = run_cli("trainer.task", *TINY, f"--train_data={data_dir}",
+                     "--epochs=1", "--steps_per_epoch=1",
+                     f"--model_dir={tmp_path / 'run'}", *extra)
+    assert result.returncode == 1, result.stdout[-2000:]
+    errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    assert errors == [f"Error: label 2 outside [0, 2) in {data_dir}/train-00000-of-00001 "
+                      "(after --label_offset=0); labels that start at 1 need "
+                      "--label_offset=1"], result.stderr[-2000:]

@@ -89,3 +89,31 @@ def test_float16_overflow_on_one_worker_finishes_with_identical_weights(
   assert results[0]["digest"] == results[1]["digest"], results
   # One overflow halved the scale on both workers (4 clean steps don't regrow it).
   assert results[0]["scale"] == results[1]["scale"] == 2.0 ** 14, results
+
+
+# Worker 1 may shift one kernel by 1e-3 on its own copy only, after the
+# cluster synchronised the initial weights: a deliberately unsynchronised
+# variable. The digests each worker prints must then differ.
+DIGEST_OF_TRAINED_WEIGHTS = """
+trainer = train_lib.Trainer(tiny(strategy="multi_worker", epochs=1,
+                                 steps_per_epoch=4, export=True,
+                                 collective_timeout_secs=60))
+if os.environ.get("PERTURB") == "1":
+  kernel = trainer.model.get_layer("predictions").kernel
+  kernel.assign(kernel + 1e-3)
+summary = trainer.run()
+emit(digest=summary["weights_sha256"], status=summary["status"])
+"""
+
+
+@pytest.mark.parametrize("perturb", [False, True])
+def test_worker_digests_are_of_the_weights_each_worker_trained(
+    cache_dir, tmp_path, perturb):
+  results = run_workers(DIGEST_OF_TRAINED_WEIGHTS, cache_dir, tmp_path / "mw",
+                        env_per_worker=[{}, {"PERTURB": "1" if perturb else "0"}])
+  assert [r["status"] for r in results] == ["completed", "completed"]
+  digests = [r["digest"] for r in results]
+  if perturb:  # The negative control: the check sees a planted difference.
+    assert digests[0] != digests[1], results
+  else:
+    assert digests[0] == digests[1], results
