@@ -7,7 +7,10 @@
 SGD, momentum 0.9, weight decay 5e-4, batch 128, learning rate 0.01, 90
 epochs, 224 crops of 256 plus flips. The paper reached 40.7% top-1 error
 (single model, no test-time augmentation: about 59% top-1 accuracy). The
-paper lowered the rate by 10x on plateaus; this uses cosine decay.
+paper lowered the rate by 10x on plateaus; this uses cosine decay. The
+weight decay is Keras' decoupled decay (w -= lr * 5e-4 * w per step), about
+10x weaker than the paper's L2 term under momentum 0.9 (which amplifies its
+gradient by 1 / (1 - 0.9)).
 """
 
 from trainer.config import Config

@@ -13,12 +13,15 @@ SEED_PARAMS = 21_586_689
 SEED_SAME_PARAMS = 46_752_513
 # Krizhevsky et al. 2012, one tower, 1000 classes.
 ORIGINAL_PARAMS = 62_378_344
+# The narrow test variant (as the README's table states).
+TINY_PARAMS = 24_609
 
 
 @pytest.mark.parametrize("name,num_classes,expected", [
     ("seed", 1, SEED_PARAMS),
     ("seed_same", 1, SEED_SAME_PARAMS),
     ("original", 1000, ORIGINAL_PARAMS),
+    ("tiny", 1, TINY_PARAMS),
 ])
 def test_parameter_counts(name, num_classes, expected):
   assert model_lib.build_model(name, num_classes).count_params() == expected

@@ -149,36 +149,27 @@ def _checkpoints_are_finite(directory):
         assert np.all(np.isfinite(value)), (index, name)
 
 
-def _trainer_with_nan_at(policy, model_dir, cache_dir, step, after_call=False):
-  """A real NaN in the network at a chosen step, through the Python API.
-
-  after_call: the NaN comes from the last update of the call that ends at
-  `step` (its losses are all finite), as when an update itself overflows.
-  """
+def _nan_config(policy, model_dir, cache_dir):
   import configs
-  from trainer import train as train_lib
-  config = configs.get_config("tiny").replace(
+  return configs.get_config("tiny").replace(
       epochs=2, nan_policy=policy, model_dir=str(model_dir),
       synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
       checkpoint_every_steps=8, steps_per_call=4, export=False,
       lr_schedule="cosine")
-  trainer = train_lib.Trainer(config)
+
+
+def _trainer_with_nan_at(policy, model_dir, cache_dir, step):
+  """A real NaN in the network before the call at `step`, through the Python API."""
+  from trainer import train as train_lib
+  trainer = train_lib.Trainer(_nan_config(policy, model_dir, cache_dir))
   real_call, calls = trainer.train_steps, []
 
-  def poison():
-    kernel = trainer.model.get_layer("predictions").kernel
-    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
-
   def call(iterator, num_steps, control):
-    at = int(trainer.state.step.numpy())
-    calls.append(at)
-    first_time = calls.count(at) == 1
-    if not after_call and at == step and first_time:
-      poison()
-    result = real_call(iterator, num_steps, control)
-    if after_call and at + int(num_steps) == step and first_time:
-      poison()
-    return result
+    calls.append(int(trainer.state.step.numpy()))
+    if calls[-1] == step and calls.count(step) == 1:
+      kernel = trainer.model.get_layer("predictions").kernel
+      kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    return real_call(iterator, num_steps, control)
 
   trainer.train_steps = call
   return trainer
@@ -205,10 +196,20 @@ def test_nan_loss_stops_with_the_step_or_rolls_back(tmp_path, cache_dir):
 
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path, cache_dir):
-  # The update ending the call at step 8 (a checkpoint boundary) makes the
-  # weights NaN while every loss of that call was finite.
-  trainer = _trainer_with_nan_at("rollback", tmp_path / "rb", cache_dir, 8,
-                                 after_call=True)
+  """The 8th update (the last of the call ending at the checkpoint boundary,
+  step 8) gets a NaN gradient: every loss of that call is finite, but the
+  weights it leaves are not."""
+  from trainer import train as train_lib
+
+  class NanUpdateAtStep8(train_lib.Trainer):
+    def apply_gradients(self, gradients):
+      poisoned = tf.logical_and(self.optimizer.iterations == 7,
+                                self.state.rollbacks == 0)
+      factor = tf.where(poisoned, np.float32(np.nan), np.float32(1.0))
+      super().apply_gradients([g * factor for g in gradients])
+
+  import tensorflow as tf
+  trainer = NanUpdateAtStep8(_nan_config("rollback", tmp_path / "rb", cache_dir))
   summary = trainer.run()
   assert summary["status"] == "completed" and summary["step"] == 32
   assert int(trainer.state.rollbacks.numpy()) == 1

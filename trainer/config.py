@@ -53,7 +53,7 @@ class Config:
                                 section="Model")
   batch_norm: str = _option("fused", "'fused': one fused kernel, each replica "
                              "normalises with its own batch's moments and the "
-                             "moving statistics are averaged across replicas "
+                             "moving statistics take the global batch's "
                              "(same model everywhere; fastest). "
                              "'synchronized': Keras' synchronized BatchNorm, "
                              "moments over the global batch (slower).",

@@ -7,7 +7,7 @@ batches of uint8 images (normalisation happens in the model, on the device).
 
 Training order is a pure function of (seed, epoch): files are shuffled per
 epoch, records are shuffled as encoded bytes, and augmentation draws its
-randomness from (seed, epoch, position). With --deterministic the order is
+randomness from (seed, epoch, position, pipeline). With --deterministic the order is
 fixed too, so skipping the records already consumed resumes a run exactly.
 """
 
@@ -149,21 +149,47 @@ def resolve_input_specs(config, image_size):
 # Parsing and decoding (graph functions, run inside tf.data maps).
 
 
-def _parse(serialized, source_file, spec):
+def _parse(serialized, spec):
   image_key, label_key = SCHEMA_KEYS[spec.schema]
   features = tf.io.parse_single_example(serialized, {
       image_key: tf.io.FixedLenFeature([], tf.string),
       label_key: tf.io.FixedLenFeature([], tf.int64),
   })
-  label = features[label_key] - spec.label_offset
+  return features[image_key], features[label_key] - spec.label_offset
+
+
+# Marks the label-range assertion so `label_error` can find it in the error
+# TensorFlow raises from deep inside an iterator.
+_LABEL_CHECK = "LABEL_OUT_OF_RANGE"
+
+
+def _check_label(label, source_file, spec):
+  """The label, or an error naming it, the file and the fix.
+
+  Applied after --skip_corrupt's ignore_errors: a wrong label is a wrong
+  flag or a wrong dataset, never a record to drop quietly.
+  """
   num_labels = max(2, spec.num_classes)
   check = tf.debugging.Assert(
       tf.logical_and(label >= 0, label < num_labels),
-      ["label out of range [0, %d): label=" % num_labels, label,
-       "(after --label_offset) in file", source_file])
+      [_LABEL_CHECK, label, num_labels, spec.label_offset, source_file],
+      summarize=1)
   with tf.control_dependencies([check]):
-    label = tf.identity(label)
-  return features[image_key], label
+    return tf.identity(label)
+
+
+def label_error(error):
+  """The one-line message for a label-range failure in `error`, or None."""
+  import re  # pylint: disable=g-import-not-at-top
+  match = re.search(re.escape(_LABEL_CHECK) + r"\] \[(-?\d+)\] \[(\d+)\] "
+                    r"\[(-?\d+)\] \[([^\]]*)\]", str(error))
+  if not match:
+    return None
+  label, num_labels, offset, source = match.groups()
+  hint = ("labels that start at 1 need --label_offset=1" if offset == "0"
+          else "check --label_offset and --num_classes")
+  return (f"label {label} outside [0, {num_labels}) in {source} (after "
+          f"--label_offset={offset}); {hint}")
 
 
 def _image_shape(encoded):
@@ -312,16 +338,22 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
 
   def preprocess(position, record_and_source):
     record, source = record_and_source
-    encoded, label = _parse(record, source, spec)
-    seed = tf.stack([tf.cast(epoch_seed, tf.int64), position])
+    encoded, label = _parse(record, spec)
+    # Each pipeline draws its own crops: the same position in two pipelines
+    # (or workers) is a different image and must not get the same crop.
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.cast(epoch_seed, tf.int64), position]), pipeline_id)
     image = decode_for_training(encoded, spec.image_size, spec.augment, seed)
-    return image, label, position
+    return image, label, position, source
 
   # Skipping needs positions in order to count the gaps it leaves.
   dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=spec.deterministic or spec.skip_corrupt)
   if spec.skip_corrupt:
     dataset = dataset.ignore_errors()
+  dataset = dataset.map(
+      lambda image, label, position, source: (
+          image, _check_label(label, source, spec), position))
 
   def count_skipped(last_position, element):
     image, label, position = element
@@ -367,13 +399,15 @@ def make_eval_dataset(spec, input_context, global_batch_size, steps):
                        ("..." if len(spec.files) > 3 else ""))
 
   def preprocess(record):
-    encoded, label = _parse(record, source, spec)
+    encoded, label = _parse(record, spec)
     image = decode_for_eval(encoded, spec.image_size, spec.augment)
     return image, label, tf.constant(1.0)
 
   dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   if spec.skip_corrupt:
     dataset = dataset.ignore_errors()
+  dataset = dataset.map(lambda image, label, weight: (
+      image, _check_label(label, source, spec), weight))
   padding = tf.data.Dataset.from_tensors((
       tf.zeros([spec.image_size, spec.image_size, 3], tf.uint8),
       tf.constant(0, tf.int64), tf.constant(0.0))).repeat()

@@ -66,7 +66,14 @@ def _load_model(config, model_dir, checkpoint, image_size):
   else:
     path = checkpoint
   try:
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    # Every model variable must come from the checkpoint (the optimizer and
+    # loop state in it are not needed here): restoring nothing would
+    # evaluate random weights.
+    tf.train.Checkpoint(model=model).restore(path).expect_partial(
+        ).assert_existing_objects_matched()
+  except AssertionError:
+    raise UserError(f"--checkpoint={path}: does not hold this run's model "
+                    f"({config.model}, {config.num_classes} classes)") from None
   except (tf.errors.OpError, ValueError) as e:
     raise UserError(f"--checkpoint={path}: cannot restore "
                     f"({describe(e)})") from None

@@ -62,9 +62,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   Keras layer on one replica (which normalises with several separate ops, 4x
   slower on a CPU in bfloat16: 224 vs 51 ms per step for the seed's bn1 at
   batch 128). With several replicas each normalises with its own batch's
-  moments (as unsynchronised BatchNorm does), and the moments are averaged
-  across replicas before the moving-average update, so every replica and
-  worker holds the same moving statistics. Falls back to the Keras
+  moments (as unsynchronised BatchNorm does), and the moving statistics are
+  updated with the global batch's moments (all-reduced), so every replica
+  and worker holds the same moving statistics, equal to one device's on the
+  whole batch. Falls back to the Keras
   implementation for masks, other ranks and axes. Export swaps it for the
   built-in layer (see `portable_copy`).
   """
@@ -86,12 +87,42 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     variance = unbiased_variance * (count - 1.0) / count
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
-      mean, variance = context.all_reduce("MEAN", [mean, variance])
+      # The global batch's moments: average [mean, E[x^2]] (every replica
+      # holds the same number of examples), then variance = E[x^2] - mean^2.
+      # Averaging per-replica variances would drop the spread of the
+      # replicas' means and always under-estimate.
+      mean, mean_of_squares = context.all_reduce(
+          "MEAN", [mean, variance + tf.square(mean)])
+      variance = tf.maximum(mean_of_squares - tf.square(mean), 0.0)
     momentum = self.momentum
     self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
     self.moving_variance.assign(
         self.moving_variance * momentum + variance * (1.0 - momentum))
     return tf.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class ReplicaDropout(keras.layers.Dropout):
+  """Keras Dropout whose masks differ between replicas.
+
+  Keras draws masks from a seed-generator variable that is mirrored, so
+  every replica would drop the same units of its (different) examples; the
+  replica's index is folded into the seed. Same mask distribution, same
+  checkpointed state (one generator), reproducible under --deterministic.
+  Export swaps it for the built-in layer (see `portable_copy`).
+  """
+
+  def call(self, inputs, training=False):
+    context = tf.distribute.get_replica_context()
+    if (not training or self.rate == 0 or self.noise_shape is not None
+        or context is None or context.num_replicas_in_sync == 1):
+      return super().call(inputs, training=training)
+    seed = tf.cast(self.seed_generator.next(), tf.int64)
+    seed = tf.random.experimental.stateless_fold_in(
+        seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
+    keep = tf.random.stateless_uniform(tf.shape(inputs), seed) >= self.rate
+    scaled = inputs / tf.cast(1.0 - self.rate, inputs.dtype)
+    return tf.where(keep, scaled, tf.zeros_like(inputs))
 
 
 def _conv(filters, kernel, strides, padding, name):
@@ -106,7 +137,7 @@ def _pool(name):
 
 def _batch_norm(name, options):
   # Either way the moving statistics stay identical on every replica: the
-  # fused layer averages them, synchronized BN computes global moments.
+  # fused layer all-reduces them, synchronized BN computes global moments.
   synchronized, momentum, fused = options
   if fused:
     return FusedBatchNormalization(momentum=momentum, name=name)
@@ -114,11 +145,12 @@ def _batch_norm(name, options):
                                          momentum=momentum, name=name)
 
 
-def _head(x, num_classes, widths, dropout_rate):
+def _head(x, num_classes, widths, dropout_rate, portable):
   x = keras.layers.Flatten(name="flatten")(x)
+  dropout = keras.layers.Dropout if portable else ReplicaDropout
   for i, width in enumerate(widths):
     x = keras.layers.Dense(width, activation="relu", name=f"fc{6 + i}")(x)
-    x = keras.layers.Dropout(dropout_rate, name=f"dropout{6 + i}")(x)
+    x = dropout(dropout_rate, name=f"dropout{6 + i}")(x)
   # The output layer stays float32 under mixed precision: the loss and the
   # probabilities are computed at full precision.
   activation = "sigmoid" if num_classes == 1 else "softmax"
@@ -162,7 +194,8 @@ def _features(name, x, batch_norm):
 
 def build_model(name="seed", num_classes=1, image_size=None,
                 dropout_rate=0.5, sync_batch_norm=False,
-                batch_norm_momentum=0.99, fused_batch_norm=True):
+                batch_norm_momentum=0.99, fused_batch_norm=True,
+                portable=False):
   """Builds an AlexNet variant.
 
   Args:
@@ -174,8 +207,9 @@ def build_model(name="seed", num_classes=1, image_size=None,
       BatchNorm (moments over the global batch).
     batch_norm_momentum: BatchNorm moving-average momentum.
     fused_batch_norm: one fused kernel per BatchNorm, per-replica moments,
-      moving statistics averaged across replicas. False gives built-in Keras
-      layers only.
+      moving statistics of the global batch.
+    portable: built-in Keras layers only wherever ours differ only in how
+      they run (BatchNorm, Dropout): for export. (`original` keeps its LRN.)
 
   Returns:
     A `keras.Model` mapping [batch, size, size, 3] pixels in 0..255 to
@@ -196,19 +230,20 @@ def build_model(name="seed", num_classes=1, image_size=None,
   x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
   try:
     x, widths = _features(name, x, (sync_batch_norm, batch_norm_momentum,
-                                    fused_batch_norm))
+                                    fused_batch_norm and not portable))
   except ValueError as e:
     # Keras' message names a pooling layer's shapes; say what to change.
     raise ValueError(f"image_size={image_size} is too small for model "
                      f"{name!r}: {str(e).splitlines()[0]}") from None
-  outputs = _head(x, num_classes, widths, dropout_rate)
+  outputs = _head(x, num_classes, widths, dropout_rate, portable)
   return keras.Model(inputs, outputs, name=f"alexnet_{name}")
 
 
 def portable_copy(model, name, num_classes, image_size, dropout_rate):
-  """The same network and weights with built-in Keras layers only (for export)."""
+  """The same network and weights with built-in Keras layers (for export;
+  `original`'s LRN is ours and registered for loading)."""
   copy = build_model(name, num_classes, image_size, dropout_rate,
-                     fused_batch_norm=False)
+                     portable=True)
   copy.set_weights(model.get_weights())
   return copy
 

@@ -158,7 +158,7 @@ def check_remote_tpu_paths(strategy, tpu, paths):
   Raises:
     UserError: naming the first local path, before anything starts.
   """
-  if strategy != "tpu" or tpu in ("", "local"):
+  if strategy != "tpu" or tpu in ("", "local") or not paths:
     return
   if not paths.get("--train_data"):
     raise UserError(f"--tpu={tpu} is a remote TPU, which cannot read the "
@@ -188,7 +188,8 @@ def _multi_worker(tf_config, collective_timeout_secs):
   return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
-def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=600):
+def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=600,
+                 remote_tpu_paths=None):
   """Builds the requested strategy.
 
   Args:
@@ -196,6 +197,8 @@ def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=60
     devices: comma-separated device names for one_device/mirrored.
     tpu: 'local', a TPU name or grpc:// address for tpu.
     collective_timeout_secs: multi_worker collective timeout.
+    remote_tpu_paths: {flag: path} the run reads and writes; checked (before
+      connecting) when the TPU, requested or found by 'auto', is remote.
 
   Returns:
     A StrategyInfo.
@@ -227,6 +230,7 @@ def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=60
     if not tpu:
       raise UserError("--strategy=tpu: no TPU found (no /dev/accel*, TPU_NAME "
                       "or COLAB_TPU_ADDR); pass --tpu=local|NAME|grpc://HOST:PORT")
+    check_remote_tpu_paths("tpu", tpu, remote_tpu_paths or {})
     try:
       built = _connect_tpu(tpu)
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
@@ -247,6 +251,9 @@ def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=60
     num_pipelines = _num_cluster_tasks(tf_config)
   else:
     device_names = _pick_devices(devices)
+    if strategy == "mirrored" and not devices and len(device_names) == 1:
+      reason = ("requested, but no GPU found: one replica on the CPU; "
+                "--cpu_devices=N splits the CPU into N replicas")
     if strategy == "one_device":
       if len(device_names) != 1 and devices:
         raise UserError(f"--strategy=one_device takes one device, got "

@@ -105,12 +105,11 @@ class Trainer:
     self.model_dir, self.checkpoint_dir, self.log_dir = resolve_output_dirs(
         config, config_name)
     strategy_lib.configure_devices(config.cpu_devices)
-    strategy_lib.check_remote_tpu_paths(config.strategy, config.tpu, {
-        "--train_data": config.train_data, "--eval_data": config.eval_data,
-        "--model_dir": self.model_dir})
-    self.info = strategy_lib.get_strategy(config.strategy, config.devices,
-                                          config.tpu,
-                                          config.collective_timeout_secs)
+    self.info = strategy_lib.get_strategy(
+        config.strategy, config.devices, config.tpu,
+        config.collective_timeout_secs, remote_tpu_paths={
+            "--train_data": config.train_data, "--eval_data": config.eval_data,
+            "--model_dir": self.model_dir})
     self.strategy = self.info.strategy
     replicas = self.info.num_replicas
     if config.global_batch_size % replicas:
@@ -144,6 +143,10 @@ class Trainer:
         config, self.image_size)
     self.class_names = data.class_names(self.train_spec.files,
                                         config.num_classes)
+    if config.early_stopping_monitor.startswith("val_") and not self.eval_spec:
+      raise UserError(f"--early_stopping_monitor="
+                      f"{config.early_stopping_monitor} needs validation data "
+                      "(--eval_data); without it, monitor 'loss'")
     if config.data_service:
       # One job per run and epoch, shared by all workers of this run.
       run_id = hashlib.sha1(self.model_dir.encode()).hexdigest()[:10]
@@ -247,7 +250,12 @@ class Trainer:
       # Agree on stop/save across workers: any worker's request counts.
       agreed = strategy.reduce("SUM", strategy.run(lambda: tf.identity(control)),
                                axis=None)
-      return totals, step_losses.stack(), agreed
+      # The last update can break the weights while every loss was finite:
+      # such weights must never reach a checkpoint.
+      weights_finite = tf.reduce_all([
+          tf.reduce_all(tf.math.is_finite(tf.cast(w, tf.float32)))
+          for w in self.model.weights])
+      return totals, step_losses.stack(), agreed, weights_finite
 
     return train_call
 
@@ -280,31 +288,55 @@ class Trainer:
     try:
       return self._run()
     except tf.errors.InvalidArgumentError as e:
-      raise TrainingError(f"bad input data: {describe(e)}; --skip_corrupt "
-                          "skips undecodable records") from None
+      label_problem = data.label_error(e)
+      if label_problem:
+        raise TrainingError(label_problem) from None
+      if "IteratorGetNext" in str(e):  # Raised by the input pipeline.
+        raise TrainingError(f"bad input data: {describe(e)}; --skip_corrupt "
+                            "skips undecodable records") from None
+      raise TrainingError(f"{describe(e)} (TensorFlow, in the training step "
+                          f"of --model={self.config.model} at --image_size="
+                          f"{self.image_size})") from None
     except tf.errors.DataLossError as e:
       raise TrainingError(f"corrupt TFRecord data in --train_data/--eval_data "
                           f"({describe(e)}); --skip_corrupt skips bad "
                           "records") from None
 
+  def _any_worker(self, flag):
+    """True on every worker if `flag` is true on any (a collective: also a
+    barrier, which every worker must reach)."""
+    if not hasattr(self, "_any_worker_call"):
+      strategy = self.strategy
+      self._any_worker_call = tf.function(lambda x: strategy.reduce(
+          "SUM", strategy.run(tf.identity, args=(x,)), axis=None))
+    return float(self._any_worker_call(tf.constant(float(flag)))) > 0
+
   def _run(self):
     config, state = self.config, self.state
+    # Read before anything here writes it; the chief's reading decides for
+    # every worker (the others would race its overwrite).
+    previous_status = self.writer.read_status() if self.is_chief else None
     restored = self.checkpoints.restore_latest()
+    # Every worker has looked for a checkpoint before any writes one.
+    self._any_worker(False)
     if restored:
       print(f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
             f"{int(state.step.numpy())}.", flush=True)
-    else:
+    finished = self._any_worker(
+        int(state.epoch.numpy()) >= config.epochs or
+        previous_status in ("completed", "early_stopped"))
+    if finished:
+      print(f"Nothing to train: this model dir already finished "
+            f"({int(state.epoch.numpy())} epochs, {previous_status or 'completed'}"
+            "). Use a new --model_dir to retrain.", flush=True)
+      return self._finish(previous_status or "completed", export=False)
+    if not restored:
       # A step-0 checkpoint: something to roll back to if the loss blows up.
       self.checkpoints.save(0)
       if self.is_chief:
         self.writer.write_input_images(self._sample_inputs())
     self.writer.write_config(config, self.class_names)
     self.writer.write_status("running", state)
-    if self._finished():
-      print("Nothing to train: this model dir already finished "
-            f"({int(state.epoch.numpy())} epochs). Use a new --model_dir to "
-            "retrain.", flush=True)
-      return self._finish("completed")
     print(f"Training {self.steps_per_epoch} steps/epoch for up to "
           f"{config.epochs} epochs; the first step compiles, may be slow.",
           flush=True)
@@ -318,10 +350,6 @@ class Trainer:
           status = "early_stopped"
           break
     return self._finish(status)
-
-  def _finished(self):
-    return (int(self.state.epoch.numpy()) >= self.config.epochs or
-            self.writer.read_status() in ("completed", "early_stopped"))
 
   def _run_epoch(self, sigterm):
     """One epoch (or its remainder). Returns False if preempted."""
@@ -339,14 +367,18 @@ class Trainer:
                    time.time() - last_save_time >= config.checkpoint_every_secs)
       control = tf.constant([float(sigterm.requested), float(bool(want_save))])
       self._profile(int(state.step.numpy()), after_call=False)
-      call_totals, step_losses, agreed = self.train_steps(
+      call_totals, step_losses, agreed, weights_finite = self.train_steps(
           iterator, tf.constant(num_steps), control)
       self._profile(int(state.step.numpy()) + num_steps, after_call=True)
       step_losses = step_losses.numpy()
       if not np.all(np.isfinite(step_losses)):
         bad_step = int(state.step.numpy()) + int(np.argmin(np.isfinite(step_losses))) + 1
-        if self._recover_from_nan(bad_step):
-          continue
+        self._recover_from_nan(f"loss became NaN/Inf at step {bad_step}")
+        continue
+      if not bool(weights_finite):
+        bad_step = int(state.step.numpy()) + num_steps
+        self._recover_from_nan(f"weights became NaN/Inf at step {bad_step}")
+        continue
       state.step.assign_add(num_steps)
       state.step_in_epoch.assign_add(num_steps)
       totals += call_totals.numpy()
@@ -413,38 +445,46 @@ class Trainer:
       steps = min(steps, to_boundary)
     return steps
 
-  def _recover_from_nan(self, bad_step):
-    """Raises, or rolls back to the last checkpoint with a lower rate."""
+  def _recover_from_nan(self, what):
+    """Raises, or rolls back to the last checkpoint with a lower rate.
+
+    The step counter, the data position and the early-stopping history are
+    kept (the batches that blew up are skipped); weights, optimizer slots and
+    dropout state come from the checkpoint. The schedule's position is set
+    back to the run's step, so the rate used and the rate logged agree.
+    """
     config, state = self.config, self.state
     if config.nan_policy == "error":
-      raise TrainingError(f"loss became NaN/Inf at step {bad_step}; lower "
-                          f"--learning_rate or use --nan_policy=rollback")
+      raise TrainingError(f"{what}; lower --learning_rate or use "
+                          "--nan_policy=rollback")
     if int(state.rollbacks.numpy()) >= config.max_rollbacks:
-      raise TrainingError(f"loss became NaN/Inf at step {bad_step} after "
-                          f"{int(state.rollbacks.numpy())} rollbacks (--max_rollbacks)")
-    # Keep the data position (skip the batches that blew up), restore the rest.
-    position = {k: int(getattr(state, k).numpy()) for k in
-                ("step", "epoch", "step_in_epoch", "rollbacks")}
+      raise TrainingError(f"{what} after {int(state.rollbacks.numpy())} "
+                          "rollbacks (--max_rollbacks)")
+    kept = ("step", "epoch", "step_in_epoch", "rollbacks", "best_val_accuracy",
+            "best_monitor", "epochs_without_improvement")
+    position = {k: getattr(state, k).numpy() for k in kept}
     multiplier = float(state.lr_multiplier.numpy())
     restored = self.checkpoints.restore_latest()
     if not restored:
-      raise TrainingError(f"loss became NaN/Inf at step {bad_step} and there "
-                          f"is no checkpoint to roll back to")
+      raise TrainingError(f"{what} and there is no checkpoint to roll back to")
     for name, value in position.items():
       getattr(state, name).assign(value)
+    self.optimizer.iterations.assign(int(position["step"]))
     state.rollbacks.assign_add(1)
     state.lr_multiplier.assign(multiplier * 0.5)
-    print(f"Loss became NaN/Inf at step {bad_step}: rolled back to {restored}, "
+    print(f"{what[0].upper()}{what[1:]}: rolled back to {restored}, "
           f"learning rate x{multiplier * 0.5:g} (rollback "
           f"{int(state.rollbacks.numpy())}/{config.max_rollbacks}).", flush=True)
-    return True
 
   def _end_epoch(self, epoch, train_figures, val_figures, images_per_sec):
     config, state = self.config, self.state
     record = {
         "epoch": epoch + 1, "step": int(state.step.numpy()),
         "loss": train_figures["loss"], "accuracy": train_figures["accuracy"],
-        "learning_rate": float(self.schedule(max(0, int(state.step.numpy()) - 1))),
+        # The rate of the last update (the optimizer's step drives the
+        # schedule; float16 loss scaling does not count skipped steps).
+        "learning_rate": float(self.schedule(
+            max(0, int(self.optimizer.iterations.numpy()) - 1))),
         "images_per_sec": images_per_sec,
     }
     if "auc" in train_figures:
@@ -498,19 +538,23 @@ class Trainer:
       return None
     return export_dir
 
-  def _finish(self, status):
+  def _finish(self, status, export=True):
     state = self.state
     self.writer.write_status(status, state)
     summary = {"status": status, "epoch": int(state.epoch.numpy()),
                "step": int(state.step.numpy()), "model_dir": self.model_dir,
-               "best_val_accuracy": float(state.best_val_accuracy.numpy())}
-    if status in ("completed", "early_stopped") and self.config.export:
+               "best_val_accuracy": float(state.best_val_accuracy.numpy()),
+               # Of the weights this worker trained, before anything is
+               # restored: equal digests on every worker prove one model.
+               "weights_sha256": outputs.weights_digest(self.model)}
+    # The chief's last save_best is complete before anyone reads best/.
+    self._any_worker(False)
+    if (export and status in ("completed", "early_stopped")
+        and self.config.export):
       self.checkpoints.restore_best()
       summary["exported"] = self._export()
     self.writer.close()
     self.checkpoints.cleanup()
-    # Every worker prints it: equal digests prove the replicas hold one model.
-    summary["weights_sha256"] = outputs.weights_digest(self.model)
     return summary
 
 
