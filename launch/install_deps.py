@@ -1,0 +1,141 @@
+"""Install this package's dependencies, keeping the TensorFlow already here.
+
+    pip install --no-deps PACKAGE && python -m launch.install_deps
+
+For environments that bring their own TensorFlow: a Colab runtime, a TPU VM or
+image with tensorflow-tpu, the TensorFlow GPU base image of the Dockerfile.
+`pip install PACKAGE` resolves the package's `tensorflow` requirement itself:
+it replaces tensorflow-tpu with the CPU/GPU wheel (another distribution name,
+so pip sees no TensorFlow at all) and replaces any TensorFlow outside the
+requirement together with the CUDA libraries it was built against. This
+installs every other requirement, with the TensorFlow family already installed
+(TensorFlow, Keras, TensorBoard, libtpu, NVIDIA libraries) pinned as pip
+constraints so that no dependency can move them either. Pip fails instead of
+replacing them when a requirement cannot be met without doing so.
+
+Never imports TensorFlow.
+"""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+# packaging comes with TensorFlow (one of its requirements), which is here.
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("package", "alexnet-tf", "Installed distribution whose "
+                    "requirements to install (installed with --no-deps).")
+flags.DEFINE_bool("dry_run", False, "Print what pip would install; change "
+                  "nothing.")
+
+# Distributions that are TensorFlow itself under one name or another.
+TENSORFLOW = ("tensorflow", "tensorflow-cpu", "tensorflow-tpu",
+              "tensorflow-intel", "tensorflow-macos")
+# Installed alongside TensorFlow and matched to its version: kept as they are.
+TENSORFLOW_FAMILY = TENSORFLOW + ("keras", "tf-keras", "tensorboard",
+                                  "tensorboard-data-server", "libtpu",
+                                  "libtpu-nightly", "ml-dtypes")
+
+
+class InstallError(Exception):
+  """A problem the user can fix; one line."""
+
+
+def _in_family(name):
+  name = canonicalize_name(name)
+  return name in TENSORFLOW_FAMILY or name.startswith("nvidia-")
+
+
+def split_requirements(package):
+  """(the TensorFlow requirement or None, the other requirements).
+
+  Extras' requirements and those whose environment markers exclude this
+  machine are left out, as pip would leave them out.
+  """
+  try:
+    texts = importlib.metadata.requires(package) or []
+  except importlib.metadata.PackageNotFoundError:
+    raise InstallError(f"--package={package} is not installed; first run "
+                       f"pip install --no-deps <{package} sdist, git URL or "
+                       "path>") from None
+  tensorflow, others = None, []
+  for text in texts:
+    requirement = Requirement(text)
+    if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+      continue
+    if canonicalize_name(requirement.name) in TENSORFLOW:
+      tensorflow = requirement
+    else:
+      others.append(requirement)
+  return tensorflow, others
+
+
+def installed_family():
+  """{name: version} of the installed TensorFlow family."""
+  found = {}
+  for dist in importlib.metadata.distributions():
+    name = dist.metadata["Name"]
+    if name and _in_family(name):
+      found[canonicalize_name(name)] = dist.version
+  return found
+
+
+def plan(package):
+  """What to install and what to keep.
+
+  Returns:
+    (requirements to install, {name: version} kept, a note or "").
+
+  Raises:
+    InstallError: when no TensorFlow is installed (nothing to keep).
+  """
+  tensorflow, others = split_requirements(package)
+  kept = installed_family()
+  installed_tf = [name for name in TENSORFLOW if name in kept]
+  if not installed_tf:
+    raise InstallError("no TensorFlow is installed here, so there is none to "
+                       f"keep; install {package} with its dependencies "
+                       "instead (pip install without --no-deps)")
+  note = ""
+  name = installed_tf[0]
+  if tensorflow and not tensorflow.specifier.contains(kept[name],
+                                                      prereleases=True):
+    note = (f"keeping {name} {kept[name]}, outside {package}'s "
+            f"requirement {tensorflow}")
+  return others, kept, note
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=2)
+  try:
+    requirements, kept, note = plan(FLAGS.package)
+  except InstallError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 1
+  print("Keeping " + ", ".join(f"{n} {v}" for n, v in sorted(kept.items())
+                               if not n.startswith("nvidia-")), flush=True)
+  if note:
+    print(f"Note: {note}", flush=True)
+  if not requirements:
+    return 0
+  print("Installing " + ", ".join(str(r) for r in requirements), flush=True)
+  with tempfile.TemporaryDirectory() as scratch:
+    constraints = os.path.join(scratch, "keep.txt")
+    with open(constraints, "w", encoding="utf-8") as f:
+      f.writelines(f"{name}=={version}\n" for name, version in kept.items())
+    command = [sys.executable, "-m", "pip", "install", "-c", constraints,
+               *(str(r) for r in requirements)]
+    if FLAGS.dry_run:
+      command.insert(4, "--dry-run")
+    return subprocess.run(command, check=False).returncode
+
+
+if __name__ == "__main__":
+  app.run(main)
