@@ -7,11 +7,14 @@ image with tensorflow-tpu, the TensorFlow GPU base image of the Dockerfile.
 `pip install PACKAGE` resolves the package's `tensorflow` requirement itself:
 it replaces tensorflow-tpu with the CPU/GPU wheel (another distribution name,
 so pip sees no TensorFlow at all) and replaces any TensorFlow outside the
-requirement together with the CUDA libraries it was built against. This
-installs every other requirement, with the TensorFlow family already installed
-(TensorFlow, Keras, TensorBoard, libtpu, NVIDIA libraries) pinned as pip
-constraints so that no dependency can move them either. Pip fails instead of
-replacing them when a requirement cannot be met without doing so.
+requirement with a wheel the installed CUDA libraries may not fit. This
+keeps the TensorFlow family already installed (TensorFlow, Keras, TensorBoard,
+libtpu, NVIDIA libraries: matched to each other by whoever installed them, so
+the package's own requirements on them are not applied; a note says when one
+asks for another version) and installs every other requirement with that
+family pinned as pip constraints, so that no dependency can move them either.
+Pip fails instead of replacing them when a requirement cannot be met without
+doing so.
 
 Never imports TensorFlow.
 """
@@ -90,7 +93,9 @@ def plan(package):
   """What to install and what to keep.
 
   Returns:
-    (requirements to install, {name: version} kept, a note or "").
+    (requirements to install, {name: version} kept, notes): a requirement
+    on an installed member of the TensorFlow family is not installed (the
+    runtime's version is kept); a note says when it asked for another one.
 
   Raises:
     InstallError: when no TensorFlow is installed (nothing to keep).
@@ -102,26 +107,32 @@ def plan(package):
     raise InstallError("no TensorFlow is installed here, so there is none to "
                        f"keep; install {package} with its dependencies "
                        "instead (pip install without --no-deps)")
-  note = ""
-  name = installed_tf[0]
-  if tensorflow and not tensorflow.specifier.contains(kept[name],
-                                                      prereleases=True):
-    note = (f"keeping {name} {kept[name]}, outside {package}'s "
-            f"requirement {tensorflow}")
-  return others, kept, note
+  to_install, notes = [], []
+  asked = [(installed_tf[0], tensorflow)] if tensorflow else []
+  for requirement in others:
+    name = canonicalize_name(requirement.name)
+    if name in kept:
+      asked.append((name, requirement))
+    else:
+      to_install.append(requirement)
+  for name, requirement in asked:
+    if not requirement.specifier.contains(kept[name], prereleases=True):
+      notes.append(f"keeping {name} {kept[name]}, outside {package}'s "
+                   f"requirement {requirement}")
+  return to_install, kept, notes
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=2)
   try:
-    requirements, kept, note = plan(FLAGS.package)
+    requirements, kept, notes = plan(FLAGS.package)
   except InstallError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
   print("Keeping " + ", ".join(f"{n} {v}" for n, v in sorted(kept.items())
                                if not n.startswith("nvidia-")), flush=True)
-  if note:
+  for note in notes:
     print(f"Note: {note}", flush=True)
   if not requirements:
     return 0

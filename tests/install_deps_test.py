@@ -38,7 +38,7 @@ def venv(tmp_path_factory):
                   "--no-build-isolation", "-w", str(wheels), helper], check=True,
                  capture_output=True, timeout=300)
   wants_old = _write_package(str(root / "wants_old"), "wants-old-tf",
-                             ["tensorflow<2.21", "helper-dep-for-test", "absl-py"])
+                             ["tensorflow<2.21", "keras>=99", "helper-dep-for-test", "absl-py"])
   result = venv.run("-m", "pip", "install", "-q", "--no-deps",
                     "--no-build-isolation", wants_old)
   assert result.returncode == 0, result.stderr
@@ -55,6 +55,8 @@ def test_keeps_tensorflow_and_installs_the_other_requirements(venv):
   assert result.returncode == 0, result.stdout + result.stderr
   assert f"tensorflow {tf_version}" in result.stdout.splitlines()[0]
   assert "Note: keeping tensorflow" in result.stdout and "tensorflow<2.21" in result.stdout
+  # Keras goes with TensorFlow: the installed one is kept too, with a note.
+  assert f"Note: keeping keras {importlib.metadata.version('keras')}" in result.stdout
   # Installed into the venv: the helper, nothing of TensorFlow's, not the extra.
   own = venv.own_distributions()
   assert "helper_dep_for_test" in own and "wants_old_tf" in own
