@@ -135,18 +135,14 @@ def data_source(source, data_dir, gcs_data_dir, prepare_flags):
 
 def flags_source(trainer_args, model_dir, data):
   """Python source of the cell that assembles the trainer's flags."""
-  args = list(trainer_args)
-  if not any(a.startswith("--model_dir=") for a in args):
-    args.append(f"--model_dir={model_dir}")
-  lines = ["# Trainer flags.", f"TRAINER_FLAGS = {args!r}"]
+  lines = ["# Trainer flags.", f"TRAINER_FLAGS = {list(trainer_args)!r}",
+           f"MODEL_DIR = {model_dir!r}"]
   if data:
     lines.append("TRAINER_FLAGS += DATA_FLAGS")
   lines += [
       "if ACCELERATOR != 'none' and not any(a.startswith('--require_accelerator') "
       "for a in TRAINER_FLAGS):",
       "    TRAINER_FLAGS.append('--require_accelerator=' + ACCELERATOR)",
-      "MODEL_DIR = next(a.split('=', 1)[1] for a in TRAINER_FLAGS "
-      "if a.startswith('--model_dir='))",
       "print('python -m trainer.task', ' '.join(TRAINER_FLAGS))",
   ]
   return "\n".join(lines)
@@ -176,26 +172,31 @@ else:
 '''
 
 
-def notebook_trainer_args(trainer_args, data):
+def notebook_trainer_args(trainer_args, data, model_dir):
   """The trainer flags the notebook writes, checked as the trainer will.
 
-  With `data`, the `cats_vs_dogs` config unless the flags name one; the data
-  cell adds --train_data and --eval_data.
+  Adds --model_dir=`model_dir` unless the flags give one and, with `data`,
+  --config=cats_vs_dogs unless they name a config (the data cell adds
+  --train_data and --eval_data).
+
+  Returns:
+    (trainer flags, the run's model dir).
 
   Raises:
     UserError: one line naming the flag the trainer would reject.
   """
   args = list(trainer_args)
+  given = trainer_flags.parse(args).given
   if data:
-    given = trainer_flags.parse(args).given
     for name in ("train_data", "eval_data"):
       if name in given:
         raise UserError(f"--data writes the shards and sets --{name}; drop "
                         f"the trainer flag --{name}")
     if "config" not in given:
       args.insert(0, f"--config={DATA_CONFIG}")
-  trainer_flags.parse(args)
-  return args
+  if "model_dir" not in given:
+    args.append(f"--model_dir={model_dir}")
+  return args, trainer_flags.parse(args).config.model_dir
 
 
 def build_notebook(trainer_args, install, editable=False,
@@ -210,7 +211,7 @@ def build_notebook(trainer_args, install, editable=False,
     raise UserError(f"--gcs_data_dir must be a gs:// path, got {gcs_data_dir!r}")
   if (gcs_data_dir or prepare_flags) and not data:
     raise UserError("--gcs_data_dir and --prepare_flag need --data")
-  trainer_args = notebook_trainer_args(trainer_args, data)
+  trainer_args, model_dir = notebook_trainer_args(trainer_args, data, model_dir)
   intro = ("# Train AlexNet\n\nInstalls `alexnet-tf` (keeping the runtime's "
            "TensorFlow), detects the runtime (TPU, GPU or CPU), ")
   if data:

@@ -113,7 +113,7 @@ def _skip_install(notebook):
   return notebook
 
 
-def test_gpu_runtime_requires_the_gpu_and_data_trains_the_seed_config(
+def test_gpu_runtime_requires_the_gpu_and_data_picks_the_seed_config(
     kernel_env, tmp_path, monkeypatch):
   # A stand-in nvidia-smi that lists one GPU: the notebook's detection runs
   # for real; the cells up to the trainer flags run, the trainer does not.
@@ -153,6 +153,16 @@ def test_without_data_the_trainer_gets_the_given_flags(kernel_env, tmp_path):
   command = next(l for l in text.splitlines() if l.startswith("python -m trainer.task"))
   assert command.split()[3:] == ["--strategy=auto", "--epochs=20",
                                  "--model_dir=/content/runs/colab"]
+
+
+def test_a_model_dir_given_with_a_space_is_the_one_used(tmp_path):
+  from launch import colab
+  args, model_dir = colab.notebook_trainer_args(["--model_dir", "gs://b/run"], "",
+                                                "/content/runs/colab")
+  assert args == ["--model_dir", "gs://b/run"] and model_dir == "gs://b/run"
+  args, model_dir = colab.notebook_trainer_args([], "synthetic", "/content/runs/colab")
+  assert args == ["--config=cats_vs_dogs", "--model_dir=/content/runs/colab"]
+  assert model_dir == "/content/runs/colab"
 
 
 @pytest.mark.parametrize("args,fragment", [
