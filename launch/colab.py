@@ -1,27 +1,39 @@
 """Write a Colab notebook that trains: python -m launch.colab --out=NB.ipynb -- FLAGS
 
-    python -m launch.colab --out=train_alexnet.ipynb -- --strategy=auto --epochs=20
+    python -m launch.colab --out=train_alexnet.ipynb --install=git+https://... \
+        -- --strategy=auto --epochs=20
+    python -m launch.colab --out=cats_vs_dogs.ipynb --install=git+https://... \
+        --data=tfds:cats_vs_dogs
 
 The notebook installs this package (--install: a git URL, a gs:// sdist or a
-local path), says which runtime it got (TPU VM, GPU, CPU), runs
+local path) without touching the runtime's TensorFlow, says which runtime it
+got (TPU, GPU or CPU), optionally prepares TFRecord shards from --data (any
+`trainer.prepare` source) and trains the `cats_vs_dogs` config on them, runs
 `python -m trainer.task` with the trainer flags after `--`, then shows the
-training curves and TensorBoard. Open it in Colab (File > Upload notebook)
-and run all cells.
+training curves and TensorBoard. On a GPU or TPU runtime the trainer gets
+--require_accelerator=gpu|tpu, so a TensorFlow that cannot see the
+accelerator stops at once instead of training on the CPU. Open it in Colab
+(File > Upload notebook) and run all cells.
 
-No cell runs a shell line: every value, the trainer flags included, is
-written as a Python string literal and passed to subprocess as an argument
-list, so a value like `x; rm -rf /` arrives as that literal string and
-IPython's `!`/`{}`/`$` expansion never sees it.
+The trainer flags are parsed here into the trainer's Config, so a typo fails
+now rather than in the notebook. No cell runs a shell line: every value, the
+trainer flags included, is written as a Python string literal and passed to
+subprocess as an argument list, so a value like `x; rm -rf /` arrives as that
+literal string and IPython's `!`/`{}`/`$` expansion never sees it.
 
 Never imports TensorFlow.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
 import nbformat
 from nbformat import v4
+
+from launch import trainer_flags
+from trainer.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "train_alexnet.ipynb", "Notebook to write.")
@@ -32,6 +44,20 @@ flags.DEFINE_bool("editable", False, "Install a local path in editable mode.")
 flags.DEFINE_string("model_dir", "/content/runs/colab", "The run's model dir "
                     "(a gs:// path keeps it after the runtime ends).")
 flags.DEFINE_bool("tensorboard", True, "Add the TensorBoard cell.")
+flags.DEFINE_string("data", "", "A trainer.prepare --source (tfds:NAME, "
+                    "folder:PATH, synthetic): add a cell that writes its "
+                    "TFRecord shards and train on them (with "
+                    "--config=cats_vs_dogs unless the trainer flags name one).")
+flags.DEFINE_string("data_dir", "/content/data", "Where the shards go on "
+                    "GPU and CPU runtimes (one subdirectory per source).")
+flags.DEFINE_string("gcs_data_dir", "", "gs:// directory for the shards on a "
+                    "TPU runtime; required when the runtime's TPU is remote "
+                    "(it cannot read the runtime's disk).")
+flags.DEFINE_multi_string("prepare_flag", [], "A trainer.prepare flag for the "
+                          "data cell, e.g. --prepare_flag=--resize_to=256; "
+                          "repeatable.")
+
+DATA_CONFIG = "cats_vs_dogs"  # The seed's experiment: what --data trains.
 
 RUN_HELPER = '''import subprocess, sys
 
@@ -47,43 +73,87 @@ def run(args):
 
 
 def install_source(install, editable):
-  """Python source of the install cell."""
-  lines = [RUN_HELPER, f"INSTALL = {install!r}"]
+  """Python source of the install cell.
+
+  The package goes in without dependencies, then launch.install_deps adds the
+  others with the runtime's TensorFlow family pinned: pip never replaces
+  Colab's TensorFlow (or tensorflow-tpu) and its CUDA libraries.
+  """
+  lines = ["# Install alexnet-tf, keeping this runtime's TensorFlow.",
+           RUN_HELPER, f"INSTALL = {install!r}"]
   if install.startswith("gs://"):
     lines += ["local_sdist = '/content/' + INSTALL.rsplit('/', 1)[-1]",
               "run(['gcloud', 'storage', 'cp', INSTALL, local_sdist])",
               "INSTALL = local_sdist"]
-  pip = ["sys.executable", "'-m'", "'pip'", "'install'", "'-q'"]
+  pip = ["sys.executable", "'-m'", "'pip'", "'install'", "'-q'", "'--no-deps'"]
   if editable:
     pip.append("'-e'")
-  lines.append(f"run([{', '.join(pip)}, INSTALL])")
+  lines += [f"run([{', '.join(pip)}, INSTALL])",
+            "run([sys.executable, '-m', 'launch.install_deps'])"]
   return "\n".join(lines)
 
 
-RUNTIME_SOURCE = '''import glob, os, shutil, subprocess
-if glob.glob('/dev/accel*') or os.environ.get('COLAB_TPU_ADDR'):
-    runtime = 'TPU'
+RUNTIME_SOURCE = '''# Runtime: which accelerator this notebook got.
+import glob, os, shutil, subprocess
+# A TPU VM runtime has /dev/accel*; the older remote TPUs set COLAB_TPU_ADDR.
+REMOTE_TPU = bool(os.environ.get('COLAB_TPU_ADDR'))
+if glob.glob('/dev/accel*') or REMOTE_TPU:
+    runtime, ACCELERATOR = 'TPU', 'tpu'
 elif shutil.which('nvidia-smi') and subprocess.run(['nvidia-smi', '-L'], capture_output=True).returncode == 0:
-    runtime = 'GPU: ' + subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True).stdout.strip()
+    runtime, ACCELERATOR = 'GPU: ' + subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True).stdout.strip(), 'gpu'
 else:
-    runtime = 'CPU'
+    runtime, ACCELERATOR = 'CPU', 'none'
 print('Runtime:', runtime, '- the trainer picks its strategy and precision from it (--strategy=auto).')
+if ACCELERATOR != 'none':
+    print(f'The trainer gets --require_accelerator={ACCELERATOR}: it stops at once if TensorFlow cannot see the {ACCELERATOR.upper()}.')
 '''
 
 
-def train_source(trainer_args, model_dir):
-  args = list(trainer_args)
-  if not any(a.startswith("--model_dir=") for a in args):
-    args.append(f"--model_dir={model_dir}")
+def data_source(source, data_dir, gcs_data_dir, prepare_flags):
+  """Python source of the cell that writes the shards of `source`."""
+  name = source.split(":", 1)[-1].rstrip("/").rsplit("/", 1)[-1] or "data"
   return "\n".join([
-      f"TRAINER_FLAGS = {args!r}",
-      "MODEL_DIR = next(a.split('=', 1)[1] for a in TRAINER_FLAGS "
-      "if a.startswith('--model_dir='))",
-      "run([sys.executable, '-m', 'trainer.task', *TRAINER_FLAGS])",
+      "# Data: TFRecord shards from " + source.replace("\n", " "),
+      f"DATA_SOURCE = {source!r}",
+      f"PREPARE_FLAGS = {list(prepare_flags)!r}",
+      f"LOCAL_DATA_DIR = {os.path.join(data_dir, name)!r}",
+      f"GCS_DATA_DIR = {gcs_data_dir!r}  # gs://... for a TPU runtime",
+      "if ACCELERATOR == 'tpu' and GCS_DATA_DIR:",
+      "    DATA_DIR = GCS_DATA_DIR",
+      "elif REMOTE_TPU:",
+      "    raise RuntimeError('This runtime\\'s TPU is remote and cannot read the "
+      "runtime\\'s disk: set GCS_DATA_DIR above to a gs:// directory (or "
+      "regenerate the notebook with --gcs_data_dir).')",
+      "else:",
+      "    DATA_DIR = LOCAL_DATA_DIR",
+      "run([sys.executable, '-m', 'trainer.prepare', '--source=' + DATA_SOURCE, "
+      "'--out=' + DATA_DIR, *PREPARE_FLAGS])",
+      "DATA_FLAGS = ['--train_data=' + DATA_DIR + '/train-*', "
+      "'--eval_data=' + DATA_DIR + '/validation-*']",
   ])
 
 
-CURVES_SOURCE = '''import os
+def flags_source(trainer_args, model_dir, data):
+  """Python source of the cell that assembles the trainer's flags."""
+  lines = ["# Trainer flags.", f"TRAINER_FLAGS = {list(trainer_args)!r}",
+           f"MODEL_DIR = {model_dir!r}"]
+  if data:
+    lines.append("TRAINER_FLAGS += DATA_FLAGS")
+  lines += [
+      "if ACCELERATOR != 'none' and not any(a.startswith('--require_accelerator') "
+      "for a in TRAINER_FLAGS):",
+      "    TRAINER_FLAGS.append('--require_accelerator=' + ACCELERATOR)",
+      "print('python -m trainer.task', ' '.join(TRAINER_FLAGS))",
+  ]
+  return "\n".join(lines)
+
+
+TRAIN_SOURCE = '''# Train.
+run([sys.executable, '-m', 'trainer.task', *TRAINER_FLAGS])
+'''
+
+CURVES_SOURCE = '''# Training curves.
+import os
 from IPython.display import Image, display
 run([sys.executable, '-m', 'trainer.plots', MODEL_DIR])
 curves = os.path.join(MODEL_DIR, 'training_curves.png')
@@ -102,20 +172,62 @@ else:
 '''
 
 
+def notebook_trainer_args(trainer_args, data, model_dir):
+  """The trainer flags the notebook writes, checked as the trainer will.
+
+  Adds --model_dir=`model_dir` unless the flags give one and, with `data`,
+  --config=cats_vs_dogs unless they name a config (the data cell adds
+  --train_data and --eval_data).
+
+  Returns:
+    (trainer flags, the run's model dir).
+
+  Raises:
+    UserError: one line naming the flag the trainer would reject.
+  """
+  args = list(trainer_args)
+  given = trainer_flags.parse(args).given
+  if data:
+    for name in ("train_data", "eval_data"):
+      if name in given:
+        raise UserError(f"--data writes the shards and sets --{name}; drop "
+                        f"the trainer flag --{name}")
+    if "config" not in given:
+      args.insert(0, f"--config={DATA_CONFIG}")
+  if "model_dir" not in given:
+    args.append(f"--model_dir={model_dir}")
+  return args, trainer_flags.parse(args).config.model_dir
+
+
 def build_notebook(trainer_args, install, editable=False,
-                   model_dir="/content/runs/colab", tensorboard=True):
-  """The notebook as an nbformat NotebookNode."""
-  cells = [
-      v4.new_markdown_cell(
-          "# Train AlexNet\n\nInstalls `alexnet-tf`, detects the runtime "
-          "(TPU, GPU or CPU), trains with `python -m trainer.task`, then shows "
-          "the training curves and TensorBoard.\n\nTrainer flags: `" +
-          " ".join(trainer_args).replace("`", "'") + "`"),
-      v4.new_code_cell(install_source(install, editable)),
-      v4.new_code_cell(RUNTIME_SOURCE),
-      v4.new_code_cell(train_source(trainer_args, model_dir)),
-      v4.new_code_cell(CURVES_SOURCE),
-  ]
+                   model_dir="/content/runs/colab", tensorboard=True, data="",
+                   data_dir="/content/data", gcs_data_dir="", prepare_flags=()):
+  """The notebook as an nbformat NotebookNode.
+
+  Raises:
+    UserError: a trainer flag the trainer would reject, or a bad data option.
+  """
+  if gcs_data_dir and not gcs_data_dir.startswith("gs://"):
+    raise UserError(f"--gcs_data_dir must be a gs:// path, got {gcs_data_dir!r}")
+  if (gcs_data_dir or prepare_flags) and not data:
+    raise UserError("--gcs_data_dir and --prepare_flag need --data")
+  trainer_args, model_dir = notebook_trainer_args(trainer_args, data, model_dir)
+  intro = ("# Train AlexNet\n\nInstalls `alexnet-tf` (keeping the runtime's "
+           "TensorFlow), detects the runtime (TPU, GPU or CPU), ")
+  if data:
+    intro += "writes TFRecord shards from `" + data.replace("`", "'") + "`, "
+  intro += ("trains with `python -m trainer.task`, then shows the training "
+            "curves and TensorBoard.\n\nTrainer flags: `" +
+            " ".join(trainer_args).replace("`", "'") + "`")
+  cells = [v4.new_markdown_cell(intro),
+           v4.new_code_cell(install_source(install, editable)),
+           v4.new_code_cell(RUNTIME_SOURCE)]
+  if data:
+    cells.append(v4.new_code_cell(data_source(data, data_dir, gcs_data_dir,
+                                              prepare_flags)))
+  cells += [v4.new_code_cell(flags_source(trainer_args, model_dir, data)),
+            v4.new_code_cell(TRAIN_SOURCE),
+            v4.new_code_cell(CURVES_SOURCE)]
   if tensorboard:
     cells.append(v4.new_code_cell(TENSORBOARD_SOURCE))
   notebook = v4.new_notebook(cells=cells, metadata={
@@ -131,8 +243,14 @@ def main(argv):
   if not FLAGS.install:
     raise app.UsageError("--install is required: a git URL, a gs:// sdist or "
                          "a local path", exitcode=2)
-  notebook = build_notebook(argv[1:], FLAGS.install, FLAGS.editable,
-                            FLAGS.model_dir, FLAGS.tensorboard)
+  try:
+    notebook = build_notebook(argv[1:], FLAGS.install, FLAGS.editable,
+                              FLAGS.model_dir, FLAGS.tensorboard, FLAGS.data,
+                              FLAGS.data_dir, FLAGS.gcs_data_dir,
+                              FLAGS.prepare_flag)
+  except UserError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 2
   directory = os.path.dirname(os.path.abspath(FLAGS.out))
   os.makedirs(directory, exist_ok=True)
   nbformat.write(notebook, FLAGS.out)

@@ -6,9 +6,18 @@
         --base_output_dir=gs://b/runs/1 --dry_run -- --strategy=mirrored \
         --train_data='gs://b/data/train-*'
 
-Builds an sdist of this package (setup.py), uploads it to --staging_bucket
-and creates a CustomJob whose worker pools run `python -m trainer.task` with
-the trainer flags after `--`. Shapes:
+Two ways to ship the code:
+
+  package path          (default) builds this package's sdist, uploads it to
+                        --staging_bucket and runs it on Vertex's prebuilt
+                        TensorFlow training image (pythonPackageSpec)
+  container path        --container_image=URI: runs an image built from the
+                        Dockerfile (GPU/CPU) or Dockerfile.tpu (containerSpec);
+                        nothing is uploaded. TPU jobs need it: Vertex has no
+                        prebuilt TensorFlow TPU image in this package's range.
+
+Either way the worker pools run `python -m trainer.task` with the trainer
+flags after `--`. Shapes:
 
   one machine, N GPUs   --machine_type --accelerator_type --accelerator_count
   several machines      --workers=N: pool 0 is the chief (one replica), pool 1
@@ -24,9 +33,12 @@ the trainer flags after `--`. Shapes:
 
 --base_output_dir makes Vertex set AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and
 AIP_TENSORBOARD_LOG_DIR, which the trainer uses when its own flags are not
-given. --dry_run prints the job request as JSON and submits nothing. Flag
-values are checked before anything is built or uploaded. Submitting never
-imports TensorFlow; google-cloud-aiplatform is imported only to submit.
+given. Trainers on GPU or TPU machines get --require_accelerator=gpu|tpu, so
+a TensorFlow that cannot see the accelerator stops the job at once instead
+of training on the CPU. --dry_run prints the job request as JSON and submits
+nothing. Flag values, the trainer's included (parsed into its Config here),
+are checked before anything is built or uploaded. Submitting never imports
+TensorFlow; google-cloud-aiplatform is imported only to submit.
 """
 
 import datetime
@@ -42,6 +54,9 @@ import time
 from absl import app
 from absl import flags
 
+from launch import trainer_flags
+from trainer.errors import UserError
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_NAME = "alexnet-tf"
 
@@ -49,7 +64,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("project", None, "Google Cloud project id.")
 flags.DEFINE_string("region", "us-central1", "Vertex AI region.")
 flags.DEFINE_string("staging_bucket", None, "gs:// path for the package and "
-                    "Vertex's staging files.")
+                    "Vertex's staging files (container path: default "
+                    "--base_output_dir).")
 flags.DEFINE_string("display_name", "", "Job name; default alexnet-<time>.")
 flags.DEFINE_string("machine_type", "n1-standard-8", "Machine of every replica.")
 flags.DEFINE_string("accelerator_type", "", "e.g. NVIDIA_TESLA_T4, "
@@ -69,8 +85,14 @@ flags.DEFINE_string("tpu_topology", "", "TPU v5e topology, e.g. 2x2 "
 flags.DEFINE_integer("boot_disk_gb", 100, "Boot disk per replica.")
 flags.DEFINE_string("base_output_dir", None, "gs:// dir for the model, "
                     "checkpoints and TensorBoard logs (sets AIP_*_DIR).")
-flags.DEFINE_string("executor_image_uri", "", "Prebuilt training image; "
-                    "default matches the accelerator and TensorFlow version.")
+flags.DEFINE_string("executor_image_uri", "", "Package path: the prebuilt "
+                    "training image; default Vertex's newest TensorFlow image "
+                    "for CPU or GPU.")
+flags.DEFINE_string("container_image", "", "Container path: an image built "
+                    "from this repo's Dockerfile (or Dockerfile.tpu), e.g. "
+                    "us-central1-docker.pkg.dev/P/REPO/alexnet-tf:2.21. Its "
+                    "entrypoint runs the trainer; no package is uploaded. "
+                    "Required for TPU machines.")
 flags.DEFINE_bool("spot", False, "Run on Spot VMs (cheaper, preemptible; the "
                   "trainer checkpoints on SIGTERM and resumes).")
 flags.DEFINE_bool("restart_job_on_worker_restart", False, "Restart the whole "
@@ -102,9 +124,17 @@ TPU_MACHINES = {"TPU_V2": "cloud-tpu", "TPU_V3": "cloud-tpu",
                 "TPU_V5_LITEPOD": "ct5lp-hightpu-"}
 TPU_MACHINE_PREFIXES = ("cloud-tpu", "ct5lp")
 V5E_TOPOLOGY = {"1t": "1x1", "4t": "2x2", "8t": "2x4"}
-# Newest prebuilt training images (TF 2.17); pip then installs this
-# package's pinned TensorFlow on top.
+# Newest prebuilt TensorFlow training images (2.17, CPU and GPU). Vertex's
+# newest TPU image is TF 2.15 (none for v5e), below this package's range, and
+# installing the package there would put the CPU/GPU wheel over
+# tensorflow-tpu: TPU jobs use the container path.
 IMAGE = "{region}-docker.pkg.dev/vertex-ai/training/tf-{kind}.2-17.py310:latest"
+# Where Vertex mounts Cloud Storage buckets (Cloud Storage FUSE).
+CLOUD_STORAGE_PATH = re.compile(r"(gs://|/gcs/)[^/]+")
+OUTPUT_DIR_HELP = {
+    "base_output_dir": "a gs:// path for the job's outputs",
+    "staging_bucket": "a gs:// path for the package and Vertex's staging files",
+}
 TERMINAL_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED",
                    "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
@@ -113,27 +143,55 @@ class LaunchError(Exception):
   """A flag value Vertex would reject; one line."""
 
 
-def _trainer_flag(args, name):
-  for arg in args:
-    if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-  return None
+def accelerator_kind(accelerator_type):
+  """'gpu', 'tpu' or 'none': the trainer's --require_accelerator value."""
+  if accelerator_type in GPU_MACHINES:
+    return "gpu"
+  if accelerator_type in TPU_MACHINES:
+    return "tpu"
+  return "none"
 
 
 def validate(options, trainer_args):
-  """Checks every value before anything is built, uploaded or submitted."""
+  """Checks every value before anything is built, uploaded or submitted.
+
+  Args:
+    options: the launcher's flag values (`options_from_flags()`).
+    trainer_args: the flags after `--`.
+
+  Returns:
+    The trainer flags as the trainer will parse them (`TrainerFlags`).
+
+  Raises:
+    LaunchError: one line naming the flag and the value that is wrong.
+  """
   if not options["project"]:
     raise LaunchError("--project is required")
-  for name in ("staging_bucket", "base_output_dir"):
-    if not (options[name] or "").startswith("gs://"):
-      raise LaunchError(f"--{name} must be a gs:// path, got {options[name]!r}")
+  container = options["container_image"]
+  for name, help_text in OUTPUT_DIR_HELP.items():
+    value = options[name]
+    if not value and name == "staging_bucket" and container:
+      continue  # Nothing to stage; the client falls back to the output dir.
+    if not value:
+      raise LaunchError(f"--{name} is required: {help_text}")
+    if not value.startswith("gs://"):
+      raise LaunchError(f"--{name} must be {help_text}, got {value!r}")
+  if container and options["executor_image_uri"]:
+    raise LaunchError("--container_image and --executor_image_uri exclude "
+                      "each other: an image built from the Dockerfile, or a "
+                      "prebuilt image the package is installed on")
+  try:
+    trainer = trainer_flags.parse(trainer_args)
+  except UserError as e:
+    raise LaunchError(str(e)) from None
+  config = trainer.config
   accelerator, count = options["accelerator_type"], options["accelerator_count"]
   machine = options["machine_type"]
   for name in ("workers", "data_service_workers"):
     if options[name] < 0:
       raise LaunchError(f"--{name} must be >= 0, got {options[name]}")
   if options["data_service_workers"]:
-    if _trainer_flag(trainer_args, "data_service") is not None:
+    if config.data_service:
       raise LaunchError("--data_service_workers starts the job's own tf.data "
                         "service; drop the trainer flag --data_service")
     if options["data_service_machine_type"].startswith(TPU_MACHINE_PREFIXES):
@@ -175,23 +233,41 @@ def validate(options, trainer_args):
       if options[name]:
         raise LaunchError(f"--{name} is not supported with TPU machines; use "
                           "a larger TPU slice")
+    if not container:
+      raise LaunchError(
+          f"--accelerator_type={accelerator} needs --container_image: Vertex "
+          "AI has no prebuilt TensorFlow TPU training image in this package's "
+          "TensorFlow range, and pip would replace tensorflow-tpu; build one "
+          "from Dockerfile.tpu (README: Run on Vertex AI)")
   elif machine.startswith(TPU_MACHINE_PREFIXES):
     raise LaunchError(f"--machine_type={machine} needs a TPU --accelerator_type")
-  strategy = _trainer_flag(trainer_args, "strategy")
-  if options["workers"] and strategy not in (None, "auto", "multi_worker"):
+  strategy = config.strategy
+  if options["workers"] and strategy not in ("auto", "multi_worker"):
     raise LaunchError(f"--workers={options['workers']} runs multi_worker; "
                       f"trainer flag --strategy={strategy} contradicts it")
-  if accelerator in TPU_MACHINES and strategy not in (None, "auto", "tpu"):
+  if accelerator in TPU_MACHINES and strategy not in ("auto", "tpu"):
     raise LaunchError(f"a TPU job needs --strategy=tpu or auto, got {strategy}")
+  if config.data_service == "vertex" and not options["data_service_workers"]:
+    raise LaunchError("trainer flag --data_service=vertex needs "
+                      "--data_service_workers >= 1 (the job's input pool)")
+  required = config.require_accelerator
+  kind = accelerator_kind(accelerator)
+  if required != "none" and required != kind:
+    raise LaunchError(f"trainer flag --require_accelerator={required}: the "
+                      f"job has no {required.upper()} (--accelerator_type="
+                      f"{accelerator or 'none'})")
   for name in ("train_data", "eval_data", "model_dir"):
-    value = _trainer_flag(trainer_args, name)
-    if value and not value.startswith("gs://"):
+    value = getattr(config, name)
+    if value and not CLOUD_STORAGE_PATH.match(value):
       raise LaunchError(f"trainer flag --{name}={value} is a local path; "
-                        "Vertex AI machines read only gs:// paths")
+                        "Vertex AI machines read Cloud Storage as "
+                        "gs://BUCKET/... or /gcs/BUCKET/... (Cloud Storage "
+                        "FUSE)")
   for label in options["labels"]:
     if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}=[a-z0-9_-]{0,63}", label):
       raise LaunchError(f"--labels: {label!r} is not key=value in lowercase "
                         "letters, digits, - and _")
+  return trainer
 
 
 def executor_image(options, accelerator=None):
@@ -202,11 +278,7 @@ def executor_image(options, accelerator=None):
       return options["executor_image_uri"]
   region = options["region"].split("-")[0]
   region = {"us": "us", "europe": "europe", "asia": "asia"}.get(region, "us")
-  kind = "cpu"
-  if accelerator in GPU_MACHINES:
-    kind = "gpu"
-  elif accelerator in TPU_MACHINES:
-    kind = "tpu"
+  kind = "gpu" if accelerator in GPU_MACHINES else "cpu"
   return IMAGE.format(region=region, kind=kind)
 
 
@@ -220,20 +292,58 @@ def _version():
   return re.search(r'version="([^"]+)"', text).group(1)
 
 
-def trainer_args_for(options, trainer_args):
-  """The trainer's flags, plus the strategy the shape implies if unset."""
+def trainer_args_for(options, trainer_args, trainer):
+  """The trainer's flags, plus what the job's shape implies.
+
+  Args:
+    options: the launcher's flag values.
+    trainer_args: the flags after `--`, passed on as given.
+    trainer: the same flags parsed (`TrainerFlags`).
+
+  Returns:
+    The argument list of `python -m trainer.task`: the strategy the shape
+    implies when the config leaves it on auto, the job's tf.data service, and
+    --require_accelerator for GPU and TPU machines unless it was given.
+  """
   args = list(trainer_args)
-  if _trainer_flag(args, "strategy") is None:
-    if options["accelerator_type"] in TPU_MACHINES:
-      args += ["--strategy=tpu", "--tpu=local"]
+  config = trainer.config
+  tpu = options["accelerator_type"] in TPU_MACHINES
+  if config.strategy == "auto":
+    if tpu:
+      args.append("--strategy=tpu")
     elif options["workers"]:
       args.append("--strategy=multi_worker")
+  if tpu and not config.tpu:
+    args.append("--tpu=local")
   if options["data_service_workers"]:
     args.append("--data_service=vertex")
+  kind = accelerator_kind(options["accelerator_type"])
+  if kind != "none" and "require_accelerator" not in trainer.given:
+    args.append(f"--require_accelerator={kind}")
   return args
 
 
-def job_request(options, trainer_args, display_name):
+def program_spec(options, display_name, module, args, accelerator=None):
+  """The pool's code: {"pythonPackageSpec": ...} or {"containerSpec": ...}.
+
+  The container's entrypoint is the trainer; other modules override it.
+  """
+  image = options["container_image"]
+  if image:
+    spec = {"imageUri": image}
+    if module != "trainer.task":
+      spec["command"] = ["python", "-m", module]
+    spec["args"] = args
+    return {"containerSpec": spec}
+  return {"pythonPackageSpec": {
+      "executorImageUri": executor_image(options, accelerator),
+      "packageUris": [package_uri(options, display_name)],
+      "pythonModule": module,
+      "args": args,
+  }}
+
+
+def job_request(options, trainer_args, display_name, trainer):
   """The CustomJob as Vertex AI's REST API receives it (camelCase JSON)."""
   machine_spec = {"machineType": options["machine_type"]}
   if options["accelerator_type"]:
@@ -247,12 +357,8 @@ def job_request(options, trainer_args, display_name):
       "replicaCount": "1",
       "diskSpec": {"bootDiskType": "pd-ssd",
                    "bootDiskSizeGb": options["boot_disk_gb"]},
-      "pythonPackageSpec": {
-          "executorImageUri": executor_image(options),
-          "packageUris": [package_uri(options, display_name)],
-          "pythonModule": "trainer.task",
-          "args": trainer_args_for(options, trainer_args),
-      },
+      **program_spec(options, display_name, "trainer.task",
+                     trainer_args_for(options, trainer_args, trainer)),
   }
   pools = [pool]
   if options["workers"]:
@@ -264,12 +370,8 @@ def job_request(options, trainer_args, display_name):
         "machineSpec": {"machineType": options["data_service_machine_type"]},
         "replicaCount": str(options["data_service_workers"]),
         "diskSpec": pool["diskSpec"],
-        "pythonPackageSpec": {
-            "executorImageUri": executor_image(options, accelerator=""),
-            "packageUris": pool["pythonPackageSpec"]["packageUris"],
-            "pythonModule": "trainer.data_service",
-            "args": ["--role=vertex"],
-        },
+        **program_spec(options, display_name, "trainer.data_service",
+                       ["--role=vertex"], accelerator=""),
     })
   job_spec = {"workerPoolSpecs": pools,
               "baseOutputDirectory": {"outputUriPrefix": options["base_output_dir"]}}
@@ -322,8 +424,10 @@ def submit(options, request):
   """Creates the CustomJob with the real client; returns the job."""
   from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
   from google.cloud.aiplatform_v1.types import custom_job as custom_job_types  # pylint: disable=g-import-not-at-top
+  # The client wants a staging bucket even when nothing is staged.
+  staging_bucket = options["staging_bucket"] or options["base_output_dir"]
   init = {"project": options["project"], "location": options["region"],
-          "staging_bucket": options["staging_bucket"]}
+          "staging_bucket": staging_bucket}
   if options["api_endpoint"]:
     init["api_endpoint"] = options["api_endpoint"]
     init["api_transport"] = "rest"
@@ -336,7 +440,7 @@ def submit(options, request):
       display_name=request["displayName"],
       worker_pool_specs=list(spec.worker_pool_specs),
       base_output_dir=options["base_output_dir"],
-      labels=request.get("labels"), staging_bucket=options["staging_bucket"])
+      labels=request.get("labels"), staging_bucket=staging_bucket)
   scheduling = request["jobSpec"].get("scheduling", {})
   strategy = None
   if scheduling.get("strategy") == "SPOT":
@@ -368,7 +472,7 @@ def options_from_flags():
       "project", "region", "staging_bucket", "machine_type", "accelerator_type",
       "accelerator_count", "workers", "data_service_workers",
       "data_service_machine_type", "tpu_topology", "boot_disk_gb",
-      "base_output_dir", "executor_image_uri", "spot",
+      "base_output_dir", "executor_image_uri", "container_image", "spot",
       "restart_job_on_worker_restart", "timeout_hours", "service_account",
       "network", "labels", "tensorboard", "api_endpoint")}
 
@@ -377,20 +481,21 @@ def main(argv):
   trainer_args = argv[1:]
   options = options_from_flags()
   try:
-    validate(options, trainer_args)
+    trainer = validate(options, trainer_args)
   except LaunchError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 2
   display_name = FLAGS.display_name or (
       f"alexnet-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}")
-  request = job_request(options, trainer_args, display_name)
+  request = job_request(options, trainer_args, display_name, trainer)
   if FLAGS.dry_run:
     print(json.dumps(request, indent=2))
     return 0
-  with tempfile.TemporaryDirectory() as scratch:
-    uri = request["jobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]["packageUris"][0]
-    print(f"Uploading the package to {uri}", flush=True)
-    upload(build_sdist(scratch), uri, options["project"])
+  if not options["container_image"]:  # The container already holds the code.
+    with tempfile.TemporaryDirectory() as scratch:
+      uri = package_uri(options, display_name)
+      print(f"Uploading the package to {uri}", flush=True)
+      upload(build_sdist(scratch), uri, options["project"])
   job = submit(options, request)
   print(f"Submitted {job.resource_name}", flush=True)
   print(f"Console: https://console.cloud.google.com/vertex-ai/locations/"
