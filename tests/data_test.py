@@ -214,3 +214,28 @@ def test_skip_corrupt_skips_and_counts_undecodable_records(tmp_path):
     skipped += int(skipped_before.numpy().sum())
   assert sorted(ids) == sorted(set(range(12)) - {3, 7})
   assert skipped == 2
+
+
+def test_counts_are_read_once_and_remembered(tmp_path):
+  """No manifest: the first start counts, later starts read the model dir."""
+  pattern = write_set(tmp_path / "plain", 2, 5)
+  files = data.list_files(pattern, "train_data")
+  counts = str(tmp_path / "run" / "example_counts.json")
+  assert data.count_examples(files, counts, remember=True) == 10
+  # Same names, other contents: a remembered count does not read them.
+  for f in files:
+    records.write_shard(f, [])
+  assert data.count_examples(files, counts) == 10
+  assert data.count_examples(files) == 0  # without the model dir's record
+
+
+def test_given_example_counts_skip_counting(tmp_path):
+  import configs
+  pattern = write_set(tmp_path / "given", 1, 6)
+  for f in data.list_files(pattern, "train_data"):
+    records.write_shard(f, [])  # Counting would find 0.
+  config = configs.get_config("tiny").replace(
+      train_data=pattern, eval_data=pattern, train_examples=6, eval_examples=3,
+      schema="imagenet")
+  train_spec, eval_spec = data.resolve_input_specs(config, 32)
+  assert (train_spec.num_examples, eval_spec.num_examples) == (6, 3)

@@ -89,6 +89,13 @@ class Config:
                                "instead of failing. Breaks --deterministic "
                                "resumption only when records are skipped.",
                                section="Data")
+  train_examples: int = _option(0, "Examples in --train_data; 0 = from the "
+                                "manifest beside the files (trainer.prepare "
+                                "writes one), else counted once by reading "
+                                "every record and remembered in the model dir.",
+                                section="Data")
+  eval_examples: int = _option(0, "Examples in --eval_data; 0 = as for "
+                               "--train_examples.", section="Data")
   synthetic_train_examples: int = _option(2048, "Size of the built-in "
                                           "synthetic training split.",
                                           section="Data")
@@ -229,6 +236,7 @@ def validate(config):
                   "checkpoint_every_steps", "checkpoint_every_secs",
                   "early_stopping_patience", "label_offset", "shuffle_buffer",
                   "max_rollbacks", "synthetic_eval_examples", "steps_per_call",
+                  "train_examples", "eval_examples",
                   "collective_timeout_secs")
   for name in non_negative:
     if getattr(config, name) < 0:

@@ -12,6 +12,8 @@ fixed too, so skipping the records already consumed resumes a run exactly.
 """
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 
@@ -88,8 +90,15 @@ def detect_schema(path):
                   f"{list(SCHEMA_KEYS['tfds'])}")
 
 
-def count_examples(files):
-  """Example count from the manifest beside the files, else by reading them."""
+def count_examples(files, counts_path=None, remember=False):
+  """Example count: the manifest beside the files, else `counts_path` (a
+  model dir's record of an earlier count), else by reading every record.
+
+  Args:
+    files: the shard files.
+    counts_path: JSON file of counts by file list, or None.
+    remember: write a fresh count to `counts_path` (the chief does).
+  """
   manifest = records.read_manifest(os.path.dirname(files[0])) or {}
   known = {}
   for split in manifest.get("splits", {}).values():
@@ -98,10 +107,27 @@ def count_examples(files):
   names = [os.path.basename(f) for f in files]
   if all(n in known for n in names):
     return sum(known[n] for n in names)
-  log.info("No manifest for %d file(s) in %s; counting records (once).",
-           len(files), os.path.dirname(files[0]))
+  key = hashlib.sha1("\n".join(files).encode()).hexdigest()
+  remembered = _read_counts(counts_path)
+  if key in remembered:
+    return remembered[key]
+  log.info("No manifest for %d file(s) in %s; counting records (once: the "
+           "count is kept in the model dir; --train_examples/--eval_examples "
+           "skip it).", len(files), os.path.dirname(files[0]))
   dataset = tf.data.TFRecordDataset(list(files), num_parallel_reads=8)
-  return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+  count = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+  if counts_path and remember:
+    remembered[key] = count
+    tf.io.gfile.makedirs(os.path.dirname(counts_path))
+    records.write_text_atomically(counts_path, json.dumps(remembered) + "\n")
+  return count
+
+
+def _read_counts(path):
+  if not path or not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
 
 
 def class_names(files, num_classes):
@@ -113,10 +139,14 @@ def class_names(files, num_classes):
   return tuple(str(i) for i in range(max(2, num_classes)))
 
 
-def make_input_spec(pattern, flag_name, config, image_size):
+def make_input_spec(pattern, flag_name, config, image_size, num_examples=0,
+                    counts_path=None, remember_counts=False):
+  """The InputSpec of `pattern`; `num_examples` 0 = count (see count_examples)."""
   files = list_files(pattern, flag_name)
   schema = config.schema if config.schema != "auto" else detect_schema(files[0])
-  return InputSpec(files=files, num_examples=count_examples(files),
+  num_examples = num_examples or count_examples(files, counts_path,
+                                                remember_counts)
+  return InputSpec(files=files, num_examples=num_examples,
                    schema=schema, image_size=image_size,
                    num_classes=config.num_classes,
                    label_offset=config.label_offset, augment=config.augment,
@@ -126,8 +156,13 @@ def make_input_spec(pattern, flag_name, config, image_size):
                    data_service=config.data_service)
 
 
-def resolve_input_specs(config, image_size):
-  """(train InputSpec, eval InputSpec or None); the synthetic set by default."""
+def resolve_input_specs(config, image_size, counts_path=None,
+                        remember_counts=False):
+  """(train InputSpec, eval InputSpec or None); the synthetic set by default.
+
+  counts_path, remember_counts: where example counts are remembered (see
+  count_examples).
+  """
   train_pattern, eval_pattern = config.train_data, config.eval_data
   if not train_pattern:
     train_pattern, synthetic_eval = synthetic.ensure_dataset(
@@ -138,10 +173,12 @@ def resolve_input_specs(config, image_size):
         synthetic_eval if config.synthetic_eval_examples else "")
     log.info("No --train_data: using the built-in synthetic two-class set "
              "(%s).", os.path.dirname(train_pattern))
-  train_spec = make_input_spec(train_pattern, "train_data", config,
-                                    image_size)
-  eval_spec = (make_input_spec(eval_pattern, "eval_data", config,
-                                    image_size) if eval_pattern else None)
+  counting = dict(counts_path=counts_path, remember_counts=remember_counts)
+  train_spec = make_input_spec(train_pattern, "train_data", config, image_size,
+                               config.train_examples, **counting)
+  eval_spec = (make_input_spec(eval_pattern, "eval_data", config, image_size,
+                               config.eval_examples, **counting)
+               if eval_pattern else None)
   return train_spec, eval_spec
 
 

@@ -4,6 +4,7 @@
     class_names.txt     one class name per line, in label order
     status.json         running | completed | early_stopped | preempted
     metrics.jsonl       one JSON object per epoch
+    example_counts.json examples per input file list, when no manifest says
     logs/               TensorBoard event files (train/, validation/)
     checkpoints/        the last --keep_checkpoints checkpoints
     best/               the checkpoint with the best validation accuracy
@@ -30,6 +31,8 @@ import keras
 import tensorflow as tf
 
 from trainer import records
+
+EXAMPLE_COUNTS = "example_counts.json"
 
 
 class CheckpointSet:

@@ -140,7 +140,9 @@ class Trainer:
 
     self.image_size = config.image_size or model_lib.DEFAULT_IMAGE_SIZE[config.model]
     self.train_spec, self.eval_spec = data.resolve_input_specs(
-        config, self.image_size)
+        config, self.image_size,
+        counts_path=os.path.join(self.model_dir, outputs.EXAMPLE_COUNTS),
+        remember_counts=self.is_chief)
     self.class_names = data.class_names(self.train_spec.files,
                                         config.num_classes)
     if config.early_stopping_monitor.startswith("val_") and not self.eval_spec:
