@@ -28,8 +28,16 @@ def _save(figure, path):
   return path
 
 
-def training_curves(records, path):
-  """Accuracy, loss, learning rate and throughput per epoch."""
+def training_curves_figure(records):
+  """The figure of accuracy, loss, learning rate and throughput per epoch.
+
+  Args:
+    records: metrics.jsonl rows, one per epoch.
+
+  Returns:
+    A matplotlib Figure (shown inline in a notebook; `training_curves`
+    saves it).
+  """
   epochs = [r["epoch"] for r in records]
   figure, axes = plt.subplots(2, 2, figsize=(12, 8))
   panels = [
@@ -52,7 +60,12 @@ def training_curves(records, path):
     axis.set_ylabel(ylabel)
     axis.legend()
   figure.tight_layout()
-  return _save(figure, path)
+  return figure
+
+
+def training_curves(records, path):
+  """Writes `training_curves_figure(records)` to `path`; returns `path`."""
+  return _save(training_curves_figure(records), path)
 
 
 def confusion_matrix(matrix, class_names, path):
