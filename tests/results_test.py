@@ -152,3 +152,25 @@ def test_tensorboard_has_scalars_images_and_profile(trained):
   assert {"loss", "accuracy", "learning_rate", "images_per_sec", "skipped",
           "augmented_inputs"} <= tags
   assert glob.glob(str(trained / "logs" / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+
+
+def test_training_curves_epoch_axes_have_integer_ticks():
+  import matplotlib.pyplot as plt
+  from trainer import plots
+  for num_epochs in (1, 3, 7):
+    records = [{"epoch": e, "accuracy": 0.5 + e / 20, "val_accuracy": 0.5 + e / 21,
+                "loss": 1 / e, "val_loss": 1.1 / e, "learning_rate": 0.01 / e,
+                "images_per_sec": 100 + e} for e in range(1, num_epochs + 1)]
+    figure = plots.training_curves_figure(records)
+    figure.canvas.draw()
+    assert len(figure.axes) == 4
+    for axis in figure.axes:
+      assert axis.get_xlabel() == "Epoch"
+      low, high = axis.get_xlim()
+      shown = [(tick, label.get_text()) for tick, label in
+               zip(axis.get_xticks(), axis.get_xticklabels()) if low <= tick <= high]
+      assert shown, (axis.get_title(), num_epochs)
+      for tick, text in shown:
+        assert float(tick).is_integer() and text == str(int(tick)), (
+            axis.get_title(), num_epochs, shown)
+    plt.close(figure)

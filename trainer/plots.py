@@ -14,6 +14,7 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")  # No display needed: files only.
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -57,6 +58,8 @@ def training_curves_figure(records):
         axis.plot(epochs, values, marker="o", label=label)
     axis.set_title(title)
     axis.set_xlabel("Epoch")
+    # Epochs are whole numbers: no 1.25 or 0.96 ticks on short runs.
+    axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
     axis.set_ylabel(ylabel)
     axis.legend()
   figure.tight_layout()
