@@ -4,6 +4,7 @@ A smoke test with a tiny model and a handful of steps: it proves the command
 works on this machine, never asserts a speed."""
 
 import json
+import re
 
 
 def test_benchmark_runs_every_phase(run_cli, tmp_path):
@@ -25,3 +26,15 @@ def test_benchmark_runs_every_phase(run_cli, tmp_path):
   for row in ("matmul peak", "step", "e2e", "input", "seed setup", "2 workers",
               "tf.data service"):
     assert row in result.stdout
+
+
+def test_of_peak_is_a_dash_without_the_peak_phase(run_cli):
+  result = run_cli("trainer.benchmark", "--config=tiny", "--steps=2",
+                   "--warmup_steps=1", "--records=64",
+                   "--skip=peak,input,e2e,seed,scaling,service", timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = {line.split()[0]: re.split(r"\s{2,}", line.strip())
+          for line in result.stdout.splitlines() if line.strip()}
+  assert rows["phase"][:4] == ["phase", "images/s", "GFLOP/s", "of peak"]
+  assert rows["step"][3] == "-", rows["step"]
+  assert "nan" not in result.stdout

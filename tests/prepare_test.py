@@ -1,11 +1,13 @@
 """`python -m trainer.prepare` on messy, real-world-shaped inputs."""
 
+import hashlib
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -132,6 +134,36 @@ def test_nothing_usable_exits_non_zero(tmp_path, cache_dir):
   assert not (tmp_path / "o" / "manifest.json").exists()
 
 
+def _shard_digests(directory):
+  return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+          for path in sorted(directory.glob("*-of-*"))}
+
+
+def test_folder_shards_mix_classes_in_a_seeded_order(tmp_path, cache_dir):
+  source = tmp_path / "three"
+  for label, name in enumerate(("ant", "bee", "cat")):
+    (source / name).mkdir(parents=True)
+    for i in range(40):
+      (source / name / f"{i}.jpg").write_bytes(
+          _image_bytes("JPEG", size=(16, 16), value=100 * label + i))
+  runs = {}
+  for name, seed in (("a", 0), ("b", 0), ("other_seed", 1)):
+    out = tmp_path / name
+    result = run_prepare(f"--source=folder:{source}", f"--out={out}",
+                         "--validation_fraction=0.25", "--num_shards=2",
+                         f"--split_seed={seed}", cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+    runs[name] = _shard_digests(out)
+  for shard in sorted((tmp_path / "a").glob("*-of-*")):
+    labels = sorted({label for label, _ in read_all(str(shard))})
+    assert labels == [0, 1, 2], f"{shard.name} holds only classes {labels}"
+  # Reproducible (a re-run after a crash must rebuild the same shards) ...
+  assert runs["a"] == runs["b"]
+  # ... and the comparison can tell a different order apart.
+  assert set(runs["a"]) == set(runs["other_seed"])
+  assert all(runs["a"][n] != runs["other_seed"][n] for n in runs["a"])
+
+
 def test_killed_run_leaves_no_whole_looking_shard_and_rerun_finishes(tmp_path, cache_dir):
   out = tmp_path / "syn"
   args = ["--source=synthetic", f"--out={out}", "--num_shards=40", "--workers=1"]
@@ -167,6 +199,87 @@ def test_tfds_source_with_seed_split(tmp_path):
   assert set(manifest["splits"]) == {"train", "validation"}
   assert manifest["splits"]["train"]["num_examples"] == 12
   assert len(read_all(str(tmp_path / "cvd" / "train-*"))) == 12
+
+
+# Mocks TFDS with large, cheap-to-convert images (uncompressed 512x512 PNGs,
+# 768 KB each), so holding a split in memory shows in the peak RSS.
+_TFDS_PREPARE = textwrap.dedent("""
+    import io, sys
+    import numpy as np
+    from PIL import Image
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    from absl import app
+    from trainer import prepare
+
+    num_examples, out = int(sys.argv[1]), sys.argv[2]
+
+    def png(seed, side=512):
+      yy, xx = np.mgrid[0:side, 0:side]
+      pixels = np.stack([xx + seed, yy, xx + yy + 3 * seed], -1) % 256
+      buffer = io.BytesIO()
+      Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG",
+                                                    compress_level=0)
+      return buffer.getvalue()
+
+    images = [png(seed) for seed in range(8)]
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+      with_id = bool(read_config and read_config.add_tfds_id)
+      def examples():
+        for i in range(num_examples):
+          example = {"image": images[i % len(images)], "label": i % 2}
+          if with_id:
+            example["tfds_id"] = f"fake-{split}__{i}"
+          yield example
+      signature = {"image": tf.TensorSpec([], tf.string),
+                   "label": tf.TensorSpec([], tf.int64)}
+      if with_id:
+        signature["tfds_id"] = tf.TensorSpec([], tf.string)
+      dataset = tf.data.Dataset.from_generator(examples,
+                                               output_signature=signature)
+      return dataset.apply(tf.data.experimental.assert_cardinality(num_examples))
+
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_dataset_fn=as_dataset):
+      app.run(prepare.main, argv=["prepare", "--source=tfds:cats_vs_dogs",
+                                  f"--out={out}"])
+    """)
+
+
+def _run_measuring_peak_rss_mb(args, log_path, cache_dir, timeout=180):
+  """Runs a child process; returns (exit code, its peak RSS in MB)."""
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(args, cwd=REPO, env=cli_env(cache_dir),
+                               stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.time() + timeout
+  while True:
+    pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+    if pid:
+      break
+    if time.time() > deadline:
+      process.kill()
+      process.wait()
+      raise AssertionError(f"{args} did not finish in {timeout}s")
+    time.sleep(0.1)
+  process.returncode = os.waitstatus_to_exitcode(status)
+  return process.returncode, usage.ru_maxrss / 1024  # ru_maxrss is in KiB
+
+
+def test_tfds_source_streams_in_bounded_memory(tmp_path, cache_dir):
+  peak_mb = {}
+  for num_examples in (50, 200):  # per split: 38 MB and 154 MB of images
+    out = tmp_path / f"n{num_examples}"
+    log = tmp_path / f"n{num_examples}.log"
+    code, peak_mb[num_examples] = _run_measuring_peak_rss_mb(
+        [sys.executable, "-c", _TFDS_PREPARE, str(num_examples), str(out)],
+        log, cache_dir)
+    assert code == 0, log.read_text()[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    for split in ("train", "validation"):
+      assert manifest["splits"][split]["num_examples"] == num_examples
+  print(f"peak RSS: {peak_mb}")
+  assert peak_mb[200] <= 1.2 * peak_mb[50], peak_mb
 
 
 def test_shard_count_rule():

@@ -165,3 +165,25 @@ def test_evaluate_refuses_a_checkpoint_without_the_model(trained, run_cli, tmp_p
   assert len(errors) == 1 and f"--checkpoint={path}" in errors[0], result.stderr
   assert "model" in errors[0]
   assert not (tmp_path / "eval" / "evaluation.json").exists()
+
+
+def test_training_curves_epoch_axes_have_integer_ticks():
+  import matplotlib.pyplot as plt
+  from trainer import plots
+  for num_epochs in (1, 3, 7):
+    records = [{"epoch": e, "accuracy": 0.5 + e / 20, "val_accuracy": 0.5 + e / 21,
+                "loss": 1 / e, "val_loss": 1.1 / e, "learning_rate": 0.01 / e,
+                "images_per_sec": 100 + e} for e in range(1, num_epochs + 1)]
+    figure = plots.training_curves_figure(records)
+    figure.canvas.draw()
+    assert len(figure.axes) == 4
+    for axis in figure.axes:
+      assert axis.get_xlabel() == "Epoch"
+      low, high = axis.get_xlim()
+      shown = [(tick, label.get_text()) for tick, label in
+               zip(axis.get_xticks(), axis.get_xticklabels()) if low <= tick <= high]
+      assert shown, (axis.get_title(), num_epochs)
+      for tick, text in shown:
+        assert float(tick).is_integer() and text == str(int(tick)), (
+            axis.get_title(), num_epochs, shown)
+    plt.close(figure)

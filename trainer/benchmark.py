@@ -374,6 +374,12 @@ PHASE_FUNCTIONS = {"peak": phase_peak, "step": phase_step, "input": phase_input,
                    "service": phase_service}
 
 
+def _of_peak(result):
+  """The fraction of peak as a percentage; "-" when the peak was not measured."""
+  fraction = result.get("fraction_of_peak")
+  return "-" if fraction is None else f"{fraction:.0%}"
+
+
 def format_table(results):
   rows = [("phase", "images/s", "GFLOP/s", "of peak", "notes")]
   peak = results.get("peak", {})
@@ -388,7 +394,7 @@ def format_table(results):
       if "peak_host_memory_mb" in r:
         notes += f", peak RSS {r['peak_host_memory_mb']:.0f} MB"
       rows.append((name, f"{r['images_per_sec']:.1f}", f"{r['gflops']:.0f}",
-                   f"{r.get('fraction_of_peak', float('nan')):.0%}", notes))
+                   _of_peak(r), notes))
   if "input" in results:
     r = results["input"]
     rows.append(("input", f"{r['images_per_sec']:.0f}", "", "",
@@ -402,7 +408,7 @@ def format_table(results):
   if "service" in results:
     r = results["service"]
     rows.append(("e2e via tf.data service", f"{r['images_per_sec']:.1f}",
-                 f"{r['gflops']:.0f}", f"{r.get('fraction_of_peak', float('nan')):.0%}",
+                 f"{r['gflops']:.0f}", _of_peak(r),
                  "dispatcher + 1 worker on 127.0.0.1"))
   if "scaling" in results:
     r = results["scaling"]

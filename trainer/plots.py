@@ -14,6 +14,7 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")  # No display needed: files only.
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -28,8 +29,16 @@ def _save(figure, path):
   return path
 
 
-def training_curves(records, path):
-  """Accuracy, loss, learning rate and throughput per epoch."""
+def training_curves_figure(records):
+  """The figure of accuracy, loss, learning rate and throughput per epoch.
+
+  Args:
+    records: metrics.jsonl rows, one per epoch.
+
+  Returns:
+    A matplotlib Figure (shown inline in a notebook; `training_curves`
+    saves it).
+  """
   epochs = [r["epoch"] for r in records]
   figure, axes = plt.subplots(2, 2, figsize=(12, 8))
   panels = [
@@ -49,10 +58,17 @@ def training_curves(records, path):
         axis.plot(epochs, values, marker="o", label=label)
     axis.set_title(title)
     axis.set_xlabel("Epoch")
+    # Epochs are whole numbers: no 1.25 or 0.96 ticks on short runs.
+    axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
     axis.set_ylabel(ylabel)
     axis.legend()
   figure.tight_layout()
-  return _save(figure, path)
+  return figure
+
+
+def training_curves(records, path):
+  """Writes `training_curves_figure(records)` to `path`; returns `path`."""
+  return _save(training_curves_figure(records), path)
 
 
 def confusion_matrix(matrix, class_names, path):

@@ -8,9 +8,14 @@ Sources:
   tfds:NAME      any TFDS image-classification dataset (`--tfds_data_dir` may be
                  gs://). Without a validation split, `train[:80%]` /
                  `train[80%:]` (the seed's split; `--validation_fraction`).
+                 Streamed: memory does not grow with the dataset. TFDS
+                 shuffled the examples when it built the dataset; its files
+                 are read in an order drawn from `--split_seed`.
   folder:PATH    one sub-folder per class (PetImages/Cat/*.jpg), or a flat
                  folder whose file names carry the class (cat.123.jpg).
-                 The validation split is drawn per class from `--split_seed`.
+                 The validation split is drawn per class from `--split_seed`,
+                 then each split is shuffled across classes from the same
+                 seed, so every shard holds every class.
   synthetic      the built-in stripes set.
 
 Every image is fully decoded with Pillow; PNG, BMP, GIF, CMYK, grayscale and
@@ -25,10 +30,12 @@ import collections
 import concurrent.futures
 import dataclasses
 import io
+import itertools
 import math
 import os
 import random
 import sys
+from typing import Iterable
 import warnings
 
 from absl import app
@@ -51,9 +58,16 @@ MAX_LISTED_SKIPS = 1000
 @dataclasses.dataclass(frozen=True)
 class Item:
   """One image to write: where its bytes come from and its label."""
-  name: str        # a path, or "tfds:<split>:<index>"
+  name: str        # a path, "tfds:<tfds_id>" or "synthetic:<split>:<index>"
   label: int
   encoded: bytes = b""  # set for in-memory sources (TFDS, synthetic)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """The items of one split, in the order they are written."""
+  num_items: int
+  items: Iterable[Item]  # a list, or a one-pass stream (TFDS, synthetic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +148,7 @@ def _convert(item, resize_to, quality):
 
 
 # ----------------------------------------------------------------------------
-# Sources: each returns (class_names, {split: [Item]}, estimated bytes/image).
+# Sources: each returns (class_names, {split: Split}, estimated bytes/image).
 
 
 def _label_from_filename(name):
@@ -183,11 +197,24 @@ def folder_source(path, validation_fraction, split_seed):
     num_validation = int(round(len(files) * validation_fraction))
     splits["validation"] += [Item(f, label) for f in files[:num_validation]]
     splits["train"] += [Item(f, label) for f in files[num_validation:]]
+  for items in splits.values():
+    # Across classes, so every shard holds every class; seeded, so a re-run
+    # after a crash writes the same examples to the same shards.
+    rng.shuffle(items)
   sizes = [tf.io.gfile.stat(i.name).length for i in splits["train"][:200]]
-  return class_names, splits, sum(sizes) / max(1, len(sizes))
+  return (class_names, {split: Split(len(items), items)
+                        for split, items in splits.items()},
+          sum(sizes) / max(1, len(sizes)))
 
 
-def tfds_source(name, data_dir, validation_fraction):
+def _num_examples(dataset):
+  count = int(dataset.cardinality())
+  if count == tf.data.UNKNOWN_CARDINALITY:  # Count by reading; nothing is kept.
+    count = int(dataset.reduce(0, lambda n, _: n + 1))
+  return count
+
+
+def tfds_source(name, data_dir, validation_fraction, split_seed):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir or None)
   builder.download_and_prepare()
@@ -208,32 +235,44 @@ def tfds_source(name, data_dir, validation_fraction):
   else:
     cut = int(round(100 * (1 - validation_fraction)))
     split_specs = {"train": f"train[:{cut}%]", "validation": f"train[{cut}%:]"}
-  splits = {}
-  for split, spec in split_specs.items():
-    dataset = builder.as_dataset(
-        split=spec, shuffle_files=False,
+  # TFDS shuffled the examples across its files when it built the dataset
+  # (unless the dataset is ordered, which forbids shuffling files); reading
+  # the files in a seeded order keeps the output reproducible for re-runs.
+  read_config = tfds.ReadConfig(shuffle_seed=split_seed, add_tfds_id=True)
+
+  def read(spec):
+    return builder.as_dataset(
+        split=spec, shuffle_files=not info.disable_shuffling,
+        read_config=read_config,
         decoders={image_key: tfds.decode.SkipDecoding()})
-    splits[split] = [
-        Item(f"tfds:{spec}:{i}", int(example[label_key]),
-             bytes(example[image_key].numpy()))
-        for i, example in enumerate(dataset)]
-  sample = splits["train"][:200]
+
+  def stream(spec):
+    # One example at a time: memory does not grow with the split.
+    for example in read(spec).as_numpy_iterator():
+      yield Item(f"tfds:{example['tfds_id'].decode()}",
+                 int(example[label_key]), example[image_key])
+
+  splits = {split: Split(_num_examples(read(spec)), stream(spec))
+            for split, spec in split_specs.items()}
+  sample = [len(example[image_key]) for example in
+            read(split_specs["train"]).take(200).as_numpy_iterator()]
   return (list(info.features[label_key].names), splits,
-          sum(len(i.encoded) for i in sample) / max(1, len(sample)))
+          sum(sample) / max(1, len(sample)))
 
 
 def synthetic_source(train_examples, eval_examples, size):
   from trainer import synthetic  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  splits = {}
-  for split, count, seed in (("train", train_examples, 0),
-                             ("validation", eval_examples, 1)):
+
+  def draw(split, count, seed):  # Classes alternate: no shuffle needed.
     rng = np.random.default_rng(seed)
-    items = []
     for i in range(count):
       encoded = synthetic.encode_jpeg(synthetic.draw_image(rng, i % 2, size))
-      items.append(Item(f"synthetic:{split}:{i}", i % 2, encoded))
-    splits[split] = items
+      yield Item(f"synthetic:{split}:{i}", i % 2, encoded)
+
+  splits = {split: Split(count, draw(split, count, seed))
+            for split, count, seed in (("train", train_examples, 0),
+                                       ("validation", eval_examples, 1))}
   return list(synthetic.CLASS_NAMES), splits, 20_000
 
 
@@ -269,52 +308,107 @@ class _Progress:
     sys.stderr.flush()
 
 
-def _count_records(path):
-  return sum(1 for _ in tf.data.TFRecordDataset(path))
+class _Tally:
+  """Sizes and skips over all splits, in memory that does not grow with them."""
+
+  def __init__(self):
+    self.heights, self.widths = collections.Counter(), collections.Counter()
+    self.skip_reasons = collections.Counter()
+    self.listed_skips = []  # The first MAX_LISTED_SKIPS.
+
+  def add_image(self, height, width):
+    self.heights[height] += 1
+    self.widths[width] += 1
+
+  def add_skip(self, name, reason):
+    self.skip_reasons[reason] += 1
+    if len(self.listed_skips) < MAX_LISTED_SKIPS:
+      self.listed_skips.append({"file": name, "reason": reason})
 
 
-def write_split(out, split, items, num_shards, resize_to, quality, workers,
-                skipped, sizes):
-  """Converts and writes one split; returns its shard entries."""
-  shards = []
-  progress = _Progress(len(items), f"{split}")
-  per_shard = math.ceil(len(items) / num_shards)
+def _in_order(pool, function, items, window):
+  """`pool.map` over a stream, with at most `window` items in flight."""
+  pending = collections.deque()
+  for item in items:
+    pending.append(pool.submit(function, item))
+    if len(pending) >= window:
+      yield pending.popleft().result()
+  while pending:
+    yield pending.popleft().result()
+
+
+def write_split(out, split_name, split, num_shards, resize_to, quality, workers,
+                tally):
+  """Converts and writes one split, streaming.
+
+  Args:
+    out: output directory.
+    split_name: "train" or "validation".
+    split: its `Split`, read once, in order.
+    num_shards: shards to write; sizes differ by at most one item.
+    resize_to, quality, workers: as for `prepare`.
+    tally: the `_Tally` to add sizes and skips to.
+
+  Returns:
+    (shard entries, Counter of labels written).
+  """
+  shards, labels = [], collections.Counter()
+  progress = _Progress(split.num_items, split_name)
+  items = iter(split.items)
+
+  def serialize(converted_items):
+    for converted in converted_items:
+      if converted.skip_reason:
+        tally.add_skip(converted.name, converted.skip_reason)
+        continue
+      tally.add_image(converted.height, converted.width)
+      labels[converted.label] += 1
+      # Deterministic: the feature map's order would otherwise vary with the
+      # process's hash seed, and re-runs should write identical bytes.
+      yield records.image_example(
+          converted.encoded, converted.label, converted.height,
+          converted.width).SerializeToString(deterministic=True)
+
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     for index in range(num_shards):
-      chunk = items[index * per_shard:(index + 1) * per_shard]
-      name = records.shard_name(split, index, num_shards)
+      count = ((index + 1) * split.num_items // num_shards -
+               index * split.num_items // num_shards)
+      chunk = itertools.islice(items, count)
+      name = records.shard_name(split_name, index, num_shards)
       path = os.path.join(out, name)
       if tf.io.gfile.exists(path):
-        # Complete from an earlier run (shards only appear when whole).
-        shards.append({"file": name, "num_examples": _count_records(path),
+        # Complete from an earlier run (shards only appear when whole): pass
+        # over its items, and count what it holds.
+        collections.deque(chunk, maxlen=0)
+        num_examples = 0
+        for label, height, width in records.read_labels_and_sizes(path):
+          labels[label] += 1
+          tally.add_image(height, width)
+          num_examples += 1
+        shards.append({"file": name, "num_examples": num_examples,
                        "resumed": True})
-        progress.add(len(chunk))
-        continue
-      serialized = []
-      for converted in pool.map(lambda i: _convert(i, resize_to, quality), chunk):
-        if converted.skip_reason:
-          skipped.append({"file": converted.name, "reason": converted.skip_reason})
-          continue
-        sizes.append((converted.height, converted.width))
-        serialized.append(records.image_example(
-            converted.encoded, converted.label, converted.height,
-            converted.width).SerializeToString())
-      records.write_shard(path, serialized)
-      shards.append({"file": name, "num_examples": len(serialized)})
-      progress.add(len(chunk))
-  return shards
+      else:
+        converted = _in_order(pool, lambda i: _convert(i, resize_to, quality),
+                              chunk, window=2 * workers)
+        written = records.write_shard(path, serialize(converted))
+        shards.append({"file": name, "num_examples": written})
+      progress.add(count)
+  return shards, labels
 
 
-def _size_stats(sizes):
-  if not sizes:
-    return {}
-  heights = sorted(h for h, _ in sizes)
-  widths = sorted(w for _, w in sizes)
-  def stats(values):
-    return {"min": values[0], "max": values[-1],
-            "mean": round(sum(values) / len(values), 1),
-            "median": values[len(values) // 2]}
-  return {"height": stats(heights), "width": stats(widths)}
+def _size_stats(counts):
+  """min/max/mean/median of a Counter {size: number of images}."""
+  total = sum(counts.values())
+  sizes = sorted(counts)
+  seen, median = 0, sizes[-1]
+  for size in sizes:
+    seen += counts[size]
+    if seen > total // 2:
+      median = size
+      break
+  return {"min": sizes[0], "max": sizes[-1],
+          "mean": round(sum(s * n for s, n in counts.items()) / total, 1),
+          "median": median}
 
 
 def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
@@ -334,7 +428,7 @@ def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
         argument, validation_fraction, split_seed)
   elif kind == "tfds":
     class_names, splits, bytes_per_image = tfds_source(
-        argument, tfds_data_dir, validation_fraction)
+        argument, tfds_data_dir, validation_fraction, split_seed)
   elif kind == "synthetic":
     class_names, splits, bytes_per_image = synthetic_source(*synthetic_examples,
                                                              synthetic_size)
@@ -345,25 +439,22 @@ def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
     # A JPEG's size scales roughly with its pixel count.
     bytes_per_image = min(bytes_per_image, 0.35 * resize_to * resize_to * 4 / 3)
   tf.io.gfile.makedirs(out)
-  skipped, sizes, manifest_splits = [], [], {}
-  for split, items in splits.items():
-    if not items:
+  tally, manifest_splits = _Tally(), {}
+  for split_name, split in splits.items():
+    if not split.num_items:
       continue
-    count = num_shards or choose_num_shards(len(items), bytes_per_image, readers)
-    count = min(count, len(items))
-    shards = write_split(out, split, items, count, resize_to, quality, workers,
-                         skipped, sizes)
-    per_class = collections.Counter()
-    skipped_here = {s["file"] for s in skipped}
-    for item in items:
-      if item.name not in skipped_here:
-        per_class[class_names[item.label]] += 1
-    manifest_splits[split] = {
+    count = num_shards or choose_num_shards(split.num_items, bytes_per_image,
+                                            readers)
+    count = min(count, split.num_items)
+    shards, labels = write_split(out, split_name, split, count, resize_to,
+                                 quality, workers, tally)
+    manifest_splits[split_name] = {
         "num_examples": sum(s["num_examples"] for s in shards),
-        "per_class": dict(per_class), "shards": shards,
-        "pattern": f"{split}-*-of-{count:05d}"}
+        "per_class": {class_names[label]: n
+                      for label, n in sorted(labels.items())},
+        "shards": shards, "pattern": f"{split_name}-*-of-{count:05d}"}
   total = sum(s["num_examples"] for s in manifest_splits.values())
-  reasons = collections.Counter(s["reason"] for s in skipped)
+  num_skipped = sum(tally.skip_reasons.values())
   manifest = {
       "source": source, "class_names": class_names, "schema": "imagenet",
       "features": {"image/encoded": "JPEG bytes", "image/class/label": "int64",
@@ -371,13 +462,16 @@ def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
                    "image/width": "int64"},
       "resize_to": resize_to, "split_seed": split_seed,
       "validation_fraction": validation_fraction,
-      "splits": manifest_splits, "image_size": _size_stats(sizes),
-      "skipped": {"count": len(skipped), "by_reason": dict(reasons),
-                  "files": skipped[:MAX_LISTED_SKIPS]},
+      "splits": manifest_splits,
+      "image_size": ({"height": _size_stats(tally.heights),
+                      "width": _size_stats(tally.widths)}
+                     if tally.heights else {}),
+      "skipped": {"count": num_skipped, "by_reason": dict(tally.skip_reasons),
+                  "files": tally.listed_skips},
   }
   if total == 0:
     raise UserError(f"--source={source}: no usable images "
-                    f"({len(skipped)} skipped: {dict(reasons)})")
+                    f"({num_skipped} skipped: {dict(tally.skip_reasons)})")
   records.write_manifest(out, manifest)
   return manifest
 
@@ -392,7 +486,8 @@ flags.DEFINE_integer("resize_to", 0, "Resize so the shorter side is at most N "
                      "px and re-encode as JPEG (0 = keep sizes).")
 flags.DEFINE_float("validation_fraction", 0.2, "Validation share when the "
                    "source has no validation split.")
-flags.DEFINE_integer("split_seed", 0, "Seed of the validation split.")
+flags.DEFINE_integer("split_seed", 0, "Seed of the validation split and of "
+                     "the order examples are written in.")
 flags.DEFINE_integer("num_shards", 0, "Shards per split (0 = ~150 MB each, "
                      "at least 10 per reader).")
 flags.DEFINE_integer("readers", 1, "Input pipelines (workers/hosts) that will "

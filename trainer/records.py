@@ -32,6 +32,17 @@ def image_example(encoded, label, height, width, image_format="jpeg"):
   }))
 
 
+def read_labels_and_sizes(path):
+  """Yields (label, height, width) of each `image_example` in a shard."""
+  features = {key: tf.io.FixedLenFeature([], tf.int64) for key in
+              ("image/class/label", "image/height", "image/width")}
+  dataset = tf.data.TFRecordDataset(path).map(
+      lambda record: tf.io.parse_single_example(record, features))
+  for example in dataset.as_numpy_iterator():
+    yield (int(example["image/class/label"]), int(example["image/height"]),
+           int(example["image/width"]))
+
+
 def shard_name(split, index, count):
   return f"{split}-{index:05d}-of-{count:05d}"
 
