@@ -28,6 +28,9 @@ import time
 from absl import app
 from absl import flags
 
+# The trainer's exit code for a preempted run that can resume (no TensorFlow).
+from trainer.errors import PREEMPTED_EXIT_CODE
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("workers", 2, "Worker processes to start.")
 flags.DEFINE_enum("devices", "auto", ["auto", "gpu", "cpu"],
@@ -41,7 +44,6 @@ flags.DEFINE_integer("data_service_workers", 0, "Also start a tf.data service "
 flags.DEFINE_integer("grace_secs", 20, "After a failure or Ctrl-C, seconds "
                      "between SIGTERM and SIGKILL for the remaining workers.")
 
-PREEMPTED_EXIT_CODE = 75  # Same as trainer.train: the run can resume.
 
 
 def free_ports(count):

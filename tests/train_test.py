@@ -4,7 +4,6 @@ Logical CPU devices and multi-worker clusters must be set up before
 TensorFlow initialises, so each case runs in its own interpreter(s).
 """
 
-import numpy as np
 import pytest
 
 from conftest import run_probe, run_workers
@@ -42,7 +41,7 @@ trainer = OverflowOnce(tiny(strategy="mirrored", cpu_devices=2,
                             precision="mixed_float16", global_batch_size=8))
 scale = lambda: float(trainer.optimizer.dynamic_scale.numpy())
 iterator = trainer.train_iterator(0, 0)
-control = tf.constant([0.0, 0.0])
+control = train_lib.requests_vector()
 before, scale_before = weights(trainer), scale()
 trainer.train_steps(iterator, tf.constant(1), control)
 overflow_step = compare(before, weights(trainer))

@@ -166,7 +166,8 @@ def _trainer(options, train_data):
 
 def _time_train_calls(trainer, iterator, warmup_steps, steps):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  control = tf.constant([0.0, 0.0])
+  from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+  control = train_lib.requests_vector()
   per_call = min(trainer.steps_per_call, max(1, steps))
   trainer.train_steps(iterator, tf.constant(max(1, warmup_steps)), control)[0].numpy()
   calls = max(1, steps // per_call)
@@ -214,12 +215,12 @@ def phase_step(options):
 def phase_input(options):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import configs  # pylint: disable=g-import-not-at-top
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer import data  # pylint: disable=g-import-not-at-top
-  from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
   config = configs.get_config(options["config"])
   if options["model"]:
     config = config.replace(model=options["model"])
-  size = config.image_size or model_lib.DEFAULT_IMAGE_SIZE[config.model]
+  size = config_lib.image_size(config)
   spec = data.make_input_spec(options["train_data"], "train_data", config, size)
   batch = options["global_batch_size"] or config.global_batch_size
   dataset = data.make_train_dataset(spec, tf.distribute.InputContext(1, 0, 1), batch)
@@ -273,7 +274,7 @@ def phase_seed(options):
   keras.mixed_precision.set_global_policy("float32")
   # The seed's network with stock Keras layers (its BatchNormalization, not
   # our fused one); it feeds [0, 1] floats, so our in-model rescaling goes.
-  model = model_lib.build_model("seed", 1, fused_batch_norm=False)
+  model = model_lib.build_model("seed", 1, portable=True)
   seed_model = keras.Model(model.get_layer("conv1").input, model.output)
   seed_model.compile(loss=keras.losses.BinaryCrossentropy(),
                      optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])

@@ -9,7 +9,6 @@ written to the model dir as `config.json`.
 
 import dataclasses
 import json
-import os
 import re
 
 from trainer.errors import UserError
@@ -17,7 +16,10 @@ from trainer.errors import UserError
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 ALL_REDUCE_PRECISIONS = ("auto", "float32", "bfloat16")
-MODELS = ("seed", "seed_same", "original", "tiny")
+# Every model variant and its input side in pixels (the paper's 227 makes
+# conv1 'valid' exact); trainer/model.py builds them.
+MODEL_IMAGE_SIZES = {"seed": 224, "seed_same": 224, "original": 227, "tiny": 32}
+MODELS = tuple(MODEL_IMAGE_SIZES)
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "seed", "cosine")
 AUGMENTATIONS = ("random_resized_crop", "crop_flip", "resize")
@@ -27,11 +29,12 @@ NAN_POLICIES = ("error", "rollback")
 ACCELERATORS = ("none", "gpu", "tpu")
 
 
-def _option(default, help, choices=None, section="Training"):
-  # `help` and `choices` live in field metadata so flags, docs and validation
-  # all read the same text.
+def _option(default, help, choices=None, section="Training", minimum=None):
+  # `help`, `choices` and `minimum` live in field metadata so flags, docs and
+  # validation all read the same facts.
   return dataclasses.field(default=default, metadata={
-      "help": help, "choices": choices, "section": section})
+      "help": help, "choices": choices, "section": section,
+      "minimum": minimum})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +49,9 @@ class Config:
                        "classes), 'tiny' (for tests).", MODELS, "Model")
   num_classes: int = _option(1, "1 = one sigmoid unit and binary cross-entropy "
                              "(the seed); 2+ = softmax and sparse categorical "
-                             "cross-entropy.", section="Model")
+                             "cross-entropy.", section="Model", minimum=1)
   image_size: int = _option(0, "Input side in pixels; 0 = the model's own "
-                            "(224 seed, 227 original, 32 tiny).", section="Model")
+                            "(224 seed, 227 original, 32 tiny).", section="Model", minimum=0)
   dropout_rate: float = _option(0.5, "Dropout after each hidden dense layer.",
                                 section="Model")
   batch_norm: str = _option("fused", "'fused': one fused kernel, each replica "
@@ -76,7 +79,7 @@ class Config:
                         "= detect from the first record.", SCHEMAS, "Data")
   label_offset: int = _option(0, "Subtracted from every stored label (1 for "
                               "the classic ImageNet TFRecords, whose labels "
-                              "start at 1).", section="Data")
+                              "start at 1).", section="Data", minimum=0)
   augment: str = _option("random_resized_crop", "Training augmentation: "
                          "'random_resized_crop' (fused crop-decode + flip), "
                          "'crop_flip' (the paper: shorter side to 256/224 of "
@@ -84,7 +87,7 @@ class Config:
                          "plain resize, no augmentation).", AUGMENTATIONS, "Data")
   shuffle_buffer: int = _option(2048, "Records held in the shuffle buffer "
                                 "(encoded bytes, before decoding).",
-                                section="Data")
+                                section="Data", minimum=0)
   skip_corrupt: bool = _option(False, "Skip undecodable records and count them "
                                "instead of failing. Breaks --deterministic "
                                "resumption only when records are skipped.",
@@ -93,14 +96,14 @@ class Config:
                                 "manifest beside the files (trainer.prepare "
                                 "writes one), else counted once by reading "
                                 "every record and remembered in the model dir.",
-                                section="Data")
+                                section="Data", minimum=0)
   eval_examples: int = _option(0, "Examples in --eval_data; 0 = as for "
-                               "--train_examples.", section="Data")
+                               "--train_examples.", section="Data", minimum=0)
   synthetic_train_examples: int = _option(2048, "Size of the built-in "
                                           "synthetic training split.",
-                                          section="Data")
+                                          section="Data", minimum=1)
   synthetic_eval_examples: int = _option(512, "Size of the built-in synthetic "
-                                         "validation split.", section="Data")
+                                         "validation split.", section="Data", minimum=0)
   synthetic_dir: str = _option("", "Where the synthetic set is written once "
                                "and reused; empty = "
                                "$XDG_CACHE_HOME/alexnet_tf/synthetic.",
@@ -116,11 +119,11 @@ class Config:
                                 "pipeline.", section="Data")
 
   # --- Training
-  epochs: int = _option(100, "Maximum number of epochs.")
+  epochs: int = _option(100, "Maximum number of epochs.", minimum=1)
   steps_per_epoch: int = _option(0, "Training steps per epoch; 0 = training "
-                                 "examples // global batch size.")
+                                 "examples // global batch size.", minimum=0)
   global_batch_size: int = _option(128, "Images per step over all replicas; "
-                                   "must divide by the replica count.")
+                                   "must divide by the replica count.", minimum=1)
   optimizer: str = _option("adam", "'adam' (the seed) or 'sgd' with momentum "
                            "(the paper).", OPTIMIZERS)
   learning_rate: float = _option(1e-3, "Peak learning rate.")
@@ -137,20 +140,20 @@ class Config:
                                  "('cosine', or before 'seed').")
   early_stopping_patience: int = _option(5, "Stop after this many epochs "
                                          "without improvement of "
-                                         "--early_stopping_monitor; 0 = never.")
+                                         "--early_stopping_monitor; 0 = never.", minimum=0)
   early_stopping_monitor: str = _option("loss", "Quantity early stopping "
                                         "watches (the seed: training loss).",
                                         MONITORS)
   steps_per_call: int = _option(0, "Training steps run per tf.function call "
                                 "(fewer Python round trips; also the "
                                 "granularity of logging and preemption "
-                                "checks); 0 = 100 on TPU, else 10.")
+                                "checks); 0 = 100 on TPU, else 10.", minimum=0)
   seed: int = _option(42, "Seed for weights, input order and augmentation.")
   nan_policy: str = _option("error", "On a NaN/Inf loss: 'error' stops naming "
                             "the step; 'rollback' restores the last good "
                             "checkpoint and halves the learning rate.",
                             NAN_POLICIES)
-  max_rollbacks: int = _option(3, "Most NaN rollbacks before giving up.")
+  max_rollbacks: int = _option(3, "Most NaN rollbacks before giving up.", minimum=0)
 
   # --- Distribution
   strategy: str = _option("auto", "tf.distribute strategy. 'auto' = TPU if "
@@ -160,7 +163,7 @@ class Config:
                           "Distribution")
   cpu_devices: int = _option(0, "Split the host CPU into this many logical "
                              "devices (so 'mirrored' runs without GPUs); 0 = "
-                             "don't.", section="Distribution")
+                             "don't.", section="Distribution", minimum=0)
   devices: str = _option("", "Comma-separated devices for 'mirrored' or "
                          "'one_device' (e.g. /gpu:0,/gpu:1); empty = all.",
                          section="Distribution")
@@ -169,7 +172,7 @@ class Config:
   collective_timeout_secs: int = _option(600, "multi_worker: a collective "
                                          "that waits longer than this means a "
                                          "peer is gone; the job fails instead "
-                                         "of hanging.", section="Distribution")
+                                         "of hanging.", section="Distribution", minimum=0)
   precision: str = _option("auto", "'auto' = bfloat16 on TPU, float16 with "
                            "loss scaling on GPUs of compute capability 7.x, "
                            "bfloat16 on 8.0+ and on CPUs with AVX512_BF16 or "
@@ -194,11 +197,11 @@ class Config:
                            section="Outputs")
   checkpoint_every_steps: int = _option(0, "Also checkpoint every N steps "
                                         "(0 = only at epoch ends).",
-                                        section="Outputs")
+                                        section="Outputs", minimum=0)
   checkpoint_every_secs: int = _option(0, "Also checkpoint every N seconds "
-                                       "(0 = off).", section="Outputs")
+                                       "(0 = off).", section="Outputs", minimum=0)
   keep_checkpoints: int = _option(3, "Recent checkpoints kept (the best one "
-                                  "is kept apart).", section="Outputs")
+                                  "is kept apart).", section="Outputs", minimum=1)
   profile_steps: str = _option("", "'A,B': write a profiler trace of steps "
                                "A to B to the TensorBoard logs (view in "
                                "TensorBoard's Profile tab).", section="Outputs")
@@ -227,22 +230,11 @@ def validate(config):
     if choices and value not in choices:
       raise UserError(f"--{field.name}={value!r} is not one of: "
                       f"{', '.join(choices)}")
-  positive = ("epochs", "global_batch_size",
-              "synthetic_train_examples", "keep_checkpoints")
-  for name in positive:
-    if getattr(config, name) < 1:
-      raise UserError(f"--{name} must be >= 1, got {getattr(config, name)}")
-  non_negative = ("num_classes", "image_size", "steps_per_epoch", "cpu_devices",
-                  "checkpoint_every_steps", "checkpoint_every_secs",
-                  "early_stopping_patience", "label_offset", "shuffle_buffer",
-                  "max_rollbacks", "synthetic_eval_examples", "steps_per_call",
-                  "train_examples", "eval_examples",
-                  "collective_timeout_secs")
-  for name in non_negative:
-    if getattr(config, name) < 0:
-      raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
-  if config.num_classes < 1:
-    raise UserError(f"--num_classes must be >= 1, got {config.num_classes}")
+  for field in fields():
+    minimum = field.metadata["minimum"]
+    if minimum is not None and getattr(config, field.name) < minimum:
+      raise UserError(f"--{field.name} must be >= {minimum}, got "
+                      f"{getattr(config, field.name)}")
   if config.learning_rate <= 0:
     raise UserError(f"--learning_rate must be > 0, got {config.learning_rate}")
   if config.profile_steps:
@@ -263,27 +255,17 @@ def validate(config):
   return config
 
 
+def image_size(config):
+  """The input side in pixels: --image_size, else the model's own."""
+  return config.image_size or MODEL_IMAGE_SIZES[config.model]
+
+
 def profile_range(config):
   """(first, last) steps to profile, or None."""
   if not config.profile_steps:
     return None
   first, last = (int(p) for p in config.profile_steps.split(","))
   return first, last
-
-
-def resolve_output_dirs(config, config_name):
-  """(model_dir, checkpoint_dir, log_dir).
-
-  --model_dir holds everything. Without it, Vertex AI's AIP_MODEL_DIR,
-  AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR are used when set (Vertex
-  sets them from the job's base output dir), else runs/<config>.
-  """
-  if config.model_dir:
-    model_dir = config.model_dir
-    return model_dir, model_dir, os.path.join(model_dir, "logs")
-  model_dir = os.environ.get("AIP_MODEL_DIR") or os.path.join("runs", config_name)
-  return (model_dir, os.environ.get("AIP_CHECKPOINT_DIR") or model_dir,
-          os.environ.get("AIP_TENSORBOARD_LOG_DIR") or os.path.join(model_dir, "logs"))
 
 
 def load(path):

@@ -1,4 +1,8 @@
-"""The error type for problems the user can fix (bad flag, file or value)."""
+"""How the CLIs report failure: the error type for problems the user can fix
+(bad flag, file or value) and the exit codes."""
+
+USAGE_EXIT_CODE = 2      # A bad flag: absl's and argparse's convention.
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL, "try again": the run resumes.
 
 
 class UserError(Exception):

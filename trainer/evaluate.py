@@ -29,6 +29,7 @@ from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
 from trainer import data  # pylint: disable=g-import-not-at-top
 from trainer import evaluation  # pylint: disable=g-import-not-at-top
 from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+from trainer import outputs  # pylint: disable=g-import-not-at-top
 from trainer import plots  # pylint: disable=g-import-not-at-top
 from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
 from trainer.errors import UserError
@@ -47,10 +48,10 @@ flags.DEFINE_integer("global_batch_size", 0, "0 = the run's.")
 flags.DEFINE_bool("json", False, "Print the JSON report instead of a table.")
 
 
-def _load_model(config, model_dir, checkpoint, image_size):
+def _load_model(config, run_dir, checkpoint, image_size):
   """The model with the requested weights; call inside strategy.scope()."""
   if checkpoint == "export":
-    path = os.path.join(model_dir, "export", "model.keras")
+    path = run_dir.keras_model
     if not tf.io.gfile.exists(path):
       raise UserError(f"--checkpoint=export: {path} does not exist")
     return keras.models.load_model(path, custom_objects={
@@ -59,7 +60,7 @@ def _load_model(config, model_dir, checkpoint, image_size):
                                 config.dropout_rate,
                                 batch_norm_momentum=config.batch_norm_momentum)
   if checkpoint in ("best", "latest"):
-    directory = os.path.join(model_dir, "best" if checkpoint == "best" else "checkpoints")
+    directory = run_dir.best if checkpoint == "best" else run_dir.checkpoints
     path = tf.train.latest_checkpoint(directory)
     if path is None:
       raise UserError(f"--checkpoint={checkpoint}: no checkpoint in {directory}")
@@ -80,9 +81,9 @@ def _load_model(config, model_dir, checkpoint, image_size):
   return model, path
 
 
-def _class_names(model_dir, eval_spec, num_classes):
+def _class_names(run_dir, eval_spec, num_classes):
   """The names the run trained with, else the eval set's manifest's."""
-  path = os.path.join(model_dir, "class_names.txt")
+  path = run_dir.class_names
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       names = tuple(line.strip() for line in f if line.strip())
@@ -94,33 +95,27 @@ def _class_names(model_dir, eval_spec, num_classes):
 def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
         cpu_devices=0, global_batch_size=0):
   """Evaluates a run; returns the report dict (also written as JSON)."""
-  config_path = os.path.join(model_dir, "config.json")
-  if not tf.io.gfile.exists(config_path):
+  run_dir = outputs.RunDir.of(model_dir)
+  if not tf.io.gfile.exists(run_dir.config):
     raise UserError(f"--model_dir={model_dir}: no config.json (not a training run)")
-  config = config_lib.load(config_path)
+  config = config_lib.load(run_dir.config)
   config = config.replace(strategy=strategy, cpu_devices=cpu_devices,
                           global_batch_size=global_batch_size or config.global_batch_size,
                           eval_data=eval_data or config.eval_data)
-  strategy_lib.configure_devices(config.cpu_devices)
-  info = strategy_lib.get_strategy(config.strategy, config.devices, config.tpu,
-                                   config.collective_timeout_secs)
-  replicas = info.num_replicas
-  if config.global_batch_size % replicas:
-    raise UserError(f"--global_batch_size={config.global_batch_size} is not "
-                    f"divisible by the {replicas} replicas")
-  precision, _ = strategy_lib.choose_precision(config.precision, info.name)
-  strategy_lib.set_precision(precision)
-  image_size = config.image_size or model_lib.DEFAULT_IMAGE_SIZE[config.model]
+  runtime = strategy_lib.set_up(config)
+  info, image_size = runtime.info, runtime.image_size
   if config.eval_data:
     eval_spec = data.make_input_spec(config.eval_data, "eval_data", config,
-                                     image_size)
+                                     image_size, config.eval_examples,
+                                     counts_path=run_dir.example_counts)
   elif not config.train_data:
-    _, eval_spec = data.resolve_input_specs(config, image_size)
+    _, eval_spec = data.resolve_input_specs(config, image_size,
+                                            counts_path=run_dir.example_counts)
   else:
     raise UserError("no evaluation data: pass --eval_data")
-  class_names = _class_names(model_dir, eval_spec, config.num_classes)
+  class_names = _class_names(run_dir, eval_spec, config.num_classes)
   with info.strategy.scope():
-    model, source = _load_model(config, model_dir, checkpoint, image_size)
+    model, source = _load_model(config, run_dir, checkpoint, image_size)
     eval_call = evaluation.make_eval_call(info.strategy, model,
                                           config.num_classes, with_confusion=True)
   figures = evaluation.evaluate(info.strategy, info.num_input_pipelines,
@@ -134,14 +129,14 @@ def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
       "macro": macro, "per_class": per_class, "class_names": list(class_names),
       "confusion_matrix": figures["confusion_matrix"],
   }
-  out = out or os.path.join(model_dir, "eval")
+  out = out or run_dir.eval
   tf.io.gfile.makedirs(out)
   report["plots"] = [plots.confusion_matrix(
       figures["confusion_matrix"], class_names,
       os.path.join(out, "confusion_matrix.png"))]
   if config.num_classes == 1:
     report["roc_auc"] = figures["auc"]
-    fpr, tpr = evaluation.roc_curve(figures["totals"], 1)
+    fpr, tpr = evaluation.roc_curve(figures["totals"], 1, with_confusion=True)
     report["plots"].append(plots.roc_curve(fpr, tpr, figures["auc"],
                                            os.path.join(out, "roc_curve.png")))
   with tf.io.gfile.GFile(os.path.join(out, "evaluation.json"), "w") as f:

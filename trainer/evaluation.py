@@ -79,13 +79,13 @@ def per_class_report(confusion, class_names):
   return rows, macro
 
 
-def roc_curve(totals, num_classes):
+def roc_curve(totals, num_classes, with_confusion=False):
   """(false_positive_rates, true_positive_rates) from the AUC histograms."""
   if num_classes != 1:
     return None
-  positive = np.asarray(totals[3:3 + metrics.AUC_BINS], np.float64)[::-1]
-  negative = np.asarray(totals[3 + metrics.AUC_BINS:3 + 2 * metrics.AUC_BINS],
-                        np.float64)[::-1]
+  parts = metrics.StatsLayout(num_classes, with_confusion).parts(totals)
+  positive = parts["auc_positive"][::-1]
+  negative = parts["auc_negative"][::-1]
   tpr = np.concatenate([[0.0], np.cumsum(positive) / max(positive.sum(), 1)])
   fpr = np.concatenate([[0.0], np.cumsum(negative) / max(negative.sum(), 1)])
   return fpr, tpr

@@ -31,19 +31,47 @@ def predicted_classes(probabilities, num_classes):
   return tf.argmax(probabilities, axis=1)
 
 
+class StatsLayout:
+  """Where each summable statistic sits in the flat float32 vector.
+
+  The parts, in order: "sums" (loss sum, correct, count), for binary models
+  "auc_positive" and "auc_negative" (score histograms), optionally
+  "confusion" (k x k, row-major) and "skipped" (records dropped by
+  --skip_corrupt). Only this class knows the offsets.
+  """
+
+  def __init__(self, num_classes, with_confusion=False, with_skipped=False):
+    self.num_classes = num_classes
+    self.with_confusion = with_confusion
+    self.with_skipped = with_skipped
+    k = max(2, num_classes)
+    sizes = [("sums", 3)]
+    if num_classes == 1:
+      sizes += [("auc_positive", AUC_BINS), ("auc_negative", AUC_BINS)]
+    if with_confusion:
+      sizes.append(("confusion", k * k))
+    if with_skipped:
+      sizes.append(("skipped", 1))
+    self.slices, offset = {}, 0
+    for name, size in sizes:
+      self.slices[name] = slice(offset, offset + size)
+      offset += size
+    self.size = offset
+
+  def parts(self, totals):
+    """{part name: float64 array} of a (summed) statistics vector."""
+    totals = np.asarray(totals, np.float64)
+    return {name: totals[where] for name, where in self.slices.items()}
+
+
 def stats_size(num_classes, with_confusion):
-  k = max(2, num_classes)
-  size = 3
-  if num_classes == 1:
-    size += 2 * AUC_BINS
-  if with_confusion:
-    size += k * k
-  return size
+  return StatsLayout(num_classes, with_confusion).size
 
 
 def batch_stats(labels, probabilities, per_example_loss, num_classes,
-                weights=None, with_confusion=False):
-  """The summable statistics of one batch, as a flat float32 vector."""
+                weights=None, with_confusion=False, skipped=None):
+  """The summable statistics of one batch, as a flat float32 vector laid out
+  by StatsLayout(num_classes, with_confusion, skipped is not None)."""
   if weights is None:
     weights = tf.ones_like(per_example_loss)
   labels = tf.cast(labels, tf.int64)
@@ -64,6 +92,8 @@ def batch_stats(labels, probabilities, per_example_loss, num_classes,
     confusion = tf.math.confusion_matrix(labels, predictions, num_classes=k,
                                          weights=weights, dtype=tf.float32)
     parts.append(tf.reshape(confusion, [-1]))
+  if skipped is not None:
+    parts.append([tf.cast(tf.reduce_sum(skipped), tf.float32)])
   return tf.concat(parts, axis=0)
 
 
@@ -81,20 +111,20 @@ def auc_from_histograms(positive, negative):
                (total_pos * total_neg))
 
 
-def summarize(totals, num_classes, with_confusion=False):
-  """Figures from summed statistics: loss, accuracy, count, auc, confusion."""
-  totals = np.asarray(totals, np.float64)
-  loss_sum, correct, count = totals[:3]
+def summarize(totals, num_classes, with_confusion=False, with_skipped=False):
+  """Figures from summed statistics: loss, accuracy, count, and auc,
+  confusion_matrix, skipped when the layout has them."""
+  parts = StatsLayout(num_classes, with_confusion, with_skipped).parts(totals)
+  loss_sum, correct, count = parts["sums"]
   result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
             "count": int(round(count))}
-  offset = 3
-  if num_classes == 1:
-    positive = totals[offset:offset + AUC_BINS]
-    negative = totals[offset + AUC_BINS:offset + 2 * AUC_BINS]
-    result["auc"] = auc_from_histograms(positive, negative)
-    offset += 2 * AUC_BINS
-  if with_confusion:
+  if "auc_positive" in parts:
+    result["auc"] = auc_from_histograms(parts["auc_positive"],
+                                        parts["auc_negative"])
+  if "confusion" in parts:
     k = max(2, num_classes)
     result["confusion_matrix"] = np.rint(
-        totals[offset:offset + k * k].reshape(k, k)).astype(int).tolist()
+        parts["confusion"].reshape(k, k)).astype(int).tolist()
+  if "skipped" in parts:
+    result["skipped"] = int(round(parts["skipped"][0]))
   return result

@@ -22,10 +22,8 @@ device, so the host pipeline can ship uint8 (4x less memory traffic).
 import keras
 import tensorflow as tf
 
-MODEL_NAMES = ("seed", "seed_same", "original", "tiny")
-
-# Default input side per variant; the paper's 227 makes conv1 'valid' exact.
-DEFAULT_IMAGE_SIZE = {"seed": 224, "seed_same": 224, "original": 227, "tiny": 32}
+from trainer.config import MODEL_IMAGE_SIZES
+from trainer.config import MODELS as MODEL_NAMES
 
 
 @keras.saving.register_keras_serializable(package="alexnet_tf")
@@ -224,7 +222,7 @@ def build_model(name="seed", num_classes=1, image_size=None,
                      f"Received: name={name!r}")
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1. Received: num_classes={num_classes}")
-  image_size = image_size or DEFAULT_IMAGE_SIZE[name]
+  image_size = image_size or MODEL_IMAGE_SIZES[name]
 
   inputs = keras.Input((image_size, image_size, 3), name="image")
   x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)

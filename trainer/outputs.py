@@ -18,6 +18,7 @@ saving (TF requires it): their checkpoints go to a local temporary directory
 that is removed at the end.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,28 +33,84 @@ import tensorflow as tf
 
 from trainer import records
 
-EXAMPLE_COUNTS = "example_counts.json"
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+  """Where each file of a run lives: the one place that knows the layout.
+
+  root holds everything but, on Vertex AI without --model_dir, checkpoints
+  (checkpoint_root = $AIP_CHECKPOINT_DIR) and TensorBoard logs (log_dir =
+  $AIP_TENSORBOARD_LOG_DIR). Where they went is recorded in config.json, so
+  tools that read a finished run (`RunDir.of`) find them.
+  """
+  root: str
+  checkpoint_root: str
+  log_dir: str
+
+  @classmethod
+  def for_training(cls, model_dir, config_name):
+    """--model_dir, else Vertex AI's AIP_* dirs when set, else runs/NAME."""
+    if model_dir:
+      return cls(model_dir, model_dir, os.path.join(model_dir, "logs"))
+    root = os.environ.get("AIP_MODEL_DIR") or os.path.join("runs", config_name)
+    return cls(root, os.environ.get("AIP_CHECKPOINT_DIR") or root,
+               os.environ.get("AIP_TENSORBOARD_LOG_DIR") or
+               os.path.join(root, "logs"))
+
+  @classmethod
+  def of(cls, model_dir):
+    """A finished (or running) run's layout, read from its config.json."""
+    recorded = {}
+    if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
+      with tf.io.gfile.GFile(os.path.join(model_dir, "config.json")) as f:
+        recorded = json.load(f).get("run_dir", {})
+    return cls(model_dir, recorded.get("checkpoint_root", model_dir),
+               recorded.get("log_dir", os.path.join(model_dir, "logs")))
+
+  def _at(self, *parts):
+    return os.path.join(self.root, *parts)
+
+  config = property(lambda self: self._at("config.json"))
+  class_names = property(lambda self: self._at("class_names.txt"))
+  status = property(lambda self: self._at("status.json"))
+  metrics = property(lambda self: self._at("metrics.jsonl"))
+  example_counts = property(lambda self: self._at("example_counts.json"))
+  training_curves = property(lambda self: self._at("training_curves.png"))
+  export = property(lambda self: self._at("export"))
+  keras_model = property(lambda self: self._at("export", "model.keras"))
+  saved_model = property(lambda self: self._at("export", "saved_model"))
+  export_class_names = property(
+      lambda self: self._at("export", "class_names.txt"))
+  eval = property(lambda self: self._at("eval"))
+  checkpoints = property(
+      lambda self: os.path.join(self.checkpoint_root, "checkpoints"))
+  best = property(lambda self: os.path.join(self.checkpoint_root, "best"))
+  profile = property(lambda self: os.path.join(self.log_dir, "profile"))
+
+  def summaries(self, split):
+    return os.path.join(self.log_dir, split)
+
+  def recorded(self):
+    """What config.json keeps so `RunDir.of` finds the rest."""
+    return {"checkpoint_root": self.checkpoint_root, "log_dir": self.log_dir}
 
 
 class CheckpointSet:
   """Recent checkpoints plus the best one, chief-aware."""
 
-  def __init__(self, checkpoint, checkpoint_dir, is_chief, task, max_to_keep):
+  def __init__(self, checkpoint, run_dir, is_chief, task, max_to_keep):
     self.checkpoint = checkpoint
     self.is_chief = is_chief
     if is_chief:
-      root = checkpoint_dir
-      self._scratch = None
+      saving, self._scratch = run_dir, None
     else:
       self._scratch = tempfile.mkdtemp(prefix=f"alexnet-{task.replace(':', '')}-")
-      root = self._scratch
+      saving = RunDir(self._scratch, self._scratch, self._scratch)
     self.latest = tf.train.CheckpointManager(
-        checkpoint, os.path.join(root, "checkpoints"), max_to_keep=max_to_keep)
-    self.best = tf.train.CheckpointManager(
-        checkpoint, os.path.join(root, "best"), max_to_keep=1)
+        checkpoint, saving.checkpoints, max_to_keep=max_to_keep)
+    self.best = tf.train.CheckpointManager(checkpoint, saving.best, max_to_keep=1)
     # Every worker restores from the chief's files: they are the shared truth.
-    self._chief_latest_dir = os.path.join(checkpoint_dir, "checkpoints")
-    self._chief_best_dir = os.path.join(checkpoint_dir, "best")
+    self._chief_latest_dir = run_dir.checkpoints
+    self._chief_best_dir = run_dir.best
 
   def restore_latest(self):
     path = tf.train.latest_checkpoint(self._chief_latest_dir)
@@ -81,32 +138,33 @@ class CheckpointSet:
 class RunWriter:
   """config.json, status.json, metrics.jsonl and TensorBoard, chief only."""
 
-  def __init__(self, model_dir, log_dir, is_chief):
-    self.model_dir = model_dir
+  def __init__(self, run_dir, is_chief):
+    self.run_dir = run_dir
     self.is_chief = is_chief
     self._summaries = {}
     if is_chief:
       for split in ("train", "validation"):
         self._summaries[split] = tf.summary.create_file_writer(
-            os.path.join(log_dir, split))
+            run_dir.summaries(split))
 
   def write_config(self, config, class_names):
     if self.is_chief:
-      records.write_text_atomically(os.path.join(self.model_dir, "config.json"),
-                                    config.to_json() + "\n")
+      values = {**json.loads(config.to_json()),
+                "run_dir": self.run_dir.recorded()}
       records.write_text_atomically(
-          os.path.join(self.model_dir, "class_names.txt"),
-          "\n".join(class_names) + "\n")
+          self.run_dir.config, json.dumps(values, indent=2, sort_keys=True) + "\n")
+      records.write_text_atomically(self.run_dir.class_names,
+                                    "\n".join(class_names) + "\n")
 
   def write_status(self, status, state):
     if self.is_chief:
       records.write_text_atomically(
-          os.path.join(self.model_dir, "status.json"),
+          self.run_dir.status,
           json.dumps({"status": status, "epoch": int(state.epoch.numpy()),
                       "step": int(state.step.numpy()), "time": time.time()}) + "\n")
 
   def read_status(self):
-    path = os.path.join(self.model_dir, "status.json")
+    path = self.run_dir.status
     if not tf.io.gfile.exists(path):
       return None
     with tf.io.gfile.GFile(path) as f:
@@ -122,7 +180,7 @@ class RunWriter:
   def append_metrics(self, record):
     if not self.is_chief:
       return
-    path = os.path.join(self.model_dir, "metrics.jsonl")
+    path = self.run_dir.metrics
     # gs:// objects can't be appended to: rewrite the whole (small) file.
     existing = ""
     if tf.io.gfile.exists(path):
@@ -149,7 +207,7 @@ class RunWriter:
 
 def read_metrics(model_dir):
   """metrics.jsonl as a list of dicts, the last record per epoch."""
-  path = os.path.join(model_dir, "metrics.jsonl")
+  path = RunDir.of(model_dir).metrics
   by_epoch = {}
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:

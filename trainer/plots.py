@@ -8,7 +8,6 @@ ROC curve) are drawn by `python -m trainer.evaluate`.
 """
 
 import io
-import os
 import sys
 
 import matplotlib
@@ -111,7 +110,7 @@ def plot_run(model_dir):
   records = outputs.read_metrics(model_dir)
   if not records:
     return None
-  return training_curves(records, os.path.join(model_dir, "training_curves.png"))
+  return training_curves(records, outputs.RunDir.of(model_dir).training_curves)
 
 
 def main(argv):

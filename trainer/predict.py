@@ -29,7 +29,8 @@ flags.DEFINE_bool("json", False, "One JSON object per image instead of a table."
 
 def load_signature(model_path):
   """The bytes-in serving signature of a model dir or SavedModel dir."""
-  candidates = [os.path.join(model_path, "export", "saved_model"), model_path]
+  from trainer import outputs  # pylint: disable=g-import-not-at-top
+  candidates = [outputs.RunDir.of(model_path).saved_model, model_path]
   for path in candidates:
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
       return tf.saved_model.load(path).signatures["serving_default"], path

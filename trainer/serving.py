@@ -45,16 +45,17 @@ def serving_function(model, image_size, augment, class_names):
   return serve_bytes
 
 
-def export(model, export_dir, image_size, augment, class_names):
-  """Writes export_dir/model.keras and export_dir/saved_model (local or gs://)."""
-  tf.io.gfile.makedirs(export_dir)
-  keras_path = os.path.join(export_dir, "model.keras")
+def export(model, run_dir, image_size, augment, class_names):
+  """Writes the run's export: Keras model, SavedModel and class names (local
+  or gs://), where `run_dir` (an outputs.RunDir) says. Returns the export dir."""
+  tf.io.gfile.makedirs(run_dir.export)
+  keras_path = run_dir.keras_model
   if "://" in keras_path:
     # Keras writes .keras archives with local zip I/O: stage, then copy.
     staging = tempfile.mkdtemp()
-    model.save(os.path.join(staging, "model.keras"))
-    tf.io.gfile.copy(os.path.join(staging, "model.keras"), keras_path,
-                     overwrite=True)
+    staged = os.path.join(staging, os.path.basename(keras_path))
+    model.save(staged)
+    tf.io.gfile.copy(staged, keras_path, overwrite=True)
     shutil.rmtree(staging, ignore_errors=True)
   else:
     model.save(keras_path)
@@ -64,7 +65,7 @@ def export(model, export_dir, image_size, augment, class_names):
                        serving_function(model, image_size, augment, class_names))
   archive.add_endpoint("serve", model.call, input_signature=[tf.TensorSpec(
       [None, image_size, image_size, 3], tf.float32, name="image")])
-  archive.write_out(os.path.join(export_dir, "saved_model"), verbose=False)
-  with tf.io.gfile.GFile(os.path.join(export_dir, "class_names.txt"), "w") as f:
+  archive.write_out(run_dir.saved_model, verbose=False)
+  with tf.io.gfile.GFile(run_dir.export_class_names, "w") as f:
     f.write("\n".join(class_names) + "\n")
-  return export_dir
+  return run_dir.export

@@ -13,6 +13,7 @@ import os
 import keras
 import tensorflow as tf
 
+from trainer import config as config_lib
 from trainer.errors import UserError
 from trainer.errors import describe
 
@@ -343,3 +344,45 @@ def banner(info, precision, precision_reason, global_batch_size,
           f"global_batch={global_batch_size} per_replica_batch={per_replica} "
           f"precision={precision} ({precision_reason}) {all_reduce}"
           f"tf={tf.__version__} keras={keras.__version__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+  """Everything about how this process computes, decided once per run."""
+  info: StrategyInfo
+  precision: str             # a Keras dtype policy name, already set
+  precision_reason: str
+  all_reduce_dtype: str
+  image_size: int
+  per_replica_batch_size: int
+
+  def banner(self, global_batch_size):
+    return banner(self.info, self.precision, self.precision_reason,
+                  global_batch_size, self.all_reduce_dtype)
+
+
+def set_up(config, remote_tpu_paths=None):
+  """Devices, strategy, batch split, precision and image size for `config`.
+
+  The one setup the trainer, evaluation and the benchmark share. Call before
+  anything else initialises TensorFlow's runtime.
+
+  Raises:
+    UserError: the strategy can't be had, or the batch does not divide.
+  """
+  configure_devices(config.cpu_devices)
+  info = get_strategy(config.strategy, config.devices, config.tpu,
+                      config.collective_timeout_secs,
+                      remote_tpu_paths=remote_tpu_paths)
+  replicas = info.num_replicas
+  if config.global_batch_size % replicas:
+    raise UserError(f"--global_batch_size={config.global_batch_size} is not "
+                    f"divisible by the {replicas} replicas of strategy "
+                    f"{info.name}")
+  precision, reason = choose_precision(config.precision, info.name)
+  set_precision(precision)
+  all_reduce_dtype = choose_all_reduce_dtype(config.all_reduce_precision,
+                                             precision, info.name)
+  return Runtime(info, precision, reason, all_reduce_dtype,
+                 config_lib.image_size(config),
+                 config.global_batch_size // replicas)

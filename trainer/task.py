@@ -19,9 +19,10 @@ from absl import logging as absl_logging
 
 import configs
 from trainer import config as config_lib
+from trainer.errors import PREEMPTED_EXIT_CODE
+from trainer.errors import USAGE_EXIT_CODE
 from trainer.errors import UserError
 
-USAGE_EXIT_CODE = 2
 
 
 def _named_config(argv):
@@ -73,7 +74,7 @@ def main(argv):
     return 1
   print(f"Finished: {summary}", flush=True)
   if summary["status"] == "preempted":
-    return train.PREEMPTED_EXIT_CODE
+    return PREEMPTED_EXIT_CODE
   return 0
 
 

@@ -31,13 +31,27 @@ from trainer import plots
 from trainer import serving
 from trainer import strategy as strategy_lib
 from trainer.config import profile_range
-from trainer.config import resolve_output_dirs
 from trainer.errors import UserError
 from trainer.errors import describe
 
 log = logging.getLogger(__name__)
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" - the run resumes.
+# What every worker votes on at the end of each call of steps (any worker's
+# vote wins): stop (SIGTERM) and save (--checkpoint_every_secs).
+REQUESTS = ("stop", "save")
+
+
+def requests_vector(**votes):
+  """The vector `Trainer.train_steps` takes; names not given vote no."""
+  unknown = set(votes) - set(REQUESTS)
+  if unknown:
+    raise ValueError(f"Unknown requests {sorted(unknown)}; expected {REQUESTS}")
+  return tf.constant([float(bool(votes.get(name))) for name in REQUESTS])
+
+
+def agreed_requests(summed):
+  """{request: bool} from the vector the workers' votes were summed into."""
+  return {name: float(v) > 0 for name, v in zip(REQUESTS, summed.numpy())}
 
 
 class TrainingError(UserError):
@@ -102,46 +116,34 @@ class Trainer:
 
   def __init__(self, config, config_name="custom"):
     self.config = config
-    self.model_dir, self.checkpoint_dir, self.log_dir = resolve_output_dirs(
-        config, config_name)
-    strategy_lib.configure_devices(config.cpu_devices)
-    self.info = strategy_lib.get_strategy(
-        config.strategy, config.devices, config.tpu,
-        config.collective_timeout_secs, remote_tpu_paths={
-            "--train_data": config.train_data, "--eval_data": config.eval_data,
-            "--model_dir": self.model_dir})
+    self.run_dir = outputs.RunDir.for_training(config.model_dir, config_name)
+    self.model_dir = self.run_dir.root
+    self.runtime = strategy_lib.set_up(config, remote_tpu_paths={
+        "--train_data": config.train_data, "--eval_data": config.eval_data,
+        "--model_dir": self.model_dir})
+    self.info = self.runtime.info
     self.strategy = self.info.strategy
-    replicas = self.info.num_replicas
-    if config.global_batch_size % replicas:
-      raise UserError(f"--global_batch_size={config.global_batch_size} is not "
-                      f"divisible by the {replicas} replicas of strategy "
-                      f"{self.info.name}")
-    self.per_replica_batch_size = config.global_batch_size // replicas
+    self.per_replica_batch_size = self.runtime.per_replica_batch_size
+    self.precision = self.runtime.precision
+    self.all_reduce_dtype = self.runtime.all_reduce_dtype
+    self.image_size = self.runtime.image_size
     # TPUs pay a host round trip per call: run many steps in each.
     self.steps_per_call = config.steps_per_call or (
         100 if self.info.name == "tpu" else 10)
-    self.precision, precision_reason = strategy_lib.choose_precision(
-        config.precision, self.info.name)
-    strategy_lib.set_precision(self.precision)
     self.is_chief = self.info.is_chief
     if self.is_chief:
-      for directory, name in ((self.model_dir, "--model_dir"),
-                              (self.checkpoint_dir, "$AIP_CHECKPOINT_DIR"),
-                              (self.log_dir, "$AIP_TENSORBOARD_LOG_DIR")):
+      for directory, name in ((self.run_dir.root, "--model_dir"),
+                              (self.run_dir.checkpoint_root, "$AIP_CHECKPOINT_DIR"),
+                              (self.run_dir.log_dir, "$AIP_TENSORBOARD_LOG_DIR")):
         _check_writable(directory, name)
-    self.all_reduce_dtype = strategy_lib.choose_all_reduce_dtype(
-        config.all_reduce_precision, self.precision, self.info.name)
-    print(strategy_lib.banner(self.info, self.precision, precision_reason,
-                              config.global_batch_size, self.all_reduce_dtype),
-          flush=True)
+    print(self.runtime.banner(config.global_batch_size), flush=True)
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
 
-    self.image_size = config.image_size or model_lib.DEFAULT_IMAGE_SIZE[config.model]
     self.train_spec, self.eval_spec = data.resolve_input_specs(
         config, self.image_size,
-        counts_path=os.path.join(self.model_dir, outputs.EXAMPLE_COUNTS),
+        counts_path=self.run_dir.example_counts,
         remember_counts=self.is_chief)
     self.class_names = data.class_names(self.train_spec.files,
                                         config.num_classes)
@@ -169,7 +171,7 @@ class Trainer:
       try:
         self.model = model_lib.build_model(
             config.model, config.num_classes, self.image_size,
-            config.dropout_rate, sync_batch_norm=replicas > 1,
+            config.dropout_rate, sync_batch_norm=self.info.num_replicas > 1,
             batch_norm_momentum=config.batch_norm_momentum,
             fused_batch_norm=config.batch_norm == "fused")
       except ValueError as e:
@@ -193,9 +195,12 @@ class Trainer:
                                           rng_states=rng_states,
                                           **self.state.trackables())
     self.checkpoints = outputs.CheckpointSet(
-        self.checkpoint, self.checkpoint_dir, self.is_chief, self.info.task,
+        self.checkpoint, self.run_dir, self.is_chief, self.info.task,
         max_to_keep=config.keep_checkpoints)
-    self.writer = outputs.RunWriter(self.model_dir, self.log_dir, self.is_chief)
+    self.writer = outputs.RunWriter(self.run_dir, self.is_chief)
+    # Training statistics carry the count of records --skip_corrupt dropped.
+    self.stats_layout = metrics.StatsLayout(config.num_classes,
+                                            with_skipped=True)
     self.train_steps = self._make_train_call()
     self._eval_call = evaluation.make_eval_call(self.strategy, self.model,
                                                 config.num_classes)
@@ -227,15 +232,14 @@ class Trainer:
 
   def _make_train_call(self):
     num_classes = self.config.num_classes
-    # The batch statistics, then the skipped-record count.
-    size = metrics.stats_size(num_classes, with_confusion=False) + 1
+    size = self.stats_layout.size
 
     def replica_step(images, labels, skipped):
       probabilities, per_example, gradients = self.compute_gradients(images,
                                                                      labels)
       self.apply_gradients(gradients)
-      stats = metrics.batch_stats(labels, probabilities, per_example, num_classes)
-      return tf.concat([stats, [tf.cast(tf.reduce_sum(skipped), tf.float32)]], 0)
+      return metrics.batch_stats(labels, probabilities, per_example,
+                                 num_classes, skipped=skipped)
 
     strategy = self.strategy
 
@@ -248,7 +252,8 @@ class Trainer:
         stats = strategy.reduce("SUM", strategy.run(
             replica_step, args=(images, labels, skipped)), axis=None)
         totals += stats
-        step_losses = step_losses.write(i, stats[0] / stats[2])
+        sums = stats[self.stats_layout.slices["sums"]]  # loss sum, correct, count
+        step_losses = step_losses.write(i, sums[0] / sums[2])
       # Agree on stop/save across workers: any worker's request counts.
       agreed = strategy.reduce("SUM", strategy.run(lambda: tf.identity(control)),
                                axis=None)
@@ -360,14 +365,14 @@ class Trainer:
     iterator = self.train_iterator(epoch, int(state.step_in_epoch.numpy()))
     progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
                                 self.is_chief)
-    totals = np.zeros(metrics.stats_size(config.num_classes, False) + 1)
+    totals = np.zeros(self.stats_layout.size)
     start, images_done = time.time(), 0
     last_save_time = time.time()
     while int(state.step_in_epoch.numpy()) < self.steps_per_epoch:
       num_steps = self._steps_this_call()
       want_save = (config.checkpoint_every_secs and
                    time.time() - last_save_time >= config.checkpoint_every_secs)
-      control = tf.constant([float(sigterm.requested), float(bool(want_save))])
+      control = requests_vector(stop=sigterm.requested, save=want_save)
       self._profile(int(state.step.numpy()), after_call=False)
       call_totals, step_losses, agreed, weights_finite = self.train_steps(
           iterator, tf.constant(num_steps), control)
@@ -385,10 +390,11 @@ class Trainer:
       state.step_in_epoch.assign_add(num_steps)
       totals += call_totals.numpy()
       images_done += num_steps * config.global_batch_size
-      summary = metrics.summarize(totals[:-1], config.num_classes)
+      summary = metrics.summarize(totals, config.num_classes, with_skipped=True)
       progress.update(int(state.step_in_epoch.numpy()), summary["loss"],
                       summary["accuracy"], images_done / (time.time() - start))
-      stop, save = (float(x) > 0 for x in agreed.numpy())
+      requests = agreed_requests(agreed)
+      stop, save = requests["stop"], requests["save"]
       every = config.checkpoint_every_steps
       if save or stop or (every and int(state.step.numpy()) % every == 0):
         self.checkpoints.save(int(state.step.numpy()))
@@ -399,8 +405,8 @@ class Trainer:
               "same command to resume.", flush=True)
         return False
     elapsed = time.time() - start
-    train_figures = metrics.summarize(totals[:-1], config.num_classes)
-    train_figures["skipped"] = int(totals[-1])
+    train_figures = metrics.summarize(totals, config.num_classes,
+                                      with_skipped=True)
     val_figures = self.evaluate()
     self._end_epoch(epoch, train_figures, val_figures, images_done / elapsed)
     return True
@@ -422,13 +428,13 @@ class Trainer:
       return
     first, last = span
     if not after_call and step == first:
-      tf.profiler.experimental.start(os.path.join(self.log_dir, "profile"))
+      tf.profiler.experimental.start(self.run_dir.profile)
       self._profiling = True
     elif after_call and step >= last and getattr(self, "_profiling", False):
       tf.profiler.experimental.stop()
       self._profiling = False
       print(f"Wrote a profile of steps {first}-{last} to "
-            f"{self.log_dir}/profile.", flush=True)
+            f"{self.run_dir.profile}.", flush=True)
 
   def _steps_this_call(self):
     config, state = self.config, self.state
@@ -526,19 +532,21 @@ class Trainer:
     return False
 
   def _export(self):
-    """Chief exports to MODEL_DIR/export; others to a scratch dir (TF needs all)."""
-    export_dir = os.path.join(self.model_dir, "export")
+    """Chief exports to the run's export dir; others to a scratch dir (TF
+    needs every worker to take part)."""
+    target = self.run_dir
     if not self.is_chief:
-      export_dir = tempfile.mkdtemp(prefix="alexnet-export-")
+      scratch = tempfile.mkdtemp(prefix="alexnet-export-")
+      target = outputs.RunDir(scratch, scratch, scratch)
     portable = model_lib.portable_copy(
         self.model, self.config.model, self.config.num_classes,
         self.image_size, self.config.dropout_rate)
-    serving.export(portable, export_dir, self.image_size, self.config.augment,
+    serving.export(portable, target, self.image_size, self.config.augment,
                    self.class_names)
     if not self.is_chief:
-      shutil.rmtree(export_dir, ignore_errors=True)
+      shutil.rmtree(target.root, ignore_errors=True)
       return None
-    return export_dir
+    return target.export
 
   def _finish(self, status, export=True):
     state = self.state
