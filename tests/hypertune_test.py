@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, cli_env, read_jsonl
+from conftest import REPO, cli_env, read_jsonl, run_workers
 from launch import trainer_flags
 from trainer import hypertune
 from trainer.errors import UserError
@@ -159,3 +159,26 @@ def test_helpshort_lists_the_metric_flag(run_cli):
   result = run_cli("trainer.task", "--helpshort", timeout=120)
   text = result.stdout + result.stderr
   assert "--hypertune_metric: [Outputs] Vertex AI hyperparameter tuning" in text
+
+
+# Both workers of a 2-worker trial run with the trial's id; only the chief
+# reports (the record it reports is the cluster's).
+MULTI_WORKER_TRIAL = """
+summary = train_lib.train(tiny(strategy="multi_worker", epochs=2, steps_per_epoch=4,
+                               hypertune_metric="val_loss"))
+emit(status=summary["status"])
+"""
+
+
+def test_only_the_chief_of_a_multi_worker_trial_reports(cache_dir, tmp_path):
+  files = [tmp_path / f"worker{i}" / "output.metrics" for i in range(2)]
+  results = run_workers(MULTI_WORKER_TRIAL, cache_dir, tmp_path / "trial",
+                        timeout=300, env_per_worker=[
+                            {"CLOUD_ML_TRIAL_ID": "3", "CLOUD_ML_HP_METRIC_FILE": str(f)}
+                            for f in files])
+  assert [r["status"] for r in results] == ["completed", "completed"]
+  entries = _entries(files[0])
+  assert [e["global_step"] for e in entries] == ["1", "2"]
+  records = read_jsonl(tmp_path / "trial" / "metrics.jsonl")
+  assert [float(e["val_loss"]) for e in entries] == [r["val_loss"] for r in records]
+  assert not files[1].exists()
