@@ -139,13 +139,15 @@ def _check_flag(parameter, trial_args):
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise TuningError(f"--param={spec}: {name} is not a trainer flag{hint}")
   field = fields[name]
-  numeric = field.type in (int, float) and not field.metadata["choices"]
+  integer = field.type in (int, "int")
+  numeric = (integer or field.type in (float, "float")) and not field.metadata[
+      "choices"]
   if parameter.kind != "categorical" and not numeric:
     raise TuningError(f"--param={spec}: --{name} takes categorical values")
   fractional = parameter.kind == "double" or (
       parameter.kind == "discrete" and
       not all(float(v).is_integer() for v in parameter.values))
-  if field.type is int and fractional:
+  if integer and fractional:
     raise TuningError(f"--param={spec}: --{name} takes whole numbers: use "
                       "integer, or discrete with whole values")
   for value in parameter.trial_values():

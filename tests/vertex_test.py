@@ -344,17 +344,6 @@ def test_container_path_needs_no_staging_bucket():
   assert result.stdout.count("containerSpec") == 1
 
 
-def test_submitting_never_imports_tensorflow():
-  code = ("import sys, runpy; sys.argv = ['launch.vertex'] + %r; "
-          "import launch.vertex as v; from absl import app\n"
-          "try:\n  app.run(v.main)\nexcept SystemExit:\n  pass\n"
-          "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')"
-          % (BASE + ["--dry_run"]))
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env("/tmp"),
-                          capture_output=True, text=True, timeout=120)
-  assert "NO_TF" in result.stdout, result.stdout + result.stderr
-
-
 # --- Hyperparameter tuning ----------------------------------------------------
 
 TUNE = ["--tune", "--metric=val_accuracy", "--goal=maximize",
@@ -530,3 +519,17 @@ def test_tuning_flags_need_each_other(args, message):
   result = launch(*BASE, *args, "--dry_run")
   assert result.returncode == 2
   assert result.stderr.strip() == f"Error: {message}"
+
+
+@pytest.mark.parametrize("extra", [[], TUNE])
+def test_submitting_never_imports_tensorflow(extra):
+  code = ("import sys, runpy; sys.argv = ['launch.vertex'] + %r; "
+          "import launch.vertex as v; from absl import app\n"
+          "try:\n  app.run(v.main)\nexcept SystemExit:\n  pass\n"
+          "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')"
+          % (BASE + extra + ["--dry_run"]))
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env("/tmp"),
+                          capture_output=True, text=True, timeout=120)
+  assert "NO_TF" in result.stdout, result.stdout + result.stderr
+  assert '"workerPoolSpecs"' in result.stdout  # It got as far as the request.
+  assert ('"studySpec"' in result.stdout) == bool(extra)
