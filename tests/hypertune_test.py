@@ -111,7 +111,7 @@ def _trial_flags(tmp_path):
        "--staging_bucket=gs://bkt/staging", "--base_output_dir=gs://bkt/runs/tune",
        "--tune", "--metric=val_accuracy", "--param=learning_rate:double:1e-4:1e-2:log",
        "--param=global_batch_size:discrete:16,32", "--dry_run", "--",
-       "--config=tiny", "--epochs=2"],
+       "--config=tiny", "--epochs=2", "--global_batch_size=32"],
       cwd=REPO, env=cli_env(str(tmp_path)), capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   (pool,) = json.loads(result.stdout)["trialJobSpec"]["workerPoolSpecs"]
@@ -120,9 +120,11 @@ def _trial_flags(tmp_path):
 
 def test_a_trial_run_writes_the_metric_file_vertex_reads(run_cli, tmp_path):
   args = _trial_flags(tmp_path)
-  assert args == ["--config=tiny", "--epochs=2", "--hypertune_metric=val_accuracy"]
+  assert args == ["--config=tiny", "--epochs=2", "--global_batch_size=32",
+                  "--hypertune_metric=val_accuracy"]
   # As Vertex runs trial 7: its values appended to the flags (discrete ones
-  # as floats), its own output dirs under the job's base output dir.
+  # as floats; the last value of a flag wins), its own output dirs under the
+  # job's base output dir.
   trial_args = [*args, "--learning_rate=0.002", "--global_batch_size=16.0"]
   trial_dir = tmp_path / "runs" / "tune" / "7"
   metric_file = tmp_path / "hypertune" / "output.metrics"
