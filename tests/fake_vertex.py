@@ -1,4 +1,7 @@
-"""A fake Vertex AI REST server on 127.0.0.1 that records CustomJob requests.
+"""A fake Vertex AI REST server on 127.0.0.1 that records job requests.
+
+It creates and serves CustomJobs and HyperparameterTuningJobs (both answer to
+create and get, named .../<collection>/4242).
 
 The real google-cloud-aiplatform client talks to it with
 api_endpoint="http://127.0.0.1:PORT", api_transport="rest" and anonymous
@@ -10,6 +13,8 @@ import json
 import re
 import threading
 
+COLLECTIONS = ("customJobs", "hyperparameterTuningJobs")
+
 
 class FakeVertex:
 
@@ -17,6 +22,7 @@ class FakeVertex:
                              "JOB_STATE_SUCCEEDED")):
     self.requests = []
     self.states = list(states)
+    self.job = None  # The one job created, as served.
     self._gets = 0
     fake = self
 
@@ -37,17 +43,18 @@ class FakeVertex:
         body = json.loads(self.rfile.read(length) or b"{}")
         fake.requests.append({"method": "POST", "path": self.path, "body": body,
                               "headers": dict(self.headers)})
-        match = re.match(r"/v1/projects/([^/]+)/locations/([^/]+)/customJobs", self.path)
+        match = re.match(r"/v1/projects/([^/]+)/locations/([^/]+)/"
+                         rf"({'|'.join(COLLECTIONS)})(\?|$)", self.path)
         if not match:
           return self._reply({"error": {"code": 404, "message": self.path}}, 404)
         fake.job = {**body, "name": f"projects/{match.group(1)}/locations/"
-                                    f"{match.group(2)}/customJobs/4242",
+                                    f"{match.group(2)}/{match.group(3)}/4242",
                     "state": fake.states[0], "createTime": "2026-01-01T00:00:00Z"}
         self._reply(fake.job)
 
       def do_GET(self):
         fake.requests.append({"method": "GET", "path": self.path})
-        if "/customJobs/4242" not in self.path:
+        if not fake.job or self.path.split("?")[0] != f"/v1/{fake.job['name']}":
           return self._reply({"error": {"code": 404, "message": self.path}}, 404)
         fake._gets += 1
         state = fake.states[min(fake._gets, len(fake.states) - 1)]

@@ -15,12 +15,13 @@ BASE = ["--project=proj", "--region=us-central1", "--staging_bucket=gs://bkt/sta
         "--base_output_dir=gs://bkt/runs/1", "--display_name=job1"]
 
 
-def _as_named_json(body):
+def _as_named_json(body, kind="CustomJob"):
   """The client sends enums as integers; read them back as names."""
-  from google.cloud.aiplatform_v1.types import custom_job
+  from google.cloud import aiplatform_v1
   from google.protobuf import json_format
-  message = custom_job.CustomJob.from_json(json.dumps(body), ignore_unknown_fields=True)
-  return json_format.MessageToDict(custom_job.CustomJob.pb(message))
+  message_class = getattr(aiplatform_v1.types, kind)
+  message = message_class.from_json(json.dumps(body), ignore_unknown_fields=True)
+  return json_format.MessageToDict(message_class.pb(message))
 
 
 def launch(*args, env=None, timeout=300):
@@ -343,12 +344,192 @@ def test_container_path_needs_no_staging_bucket():
   assert result.stdout.count("containerSpec") == 1
 
 
-def test_submitting_never_imports_tensorflow():
+# --- Hyperparameter tuning ----------------------------------------------------
+
+TUNE = ["--tune", "--metric=val_accuracy", "--goal=maximize",
+        "--param=learning_rate:double:1e-4:1e-2:log",
+        "--param=global_batch_size:discrete:64,128,256",
+        "--param=optimizer:categorical:adam,sgd",
+        "--param=lr_constant_epochs:integer:2:10",
+        "--max_trials=20", "--parallel_trials=4"]
+TUNE_TRAINER = ["--", "--train_data=gs://bkt/data/train-*",
+                "--eval_data=gs://bkt/data/validation-*", "--epochs=20"]
+
+
+def test_tuning_job_sends_the_dry_run_request_with_the_custom_job_pools(gcs):
+  shape = ["--machine_type=g2-standard-8", "--accelerator_type=NVIDIA_L4",
+           "--accelerator_count=1", "--workers=1", "--spot",
+           "--service_account=sa@proj.iam.gserviceaccount.com", "--labels=team=vision",
+           "--display_name=tune1"]
+  dry = launch(*BASE, *shape, *TUNE, "--dry_run", *TUNE_TRAINER)
+  assert dry.returncode == 0, dry.stderr
+  expected = json.loads(dry.stdout)
+  plain = launch(*BASE, *shape, "--dry_run", *TUNE_TRAINER)
+  assert plain.returncode == 0, plain.stderr
+  custom_job_spec = json.loads(plain.stdout)["jobSpec"]
+
+  env = {"STORAGE_EMULATOR_HOST": gcs.url}
+  with FakeVertex() as vertex:
+    result = launch(*BASE, *shape, *TUNE, f"--api_endpoint={vertex.url}", "--wait",
+                    "--poll_secs=1", *TUNE_TRAINER, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    posts = [r for r in vertex.requests if r["method"] == "POST"]
+  assert len(posts) == 1
+  assert posts[0]["path"].split("?")[0] == (
+      "/v1/projects/proj/locations/us-central1/hyperparameterTuningJobs")
+  sent = _as_named_json(posts[0]["body"], "HyperparameterTuningJob")
+  assert sent == expected
+  # Negative control: the comparison sees a planted difference in what was sent.
+  planted = json.loads(json.dumps(posts[0]["body"]))
+  planted["studySpec"]["parameters"][1]["discreteValueSpec"]["values"][2] = 512
+  assert _as_named_json(planted, "HyperparameterTuningJob") != expected
+
+  assert expected["displayName"] == "tune1" and expected["labels"] == {"team": "vision"}
+  assert expected["maxTrialCount"] == 20 and expected["parallelTrialCount"] == 4
+  study = expected["studySpec"]
+  assert study["metrics"] == [{"metricId": "val_accuracy", "goal": "MAXIMIZE"}]
+  assert study["parameters"] == [
+      {"parameterId": "learning_rate", "scaleType": "UNIT_LOG_SCALE",
+       "doubleValueSpec": {"minValue": 1e-4, "maxValue": 1e-2}},
+      {"parameterId": "global_batch_size", "scaleType": "UNIT_LINEAR_SCALE",
+       "discreteValueSpec": {"values": [64, 128, 256]}},
+      {"parameterId": "optimizer", "categoricalValueSpec": {"values": ["adam", "sgd"]}},
+      {"parameterId": "lr_constant_epochs", "scaleType": "UNIT_LINEAR_SCALE",
+       "integerValueSpec": {"minValue": "2", "maxValue": "10"}},
+  ]
+  # Every trial is the CustomJob launch.vertex would submit with the same
+  # flags, its trainers also told which metric to report.
+  trial = expected["trialJobSpec"]
+  pools, custom_pools = trial["workerPoolSpecs"], custom_job_spec["workerPoolSpecs"]
+  assert len(pools) == len(custom_pools) == 2
+  for pool, custom_pool in zip(pools, custom_pools):
+    args = pool["pythonPackageSpec"].pop("args")
+    assert args.count("--hypertune_metric=val_accuracy") == 1
+    args.remove("--hypertune_metric=val_accuracy")
+    assert args == custom_pool["pythonPackageSpec"].pop("args")
+    assert pool == custom_pool
+  assert {k: v for k, v in trial.items() if k != "workerPoolSpecs"} == {
+      k: v for k, v in custom_job_spec.items() if k != "workerPoolSpecs"}
+  assert trial["scheduling"]["strategy"] == "SPOT"
+
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+  client = storage.Client(project="proj", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": gcs.url})
+  assert client.bucket("bkt").get_blob("staging/alexnet-tf/tune1/alexnet-tf-0.1.0.tar.gz")
+  assert "hyperparameterTuningJobs/4242" in result.stdout
+  assert "JOB_STATE_RUNNING" in result.stdout and "JOB_STATE_SUCCEEDED" in result.stdout
+
+
+def test_tuning_job_goal_and_algorithm_options():
+  result = launch(*BASE, "--tune", "--metric=val_loss", "--param=dropout_rate:discrete:0.3,0.5",
+                  "--param=optimizer:categorical:adam,sgd", "--search_algorithm=grid",
+                  "--max_trials=4", "--max_failed_trials=2", "--dry_run")
+  assert result.returncode == 0, result.stderr
+  request = json.loads(result.stdout)
+  study = request["studySpec"]
+  # The goal follows the metric unless given: a loss is minimized.
+  assert study["metrics"] == [{"metricId": "val_loss", "goal": "MINIMIZE"}]
+  assert study["algorithm"] == "GRID_SEARCH"
+  assert request["maxTrialCount"] == 4 and request["parallelTrialCount"] == 1
+  assert request["maxFailedTrialCount"] == 2
+  args = request["trialJobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]["args"]
+  assert args == ["--hypertune_metric=val_loss"]
+
+
+def test_trial_values_override_the_trainer_flags_given():
+  # Vertex appends each trial's values after the job's flags; the trainer
+  # takes the last value of a flag, so a tuned flag may also be given.
+  result = launch(*BASE, *TUNE, "--dry_run", "--", "--learning_rate=0.5",
+                  "--eval_data=gs://bkt/data/validation-*")
+  assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--param=learning_rat:double:1e-4:1e-2"], "learning_rat is not a trainer flag"),
+    (["--param=learning_rate:float:1e-4:1e-2"], "double, integer, discrete or categorical"),
+    (["--param=learning_rate:double:1e-4"], "NAME:double:MIN:MAX[:SCALE]"),
+    (["--param=learning_rate:double:1e-2:1e-4"], "MIN 0.01 must be < MAX 0.0001"),
+    (["--param=learning_rate:double:small:1e-2"], "'small' is not a number"),
+    (["--param=learning_rate:double:1e-4:1e-2:cubic"], "linear, log or reverse_log"),
+    (["--param=learning_rate:double:0:1e-2:log"], "log scale needs values > 0"),
+    (["--param=learning_rate:double:0:1e-2"], "--learning_rate must be > 0"),
+    (["--param=dropout_rate:double:0.1:1.0"], "--dropout_rate must be in [0, 1)"),
+    (["--param=global_batch_size:double:64:256"], "--global_batch_size takes whole numbers"),
+    (["--param=global_batch_size:discrete:64,96.5"], "--global_batch_size takes whole numbers"),
+    (["--param=global_batch_size:discrete:64,64"], "64 is repeated"),
+    (["--param=global_batch_size:discrete:64"], "at least 2 values"),
+    (["--param=epochs:integer:1:1.5"], "'1.5' is not a whole number"),
+    (["--param=optimizer:categorical:adam,rmsprop"], "rmsprop"),
+    (["--param=optimizer:double:0:1"], "--optimizer takes categorical"),
+    (["--param=learning_rate:double:1e-4:1e-2", "--param=learning_rate:double:1e-3:1e-2"],
+     "--param=learning_rate is given twice"),
+    (["--param=model_dir:categorical:gs://a,gs://b"], "model_dir"),
+    (["--param=hypertune_metric:categorical:loss,accuracy"], "hypertune_metric"),
+    (["--metric=val_acc"], "--metric=val_acc is not one of"),
+    (["--goal=up"], "--goal=up is not maximize or minimize"),
+    (["--metric=val_loss", "--goal=maximize"], "val_loss is a loss"),
+    (["--max_trials=0"], "--max_trials must be >= 1"),
+    (["--max_trials=4", "--parallel_trials=8"], "--parallel_trials=8 must be <= --max_trials=4"),
+    (["--max_failed_trials=-1"], "--max_failed_trials must be >= 0"),
+    (["--search_algorithm=genetic"], "--search_algorithm=genetic"),
+    (["--search_algorithm=grid"], "grid search needs integer, discrete or categorical"),
+    (["--", "--train_data=gs://bkt/data/train-*"], "needs validation data"),
+    (["--metric=val_auc", "--", "--num_classes=4"], "binary"),
+    (["--", "--model_dir=gs://bkt/runs/one"], "each trial writes to its own"),
+    (["--", "--hypertune_metric=loss"], "set by --metric"),
+])
+def test_bad_tuning_specs_fail_before_anything_is_uploaded(gcs, args, fragment):
+  tune = ["--tune", "--metric=val_accuracy", "--param=learning_rate:double:1e-4:1e-2:log"]
+  # The case's own flags come last (absl keeps the last value of a flag); its
+  # own --param replaces the default one.
+  launcher_args, trainer_args = _split(args)
+  if any(a.startswith("--param=") for a in launcher_args):
+    tune = tune[:2]
+  env = {"STORAGE_EMULATOR_HOST": gcs.url}
+  with FakeVertex() as vertex:
+    result = launch(*BASE, "--display_name=badtune", f"--api_endpoint={vertex.url}", *tune,
+                    *launcher_args, *trainer_args, env=env)
+    assert vertex.requests == []
+  assert result.returncode == 2, result.stdout
+  assert fragment in result.stderr and "Traceback" not in result.stderr, result.stderr
+  assert _one_line(result.stderr), result.stderr
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+  client = storage.Client(project="proj", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": gcs.url})
+  assert not list(client.list_blobs("bkt", prefix="staging/alexnet-tf/badtune"))
+
+
+def _split(args):
+  """(launcher flags, ["--", trainer flags...] or [])."""
+  if "--" not in args:
+    return args, []
+  cut = args.index("--")
+  return args[:cut], args[cut:]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--param=learning_rate:double:1e-4:1e-2"], "--param needs --tune"),
+    (["--tune", "--param=learning_rate:double:1e-4:1e-2"],
+     "--tune needs --metric: one of loss, accuracy, auc, val_loss, val_accuracy, val_auc"),
+    (["--tune", "--metric=loss"], "--tune needs at least one --param=NAME:TYPE:VALUES"),
+])
+def test_tuning_flags_need_each_other(args, message):
+  result = launch(*BASE, *args, "--dry_run")
+  assert result.returncode == 2
+  assert result.stderr.strip() == f"Error: {message}"
+
+
+@pytest.mark.parametrize("extra", [[], TUNE])
+def test_submitting_never_imports_tensorflow(extra):
   code = ("import sys, runpy; sys.argv = ['launch.vertex'] + %r; "
           "import launch.vertex as v; from absl import app\n"
           "try:\n  app.run(v.main)\nexcept SystemExit:\n  pass\n"
           "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')"
-          % (BASE + ["--dry_run"]))
+          % (BASE + extra + ["--dry_run"]))
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env("/tmp"),
                           capture_output=True, text=True, timeout=120)
   assert "NO_TF" in result.stdout, result.stdout + result.stderr
+  assert '"workerPoolSpecs"' in result.stdout  # It got as far as the request.
+  assert ('"studySpec"' in result.stdout) == bool(extra)

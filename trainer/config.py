@@ -27,6 +27,10 @@ SCHEMAS = ("auto", "imagenet", "tfds")
 MONITORS = ("loss", "val_loss", "val_accuracy")
 NAN_POLICIES = ("error", "rollback")
 ACCELERATORS = ("none", "gpu", "tpu")
+# What every epoch's record in metrics.jsonl can hold for a tuning job to
+# optimize (auc: binary runs only).
+HYPERTUNE_METRICS = ("loss", "accuracy", "auc", "val_loss", "val_accuracy",
+                     "val_auc")
 
 
 def _option(default, help, choices=None, section="Training", minimum=None):
@@ -207,6 +211,12 @@ class Config:
                                "TensorBoard's Profile tab).", section="Outputs")
   export: bool = _option(True, "Export the best model at the end (.keras and "
                          "SavedModel).", section="Outputs")
+  hypertune_metric: str = _option(
+      "", "Vertex AI hyperparameter tuning: the metric every epoch reports to "
+      "the tuning service through cloudml-hypertune, only when this process "
+      "runs as a tuning trial (Vertex sets CLOUD_ML_TRIAL_ID); launch.vertex "
+      f"--tune sets it. One of {', '.join(HYPERTUNE_METRICS)} (auc: "
+      "--num_classes=1); empty = report nothing.", section="Outputs")
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -248,6 +258,13 @@ def validate(config):
                     f"{config.batch_norm_momentum}")
   if not 0 <= config.dropout_rate < 1:
     raise UserError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
+  if config.hypertune_metric not in ("",) + HYPERTUNE_METRICS:
+    raise UserError(f"--hypertune_metric={config.hypertune_metric!r} is not one "
+                    f"of: {', '.join(HYPERTUNE_METRICS)}")
+  if config.hypertune_metric.endswith("auc") and config.num_classes != 1:
+    raise UserError(f"--hypertune_metric={config.hypertune_metric}: AUC is "
+                    "logged for binary runs only (--num_classes=1), got "
+                    f"--num_classes={config.num_classes}")
   if config.data_service not in ("", "vertex") and not re.fullmatch(
       r"(grpc://)?[^/:\s]+:\d+", config.data_service):
     raise UserError(f"--data_service={config.data_service!r}: expected "
@@ -284,6 +301,19 @@ def define_flags(flag_values, defaults):
   valid ones.
   """
   from absl import flags  # Kept local: configs/ and launch/ import this module.
+
+  class WholeNumberParser(flags.IntegerParser):
+    """Integers, also written as floats: Vertex AI passes a tuning job's
+    discrete values that way (--global_batch_size=128.0)."""
+
+    def convert(self, argument):
+      try:
+        return super().convert(argument)
+      except ValueError:
+        if _whole_number(argument) is None:
+          raise
+        return _whole_number(argument)
+
   for field in fields():
     default = getattr(defaults, field.name)
     help_text = f"[{field.metadata['section']}] {field.metadata['help']}"
@@ -294,13 +324,23 @@ def define_flags(flag_values, defaults):
     elif field.type in (bool, "bool"):
       flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
     elif field.type in (int, "int"):
-      flags.DEFINE_integer(field.name, default, help_text,
-                           flag_values=flag_values)
+      flags.DEFINE(WholeNumberParser(), field.name, default, help_text,
+                   flag_values=flag_values,
+                   serializer=flags.ArgumentSerializer())
     elif field.type in (float, "float"):
       flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
     else:
       flags.DEFINE_string(field.name, default, help_text,
                           flag_values=flag_values)
+
+
+def _whole_number(text):
+  """128 for "128.0" or "1.28e2"; None unless `text` is a whole number."""
+  try:
+    number = float(text)
+  except (TypeError, ValueError):
+    return None
+  return int(number) if number.is_integer() else None
 
 
 def from_flags(flag_values):

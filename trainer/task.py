@@ -19,10 +19,10 @@ from absl import logging as absl_logging
 
 import configs
 from trainer import config as config_lib
+from trainer import hypertune
 from trainer.errors import PREEMPTED_EXIT_CODE
 from trainer.errors import USAGE_EXIT_CODE
 from trainer.errors import UserError
-
 
 
 def _named_config(argv):
@@ -67,6 +67,7 @@ def main(argv):
   logging.getLogger("trainer").setLevel(logging.INFO)
   try:
     config = config_lib.from_flags(flags.FLAGS)
+    hypertune.require_reporter(config.hypertune_metric)
     from trainer import train  # Imports TensorFlow: after flags are checked.
     summary = train.train(config, CONFIG_NAME)
   except UserError as e:

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from trainer import data
 from trainer import evaluation
+from trainer import hypertune
 from trainer import metrics
 from trainer import model as model_lib
 from trainer import optimization
@@ -520,6 +521,7 @@ class Trainer:
       self.checkpoints.save_best(int(state.step.numpy()))
     self.writer.append_metrics(record)
     if self.is_chief:
+      hypertune.report(config.hypertune_metric, record)
       print(outputs.epoch_line(record, config.epochs), flush=True)
       plots.plot_run(self.model_dir)  # Curves so far; cheap, per epoch.
 
