@@ -32,6 +32,9 @@ setuptools.setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "vertex": ["google-cloud-aiplatform>=1.60", "google-cloud-storage>=2.10"],
+        # trainer.export runs .tflite files with LiteRT's interpreter
+        # (TensorFlow deprecates tf.lite.Interpreter in its favour).
+        "tflite": ["ai-edge-litert>=2.3"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -42,6 +45,7 @@ setuptools.setup(
             "nbformat>=5.9",
             "nbclient>=0.10",
             "ipykernel>=6.29",
+            "ai-edge-litert>=2.3",
         ],
     },
 )

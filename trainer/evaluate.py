@@ -104,13 +104,7 @@ def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
   precision, _ = strategy_lib.choose_precision(config.precision, info.name)
   strategy_lib.set_precision(precision)
   image_size = config.image_size or model_lib.DEFAULT_IMAGE_SIZE[config.model]
-  if config.eval_data:
-    eval_spec = data.make_input_spec(config.eval_data, "eval_data", config,
-                                     image_size)
-  elif not config.train_data:
-    _, eval_spec = data.resolve_input_specs(config, image_size)
-  else:
-    raise UserError("no evaluation data: pass --eval_data")
+  eval_spec = data.resolve_eval_spec(config, image_size)
   class_names = _class_names(model_dir, eval_spec, config.num_classes)
   with info.strategy.scope():
     model, source = _load_model(config, model_dir, checkpoint, image_size)

@@ -9,6 +9,8 @@
     best/               the checkpoint with the best validation accuracy
     export/model.keras  the best model, Keras format
     export/saved_model  the best model, SavedModel for TF Serving / Vertex AI
+    export/model[-float16|-int8].tflite (+ .json check report)
+                        LiteRT files, written by `python -m trainer.export`
 
 On Vertex AI without --model_dir, checkpoints/ and best/ go under
 $AIP_CHECKPOINT_DIR and logs/ is $AIP_TENSORBOARD_LOG_DIR (what Vertex
