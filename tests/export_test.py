@@ -93,6 +93,8 @@ def test_tflite_agrees_with_the_saved_model(trained, exports, quantize,
   lite = _tflite_probabilities(path, images)
   saved = _saved_model_probabilities(trained / "export" / "saved_model", images)
   assert _agreement(lite, saved) == pytest.approx(report["agreement"])
+  assert report["max_probability_difference"] == pytest.approx(
+      np.max(np.abs(lite - saved)), abs=1e-6)
   assert report["accuracy"]["tflite"] == pytest.approx(
       np.mean((lite >= 0.5) == labels))
   assert report["accuracy"]["saved_model"] == pytest.approx(

@@ -122,19 +122,25 @@ def _top1(probabilities):
 
 
 def compare(flatbuffer, saved_model_dir, spec):
-  """Top-1 agreement and accuracies of the .tflite and the SavedModel."""
+  """Top-1 agreement, the largest probability difference and the accuracies
+  of the .tflite and the SavedModel on every image of `spec`."""
   runner = _interpreter_class()(model_content=flatbuffer).get_signature_runner(
       SIGNATURE)
   loaded = tf.saved_model.load(saved_model_dir)
   count = agree = lite_correct = saved_correct = 0
+  largest_difference = 0.0
   for images, labels in _validation_batches(spec):
-    lite = _top1(next(iter(runner(image=images).values())))
-    saved = _top1(loaded.serve(tf.constant(images)).numpy())
+    lite_probabilities = next(iter(runner(image=images).values()))
+    saved_probabilities = loaded.serve(tf.constant(images)).numpy()
+    largest_difference = max(largest_difference, float(np.max(np.abs(
+        lite_probabilities - saved_probabilities))))
+    lite, saved = _top1(lite_probabilities), _top1(saved_probabilities)
     count += len(labels)
     agree += int(np.sum(lite == saved))
     lite_correct += int(np.sum(lite == labels))
     saved_correct += int(np.sum(saved == labels))
   return {"num_images": count, "agreement": agree / count,
+          "max_probability_difference": largest_difference,
           "accuracy": {"tflite": lite_correct / count,
                        "saved_model": saved_correct / count}}
 
@@ -183,7 +189,8 @@ def run(model_dir, quantize="none", eval_data="", calibration_images=200):
             "interpreter": f"ai_edge_litert {importlib.metadata.version('ai-edge-litert')}",
             "calibration_images": len(calibration),
             "eval_data": list(spec.files) if spec else [],
-            "num_images": 0, "agreement": None, "accuracy": None}
+            "num_images": 0, "agreement": None,
+            "max_probability_difference": None, "accuracy": None}
   if spec:
     report.update(compare(flatbuffer, saved_model_dir, spec))
   records.write_text_atomically(path + ".json",
@@ -200,7 +207,8 @@ def format_summary(report):
   else:
     accuracy = report["accuracy"]
     lines += [f"Top-1 agreement with the SavedModel: {report['agreement']:.2%} "
-              f"of {report['num_images']} validation images",
+              f"of {report['num_images']} validation images (probabilities "
+              f"differ by at most {report['max_probability_difference']:.2g})",
               f"Top-1 accuracy: tflite {accuracy['tflite']:.4f}, SavedModel "
               f"{accuracy['saved_model']:.4f}"]
   lines.append(f"Report: {report['tflite']}.json")
