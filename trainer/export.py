@@ -37,6 +37,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
 from trainer import data  # pylint: disable=g-import-not-at-top
+from trainer import errors  # pylint: disable=g-import-not-at-top
 from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
 from trainer import records  # pylint: disable=g-import-not-at-top
 from trainer.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -45,7 +46,6 @@ from trainer.errors import describe  # pylint: disable=g-import-not-at-top
 FORMATS = ("tflite",)
 QUANTIZATIONS = ("none", "float16", "int8")
 SIGNATURE = "serve"  # the SavedModel's float-pixels endpoint (trainer.serving)
-USAGE_EXIT_CODE = 2
 INSTALL_HINT = "pip install ai-edge-litert (or pip install 'alexnet-tf[tflite]')"
 
 FLAGS = flags.FLAGS
@@ -215,19 +215,10 @@ def format_summary(report):
   return "\n".join(lines)
 
 
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"Usage error: {e}\nRun with --helpshort for the flags.",
-          file=sys.stderr)
-    sys.exit(USAGE_EXIT_CODE)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
-                         exitcode=USAGE_EXIT_CODE)
+                         exitcode=errors.USAGE_EXIT_CODE)
   try:
     report = run(FLAGS.model_dir, FLAGS.quantize, FLAGS.eval_data,
                  FLAGS.calibration_images)
@@ -239,4 +230,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=errors.parse_flags)

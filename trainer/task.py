@@ -20,9 +20,8 @@ from absl import logging as absl_logging
 
 import configs
 from trainer import config as config_lib
+from trainer import errors
 from trainer.errors import UserError
-
-USAGE_EXIT_CODE = 2
 
 
 def _config_from_argv(argv):
@@ -38,7 +37,7 @@ def _config_from_argv(argv):
     return configs.get_config(value)
   except UserError as e:
     print(f"Usage error: --config: {e}", file=sys.stderr)
-    sys.exit(USAGE_EXIT_CODE)
+    sys.exit(errors.USAGE_EXIT_CODE)
 
 
 DEFAULTS = _config_from_argv(sys.argv)
@@ -46,19 +45,10 @@ config_lib.define_flags(flags.FLAGS, DEFAULTS)
 flags.adopt_module_key_flags(config_lib)  # So --helpshort lists them.
 
 
-def _parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"Usage error: {e}\nRun with --helpshort for the flags.",
-          file=sys.stderr)
-    sys.exit(USAGE_EXIT_CODE)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
-                         exitcode=USAGE_EXIT_CODE)
+                         exitcode=errors.USAGE_EXIT_CODE)
   # TensorFlow's and Keras' INFO lines (collectives, savers) drown the
   # progress; keep ours.
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -79,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=errors.parse_flags)
