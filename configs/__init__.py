@@ -42,8 +42,8 @@ def _from_module(path):
         f"{type(e).__name__}: {describe(e)}")
     raise UserError(f"{path}: {detail}") from None
   if not isinstance(config, config_lib.Config):
-    raise UserError(f"{path}: get_config() returned a {type(config).__name__}, "
-                    "not a trainer.config.Config")
+    raise UserError(f"{path}: its config is a {type(config).__name__}, not "
+                    "a trainer.config.Config")
   try:
     return config.replace(config=path)
   except UserError as e:  # a value validate() refuses
