@@ -34,6 +34,9 @@ setuptools.setup(
         # cloudml-hypertune: a tuning trial's metric reports (trainer.hypertune).
         "vertex": ["google-cloud-aiplatform>=1.60", "google-cloud-storage>=2.10",
                    "cloudml-hypertune>=0.1.0.dev6"],
+        # trainer.export runs .tflite files with LiteRT's interpreter
+        # (TensorFlow deprecates tf.lite.Interpreter in its favour).
+        "tflite": ["ai-edge-litert>=2.3"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -45,6 +48,7 @@ setuptools.setup(
             "nbformat>=5.9",
             "nbclient>=0.10",
             "ipykernel>=6.29",
+            "ai-edge-litert>=2.3",
         ],
     },
 )

@@ -227,3 +227,76 @@ def test_label_out_of_range_is_one_line_even_with_skip_corrupt(run_cli, tmp_path
     assert errors == [f"Error: label 2 outside [0, 2) in {data_dir}/train-00000-of-00001 "
                       "(after --label_offset=0); labels that start at 1 need "
                       "--label_offset=1"], result.stderr[-2000:]
+
+
+def _run_config(model_dir):
+  """The options of a run's config.json (without the layout it records)."""
+  values = json.loads((model_dir / "config.json").read_text())
+  assert values.pop("run_dir")["checkpoint_root"] == str(model_dir)
+  return values
+
+
+def test_config_json_of_a_run_reruns_it_exactly(run_cli, tmp_path):
+  first = tmp_path / "first"
+  run_cli("trainer.task", *TINY, "--epochs=1", "--steps_per_epoch=2",
+          "--learning_rate=0.002", "--seed=7", f"--model_dir={first}",
+          check=True)
+  original = _run_config(first)
+  assert original["config"] == "tiny"
+
+  again = tmp_path / "again"
+  run_cli("trainer.task", f"--config={first / 'config.json'}",
+          f"--model_dir={again}", check=True)
+  rerun = _run_config(again)
+  assert rerun["model_dir"] == str(again)
+  assert {**rerun, "model_dir": None} == {**original, "model_dir": None}
+
+  # Negative control, and flags still override the file's values.
+  changed = tmp_path / "changed"
+  run_cli("trainer.task", f"--config={first / 'config.json'}",
+          "--learning_rate=0.005", f"--model_dir={changed}", check=True)
+  differing = {k for k, v in _run_config(changed).items() if original[k] != v}
+  assert differing == {"learning_rate", "model_dir"}
+
+
+def test_python_config_module(run_cli, tmp_path):
+  module = tmp_path / "short_tiny.py"
+  module.write_text(
+      '"""The tiny config, one short epoch."""\n'
+      "import configs\n\n"
+      "def get_config():\n"
+      "  return configs.get_config('tiny').replace(\n"
+      "      epochs=1, steps_per_epoch=2, learning_rate=0.002)\n")
+  model_dir = tmp_path / "run"
+  run_cli("trainer.task", f"--config={module}", "--seed=5",
+          f"--model_dir={model_dir}", check=True)
+  config = _run_config(model_dir)
+  assert config["config"] == str(module)
+  assert config["model"] == "tiny" and config["epochs"] == 1
+  assert config["learning_rate"] == 0.002 and config["seed"] == 5
+  assert read_jsonl(model_dir / "metrics.jsonl")[-1]["step"] == 2
+
+
+@pytest.mark.parametrize("name,content,fragment", [
+    ("missing.json", None, "No such file"),
+    ("missing.py", None, "No such file"),
+    ("broken.json", "{not json", "not valid JSON"),
+    ("unknown.json", '{"epochs": 1, "warp_speed": 9}', "warp_speed"),
+    ("typed.json", '{"epochs": "three"}', "epochs"),
+    ("empty.py", "X = 1\n", "get_config"),
+    ("raises.py", "def get_config():\n  return 1 / 0\n", "ZeroDivisionError"),
+    ("wrong.py", "def get_config():\n  return {'epochs': 1}\n", "Config"),
+    ("config.yaml", "epochs: 1\n", "config.yaml"),
+])
+def test_bad_config_file_is_one_line_usage_error(run_cli, tmp_path, name,
+                                                 content, fragment):
+  path = tmp_path / name
+  if content is not None:
+    path.write_text(content)
+  result = run_cli("trainer.task", f"--config={path}",
+                   f"--model_dir={tmp_path / 'run'}", timeout=120)
+  assert result.returncode == 2, result.stdout + result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, result.stderr
+  assert str(path) in lines[0] and fragment in lines[0], lines[0]
+  assert not (tmp_path / "run").exists()

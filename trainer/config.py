@@ -12,6 +12,7 @@ import json
 import re
 
 from trainer.errors import UserError
+from trainer.errors import describe
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -33,6 +34,10 @@ HYPERTUNE_METRICS = ("loss", "accuracy", "auc", "val_loss", "val_accuracy",
                      "val_auc")
 
 
+# The key of config.json that records the run's layout (outputs.RunDir).
+RUN_DIR_KEY = "run_dir"
+
+
 def _option(default, help, choices=None, section="Training", minimum=None):
   # `help`, `choices` and `minimum` live in field metadata so flags, docs and
   # validation all read the same facts.
@@ -44,6 +49,16 @@ def _option(default, help, choices=None, section="Training", minimum=None):
 @dataclasses.dataclass(frozen=True)
 class Config:
   """A complete, resolved training experiment."""
+
+  # --- Experiment
+  config: str = _option("", "A named experiment from configs/ (an unknown "
+                        "name lists them), a config.json a run wrote (an "
+                        "exact re-run: the run's every value), or a Python "
+                        "config module (a .py file defining get_config() or "
+                        "CONFIG). Its values are the defaults of every other "
+                        "flag. config.json records it (a re-run from a "
+                        "config.json keeps the name that file records).",
+                        section="Experiment")
 
   # --- Model
   model: str = _option("seed", "AlexNet variant: 'seed' (the Cats vs Dogs "
@@ -285,13 +300,62 @@ def profile_range(config):
   return first, last
 
 
-def load(path):
-  """Reads a config.json written by a previous run."""
-  import tensorflow as tf  # Kept local: launch/ imports this module without TF.
-  with tf.io.gfile.GFile(path) as f:
-    values = json.load(f)
-  known = {f.name for f in fields()}
-  return Config(**{k: v for k, v in values.items() if k in known})
+def _type_name(field):
+  return getattr(field.type, "__name__", field.type)
+
+
+def load(path, strict=False):
+  """Reads a config.json written by a previous run (local or gs://).
+
+  Args:
+    path: the file.
+    strict: refuse options this Config does not have, values of the wrong
+      type and invalid values (for re-running the file, where a dropped
+      option would make the re-run differ); otherwise unknown options are
+      ignored.
+
+  Raises:
+    UserError: a file that is missing, not JSON or (strict) not a valid
+      config; the message starts with the path.
+  """
+  try:
+    if "://" in path:
+      import tensorflow as tf  # Local: launch/ and the flag parser avoid TF.
+      try:
+        with tf.io.gfile.GFile(path) as f:
+          values = json.load(f)
+      except tf.errors.OpError as e:
+        raise UserError(f"{path}: {describe(e)}") from None
+    else:
+      with open(path, encoding="utf-8") as f:
+        values = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path}: not valid JSON ({e})") from None
+  except OSError as e:
+    raise UserError(f"{path}: {e.strerror or e}") from None
+  if not isinstance(values, dict):
+    raise UserError(f"{path}: not a JSON object of options")
+  # Where the run put its files: recorded beside the options, not one.
+  values.pop(RUN_DIR_KEY, None)
+  known = {f.name: f for f in fields()}
+  if not strict:
+    return Config(**{k: v for k, v in values.items() if k in known})
+  unknown = sorted(set(values) - set(known))
+  if unknown:
+    raise UserError(f"{path}: options this trainer does not have: "
+                    f"{', '.join(unknown)}")
+  json_types = {"str": str, "int": int, "float": (int, float), "bool": bool}
+  for name, value in values.items():
+    expected = json_types[_type_name(known[name])]
+    # bool is an int in Python, but a JSON true is no epoch count.
+    if not isinstance(value, expected) or (
+        isinstance(value, bool) and expected is not bool):
+      raise UserError(f"{path}: {name}={value!r} is not "
+                      f"a {_type_name(known[name])}")
+  try:
+    return validate(Config(**values))
+  except UserError as e:
+    raise UserError(f"{path}: {e}") from None
 
 
 def define_flags(flag_values, defaults):

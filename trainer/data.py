@@ -182,6 +182,26 @@ def resolve_input_specs(config, image_size, counts_path=None,
   return train_spec, eval_spec
 
 
+def resolve_eval_spec(config, image_size, counts_path=None):
+  """The validation InputSpec of a run: its --eval_data, else the synthetic
+  validation split when it trained on the synthetic set.
+
+  counts_path: the run's remembered example counts (see count_examples).
+
+  Raises:
+    UserError: the run has no validation data.
+  """
+  if config.eval_data:
+    return make_input_spec(config.eval_data, "eval_data", config, image_size,
+                           config.eval_examples, counts_path=counts_path)
+  if not config.train_data:
+    _, eval_spec = resolve_input_specs(config, image_size,
+                                       counts_path=counts_path)
+    if eval_spec:
+      return eval_spec
+  raise UserError("no evaluation data: pass --eval_data")
+
+
 # ----------------------------------------------------------------------------
 # Parsing and decoding (graph functions, run inside tf.data maps).
 

@@ -1,7 +1,9 @@
-"""How the CLIs report failure: the error type for problems the user can fix
-(bad flag, file or value) and the exit codes."""
+"""How the command-line tools report failure: the error type for problems
+the user can fix (bad flag, file or value) and the exit codes."""
 
-USAGE_EXIT_CODE = 2      # A bad flag: absl's and argparse's convention.
+import sys
+
+USAGE_EXIT_CODE = 2  # a bad flag or flag value; other user errors exit 1
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL, "try again": the run resumes.
 
 
@@ -22,3 +24,15 @@ def describe(error):
   if not lines:
     return type(error).__name__
   return re.sub(r"\s*\[Op:\w+\]$", "", lines[0])
+
+
+def parse_flags(argv):
+  """absl's flags_parser for the CLIs: a bad flag or value is one usage line
+  (absl names the flag and, for enums, the valid values) and exit 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"Usage error: {e}\nRun with --helpshort for the flags.",
+          file=sys.stderr)
+    sys.exit(USAGE_EXIT_CODE)

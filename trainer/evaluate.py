@@ -104,15 +104,8 @@ def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
                           eval_data=eval_data or config.eval_data)
   runtime = strategy_lib.set_up(config)
   info, image_size = runtime.info, runtime.image_size
-  if config.eval_data:
-    eval_spec = data.make_input_spec(config.eval_data, "eval_data", config,
-                                     image_size, config.eval_examples,
+  eval_spec = data.resolve_eval_spec(config, image_size,
                                      counts_path=run_dir.example_counts)
-  elif not config.train_data:
-    _, eval_spec = data.resolve_input_specs(config, image_size,
-                                            counts_path=run_dir.example_counts)
-  else:
-    raise UserError("no evaluation data: pass --eval_data")
   class_names = _class_names(run_dir, eval_spec, config.num_classes)
   with info.strategy.scope():
     model, source = _load_model(config, run_dir, checkpoint, image_size)

@@ -10,6 +10,8 @@
     best/               the checkpoint with the best validation accuracy
     export/model.keras  the best model, Keras format
     export/saved_model  the best model, SavedModel for TF Serving / Vertex AI
+    export/model[-float16|-int8].tflite (+ .json check report)
+                        LiteRT files, written by `python -m trainer.export`
 
 On Vertex AI without --model_dir, checkpoints/ and best/ go under
 $AIP_CHECKPOINT_DIR and logs/ is $AIP_TENSORBOARD_LOG_DIR (what Vertex
@@ -31,6 +33,7 @@ import time
 import keras
 import tensorflow as tf
 
+from trainer import config as config_lib
 from trainer import records
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,7 @@ class RunDir:
     recorded = {}
     if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
       with tf.io.gfile.GFile(os.path.join(model_dir, "config.json")) as f:
-        recorded = json.load(f).get("run_dir", {})
+        recorded = json.load(f).get(config_lib.RUN_DIR_KEY, {})
     return cls(model_dir, recorded.get("checkpoint_root", model_dir),
                recorded.get("log_dir", os.path.join(model_dir, "logs")))
 
@@ -80,6 +83,11 @@ class RunDir:
   saved_model = property(lambda self: self._at("export", "saved_model"))
   export_class_names = property(
       lambda self: self._at("export", "class_names.txt"))
+
+  def tflite(self, quantize):
+    """export/model.tflite, or model-QUANTIZE.tflite (trainer.export)."""
+    suffix = "" if quantize == "none" else f"-{quantize}"
+    return self._at("export", f"model{suffix}.tflite")
   eval = property(lambda self: self._at("eval"))
   checkpoints = property(
       lambda self: os.path.join(self.checkpoint_root, "checkpoints"))
@@ -150,7 +158,7 @@ class RunWriter:
   def write_config(self, config, class_names):
     if self.is_chief:
       values = {**json.loads(config.to_json()),
-                "run_dir": self.run_dir.recorded()}
+                config_lib.RUN_DIR_KEY: self.run_dir.recorded()}
       records.write_text_atomically(
           self.run_dir.config, json.dumps(values, indent=2, sort_keys=True) + "\n")
       records.write_text_atomically(self.run_dir.class_names,

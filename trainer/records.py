@@ -69,11 +69,15 @@ def write_shard(path, serialized_records):
   return count
 
 
-def write_text_atomically(path, text):
+def write_bytes_atomically(path, content):
   temporary = _temporary_path(path)
-  with tf.io.gfile.GFile(temporary, "w") as f:
-    f.write(text)
+  with tf.io.gfile.GFile(temporary, "wb") as f:
+    f.write(content)
   tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def write_text_atomically(path, text):
+  write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def write_manifest(directory, manifest):

@@ -1,7 +1,8 @@
 """Train AlexNet: python -m trainer.task [--config=NAME] [--flag=value ...]
 
 Every option of trainer/config.py is a flag; --config picks a named
-experiment from configs/ whose values become the flags' defaults. Run with
+experiment from configs/, a config.json a run wrote or a Python config
+module, whose values become the flags' defaults. Run with
 --helpshort for the manual. This file is intentionally short: the work is in
 trainer.train.train(config), which tests and notebooks call directly.
 """
@@ -19,57 +20,48 @@ from absl import logging as absl_logging
 
 import configs
 from trainer import config as config_lib
+from trainer import errors
 from trainer import hypertune
 from trainer.errors import PREEMPTED_EXIT_CODE
-from trainer.errors import USAGE_EXIT_CODE
 from trainer.errors import UserError
 
 
-def _named_config(argv):
-  """--config=NAME from the raw argv, before flags exist (sets defaults)."""
-  name = configs.DEFAULT
+def _config_from_argv(argv):
+  """The Config --config names (a name, config.json or .py), read from the
+  raw argv before flags exist: its values are the flags' defaults."""
+  value = configs.DEFAULT
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      name = arg.split("=", 1)[1]
+      value = arg.split("=", 1)[1]
     elif arg == "--config" and i + 1 < len(argv):
-      name = argv[i + 1]
+      value = argv[i + 1]
   try:
-    return name, configs.get_config(name)
-  except KeyError as e:
-    print(f"Usage error: --config: {e.args[0]}", file=sys.stderr)
-    sys.exit(USAGE_EXIT_CODE)
+    return configs.get_config(value)
+  except UserError as e:
+    print(f"Usage error: --config: {e}", file=sys.stderr)
+    sys.exit(errors.USAGE_EXIT_CODE)
 
 
-CONFIG_NAME, DEFAULTS = _named_config(sys.argv)
-flags.DEFINE_enum("config", CONFIG_NAME, configs.NAMES,
-                  "Named experiment from configs/; its values are the "
-                  "defaults of every other flag.")
+DEFAULTS = _config_from_argv(sys.argv)
 config_lib.define_flags(flags.FLAGS, DEFAULTS)
 flags.adopt_module_key_flags(config_lib)  # So --helpshort lists them.
-
-
-def _parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"Usage error: {e}\nRun with --helpshort for the flags.",
-          file=sys.stderr)
-    sys.exit(USAGE_EXIT_CODE)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
-                         exitcode=USAGE_EXIT_CODE)
+                         exitcode=errors.USAGE_EXIT_CODE)
   # TensorFlow's and Keras' INFO lines (collectives, savers) drown the
   # progress; keep ours.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("trainer").setLevel(logging.INFO)
   try:
-    config = config_lib.from_flags(flags.FLAGS)
+    # --config itself holds what was typed; DEFAULTS records where the values
+    # came from (a re-run from a config.json keeps the name it records).
+    config = config_lib.from_flags(flags.FLAGS).replace(config=DEFAULTS.config)
     hypertune.require_reporter(config.hypertune_metric)
     from trainer import train  # Imports TensorFlow: after flags are checked.
-    summary = train.train(config, CONFIG_NAME)
+    summary = train.train(config, configs.run_name(config.config))
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
@@ -80,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=errors.parse_flags)
