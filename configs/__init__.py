@@ -83,3 +83,21 @@ def run_name(config_source):
   if not config_source:
     return "custom"
   return os.path.splitext(os.path.basename(config_source))[0]
+
+
+def from_argv(argv, default=DEFAULT):
+  """The Config `--config` names in a raw argv (`default` when absent).
+
+  Read before flags are defined, so its values can be their defaults (the
+  trainer's and the benchmark's flags are generated from it).
+
+  Raises:
+    UserError: as get_config.
+  """
+  value = default
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return get_config(value)

@@ -25,11 +25,13 @@ caches or memory, and all side by side in one run:
             overhead, elsewhere its workers add CPUs)
 
 Without --train_data it writes realistic JPEG records once (about 450x375,
-~45 KB, like Cats vs Dogs). Model, precision, batch and strategy are the
-trainer's flags (defaults from --config, cats_vs_dogs unless given). A
-benchmark, not a test: nothing here asserts a speed.
+~45 KB, like Cats vs Dogs). Every trainer flag works here (model, precision,
+batch, strategy, ...; defaults from --config, cats_vs_dogs unless given):
+each phase trains the resulting Config. A benchmark, not a test: nothing
+here asserts a speed.
 """
 
+import dataclasses
 import json
 import os
 import resource
@@ -42,19 +44,21 @@ from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import configs  # pylint: disable=g-import-not-at-top
+from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+from trainer import errors  # pylint: disable=g-import-not-at-top
+from trainer.errors import UserError  # pylint: disable=g-import-not-at-top
+
 PHASES = ("peak", "step", "input", "e2e", "seed", "scaling", "service")
 
+try:
+  DEFAULTS = configs.from_argv(sys.argv, "cats_vs_dogs")
+except UserError as e:
+  print(f"Usage error: --config: {e}", file=sys.stderr)
+  sys.exit(errors.USAGE_EXIT_CODE)
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "cats_vs_dogs", "Named config whose defaults to use.")
-flags.DEFINE_string("train_data", "", "TFRecords to read; default: generated "
-                    "realistic JPEG records.")
-flags.DEFINE_string("model", "", "Override the config's model.")
-flags.DEFINE_string("precision", "", "Override the config's precision.")
-flags.DEFINE_integer("global_batch_size", 0, "Override the config's batch.")
-flags.DEFINE_string("strategy", "", "Override the config's strategy.")
-flags.DEFINE_string("all_reduce_precision", "", "Override the config's "
-                    "all-reduce dtype (the scaling phase).")
-flags.DEFINE_integer("cpu_devices", 0, "As for training.")
+# Every trainer flag, defaulting to --config's values.
+config_lib.define_flags(FLAGS, DEFAULTS)
 flags.DEFINE_integer("steps", 12, "Timed training steps per phase.")
 flags.DEFINE_integer("warmup_steps", 4, "Untimed steps first (compilation).")
 flags.DEFINE_integer("input_batches", 40, "Batches timed in the input phase.")
@@ -62,8 +66,15 @@ flags.DEFINE_integer("records", 1024, "Generated records (without --train_data).
 flags.DEFINE_list("skip", [], f"Phases to skip, of {','.join(PHASES)}.")
 flags.DEFINE_string("json", "", "Also write the results here as JSON.")
 flags.DEFINE_string("phase", "", "Internal: run one phase and print its JSON.")
-flags.DEFINE_string("data_service", "", "As for training: measure e2e through "
-                    "a tf.data service dispatcher.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What a phase needs besides the trainer's Config."""
+  steps: int
+  warmup_steps: int
+  input_batches: int
+  peaks: dict = dataclasses.field(default_factory=dict)
 
 
 def _peak_rss_mb():
@@ -119,7 +130,8 @@ def realistic_records(directory, count, seed=0):
 # Phases (each runs in its own process and returns a dict).
 
 
-def phase_peak(_):
+def phase_peak(config, settings):
+  del config, settings
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   results = {}
   for dtype in ("float32", "bfloat16"):
@@ -145,23 +157,9 @@ def phase_peak(_):
   return results
 
 
-def _trainer(options, train_data):
-  import configs  # pylint: disable=g-import-not-at-top
+def _trainer(config):
   from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
-  base = configs.get_config(options["config"])
-  overrides = {"train_data": train_data, "eval_data": "", "epochs": 1,
-               "steps_per_epoch": 10 ** 6,  # the stream repeats; never a short set
-               "export": False, "early_stopping_patience": 0,
-               "model_dir": options["model_dir"],
-               "data_service": options.get("data_service", "")}
-  for key in ("model", "precision", "strategy", "all_reduce_precision"):
-    if options.get(key):
-      overrides[key] = options[key]
-  if options["global_batch_size"]:
-    overrides["global_batch_size"] = options["global_batch_size"]
-  if options["cpu_devices"]:
-    overrides["cpu_devices"] = options["cpu_devices"]
-  return train_lib.Trainer(base.replace(**overrides), "benchmark")
+  return train_lib.Trainer(config, "benchmark")
 
 
 def _time_train_calls(trainer, iterator, warmup_steps, steps):
@@ -191,9 +189,9 @@ def _flops_summary(trainer, images_per_sec, peaks):
   return result
 
 
-def phase_step(options):
+def phase_step(config, settings):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  trainer = _trainer(options, options["train_data"])
+  trainer = _trainer(config)
   size = trainer.image_size
   per_replica = trainer.per_replica_batch_size
   images = tf.cast(tf.random.uniform([per_replica, size, size, 3], 0, 255), tf.uint8)
@@ -201,9 +199,9 @@ def phase_step(options):
   skipped = tf.zeros([per_replica], tf.int64)
   dataset = trainer.strategy.distribute_datasets_from_function(
       lambda ctx: tf.data.Dataset.from_tensors((images, labels, skipped)).repeat())
-  rate = _time_train_calls(trainer, iter(dataset), options["warmup_steps"],
-                           options["steps"])
-  result = _flops_summary(trainer, rate, options["peaks"])
+  rate = _time_train_calls(trainer, iter(dataset), settings.warmup_steps,
+                           settings.steps)
+  result = _flops_summary(trainer, rate, settings.peaks)
   result.update(precision=trainer.precision, strategy=trainer.info.name,
                 replicas=trainer.info.num_replicas,
                 all_reduce=trainer.all_reduce_dtype,
@@ -212,48 +210,43 @@ def phase_step(options):
   return result
 
 
-def phase_input(options):
+def phase_input(config, settings):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import configs  # pylint: disable=g-import-not-at-top
-  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer import data  # pylint: disable=g-import-not-at-top
-  config = configs.get_config(options["config"])
-  if options["model"]:
-    config = config.replace(model=options["model"])
-  size = config_lib.image_size(config)
-  spec = data.make_input_spec(options["train_data"], "train_data", config, size)
-  batch = options["global_batch_size"] or config.global_batch_size
+  spec = data.make_input_spec(config.train_data, "train_data", config,
+                              config_lib.image_size(config))
+  batch = config.global_batch_size
   dataset = data.make_train_dataset(spec, tf.distribute.InputContext(1, 0, 1), batch)
   iterator = iter(dataset)
   for _ in range(3):
     next(iterator)
   start = time.perf_counter()
-  for _ in range(options["input_batches"]):
+  for _ in range(settings.input_batches):
     next(iterator)[0].numpy()
-  rate = options["input_batches"] * batch / (time.perf_counter() - start)
+  rate = settings.input_batches * batch / (time.perf_counter() - start)
   cores = len(os.sched_getaffinity(0))
   return {"images_per_sec": rate, "images_per_sec_per_core": rate / cores,
           "cores": cores, "augment": config.augment}
 
 
-def phase_e2e(options):
-  trainer = _trainer(options, options["train_data"])
+def phase_e2e(config, settings):
+  trainer = _trainer(config)
   iterator = trainer.train_iterator(0, 0)
-  rate = _time_train_calls(trainer, iterator, options["warmup_steps"],
-                           options["steps"])
-  result = _flops_summary(trainer, rate, options["peaks"])
+  rate = _time_train_calls(trainer, iterator, settings.warmup_steps,
+                           settings.steps)
+  result = _flops_summary(trainer, rate, settings.peaks)
   result.update(peak_host_memory_mb=_peak_rss_mb(), precision=trainer.precision,
                 global_batch_size=trainer.config.global_batch_size)
   return result
 
 
-def phase_seed(options):
+def phase_seed(config, settings):
   """The seed notebook's own setup, on the same records."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import data  # pylint: disable=g-import-not-at-top
   from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
-  files = data.list_files(options["train_data"], "train_data")
+  files = data.list_files(config.train_data, "train_data")
   schema = data.detect_schema(files[0])
   image_key, label_key = data.SCHEMA_KEYS[schema]
 
@@ -290,7 +283,7 @@ def phase_seed(options):
     def on_train_batch_end(self, batch, logs=None):
       self.times.append(time.perf_counter())
 
-  warmup, steps = max(4, options["warmup_steps"] * 4), max(8, options["steps"] * 4)
+  warmup, steps = max(4, settings.warmup_steps * 4), max(8, settings.steps * 4)
   clock = BatchClock()
   seed_model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
                  callbacks=[clock])
@@ -298,19 +291,19 @@ def phase_seed(options):
   return {"images_per_sec": rate, "peak_host_memory_mb": _peak_rss_mb()}
 
 
-def phase_scaling(options):
+def phase_scaling(config, settings):
   """2 workers x 1 core vs 1 process x 2 cores, same global batch."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   from launch import local  # pylint: disable=g-import-not-at-top
-  one_process = {**options, "strategy": "one_device"}
-  before = _run_phase("step", one_process, repo)["images_per_sec"]
-  child = {**options, "strategy": "multi_worker", "skip_peaks": True}
+  one_process = config.replace(strategy="one_device")
+  before = _run_phase("step", one_process, settings, repo)["images_per_sec"]
   envs, _ = local.worker_envs(2, "cpu", 1)
-  processes = [_spawn_phase("step", child, repo, env) for env in envs]
+  processes = [_spawn_phase("step", config.replace(strategy="multi_worker"),
+                            settings, repo, env) for env in envs]
   results = [_collect(p) for p in processes]
   multi = results[0]["images_per_sec"]
   # On a shared machine the speed drifts: bracket the workers' run.
-  after = _run_phase("step", one_process, repo)["images_per_sec"]
+  after = _run_phase("step", one_process, settings, repo)["images_per_sec"]
   single = (before + after) / 2
   return {"one_process_images_per_sec": single,
           "one_process_before_after": [before, after],
@@ -319,7 +312,7 @@ def phase_scaling(options):
           "efficiency": multi / single}
 
 
-def phase_service(options):
+def phase_service(config, settings):
   """End-to-end with decoding moved to a tf.data service worker."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   from launch import local  # pylint: disable=g-import-not-at-top
@@ -336,8 +329,8 @@ def phase_service(options):
     if "listening" not in server.stdout.readline():
       raise RuntimeError(f"tf.data service {args[0]} did not start")
   try:
-    result = _run_phase("e2e", {**options, "data_service":
-                                f"grpc://127.0.0.1:{dispatcher_port}"}, repo)
+    result = _run_phase("e2e", config.replace(
+        data_service=f"grpc://127.0.0.1:{dispatcher_port}"), settings, repo)
   finally:
     for server in servers:
       server.terminate()
@@ -349,10 +342,12 @@ def phase_service(options):
 # Orchestration.
 
 
-def _spawn_phase(name, options, repo, env=None):
+def _spawn_phase(name, config, settings, repo, env=None):
+  phase_input = json.dumps({"config": json.loads(config.to_json()),
+                            "settings": dataclasses.asdict(settings)})
   return subprocess.Popen(
       [sys.executable, "-m", "trainer.benchmark", f"--phase={name}",
-       "--phase_options=" + json.dumps(options)],
+       "--phase_input=" + phase_input],
       cwd=repo, env=env or dict(os.environ), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True)
 
@@ -364,11 +359,12 @@ def _collect(process):
   return json.loads(out.strip().splitlines()[-1])
 
 
-def _run_phase(name, options, repo):
-  return _collect(_spawn_phase(name, options, repo))
+def _run_phase(name, config, settings, repo):
+  return _collect(_spawn_phase(name, config, settings, repo))
 
 
-flags.DEFINE_string("phase_options", "", "Internal: JSON options of --phase.")
+flags.DEFINE_string("phase_input", "", "Internal: the Config and Settings of "
+                    "--phase, as JSON.")
 
 PHASE_FUNCTIONS = {"peak": phase_peak, "step": phase_step, "input": phase_input,
                    "e2e": phase_e2e, "seed": phase_seed, "scaling": phase_scaling,
@@ -426,8 +422,9 @@ def main(argv):
   del argv
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if FLAGS.phase:
-    options = json.loads(FLAGS.phase_options)
-    result = PHASE_FUNCTIONS[FLAGS.phase](options)
+    given = json.loads(FLAGS.phase_input)
+    config = config_lib.Config(**given["config"])
+    result = PHASE_FUNCTIONS[FLAGS.phase](config, Settings(**given["settings"]))
     print(json.dumps(result))
     return 0
   unknown = set(FLAGS.skip) - set(PHASES)
@@ -436,29 +433,31 @@ def main(argv):
                          f"{','.join(PHASES)}", exitcode=2)
   import tempfile  # pylint: disable=g-import-not-at-top
   from trainer import synthetic  # pylint: disable=g-import-not-at-top
-  train_data = FLAGS.train_data
+  try:
+    config = config_lib.from_flags(FLAGS)
+  except UserError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 1
+  train_data = config.train_data
   if not train_data:
     cache = os.path.join(os.path.dirname(synthetic.default_dir()),
                          f"benchmark-jpeg-{FLAGS.records}")
     train_data = realistic_records(cache, FLAGS.records)
   scratch = tempfile.mkdtemp(prefix="alexnet-bench-")
-  options = {"config": FLAGS.config, "train_data": train_data,
-             "model": FLAGS.model, "precision": FLAGS.precision,
-             "all_reduce_precision": FLAGS.all_reduce_precision,
-             "global_batch_size": FLAGS.global_batch_size,
-             "strategy": FLAGS.strategy, "cpu_devices": FLAGS.cpu_devices,
-             "steps": FLAGS.steps, "warmup_steps": FLAGS.warmup_steps,
-             "input_batches": FLAGS.input_batches, "peaks": {},
-             "model_dir": scratch, "data_service": FLAGS.data_service}
+  # One endless epoch of training data, nothing else: the phases time steps.
+  config = config.replace(train_data=train_data, eval_data="", epochs=1,
+                          steps_per_epoch=10 ** 6, export=False,
+                          early_stopping_patience=0)
+  settings = Settings(FLAGS.steps, FLAGS.warmup_steps, FLAGS.input_batches)
   results = {"train_data": train_data, "cpu_count": os.cpu_count()}
   for name in PHASES:
     if name in FLAGS.skip:
       continue
     print(f"[benchmark] {name} ...", file=sys.stderr, flush=True)
-    options["model_dir"] = os.path.join(scratch, name)
-    results[name] = _run_phase(name, options, repo)
+    phase_config = config.replace(model_dir=os.path.join(scratch, name))
+    results[name] = _run_phase(name, phase_config, settings, repo)
     if name == "peak":
-      options["peaks"] = results["peak"]
+      settings = dataclasses.replace(settings, peaks=results["peak"])
   if "e2e" in results and "seed" in results:
     results["speedup_vs_seed"] = (results["e2e"]["images_per_sec"] /
                                   results["seed"]["images_per_sec"])
@@ -470,4 +469,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -29,14 +29,8 @@ from trainer.errors import UserError
 def _config_from_argv(argv):
   """The Config --config names (a name, config.json or .py), read from the
   raw argv before flags exist: its values are the flags' defaults."""
-  value = configs.DEFAULT
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
-    elif arg == "--config" and i + 1 < len(argv):
-      value = argv[i + 1]
   try:
-    return configs.get_config(value)
+    return configs.from_argv(argv)
   except UserError as e:
     print(f"Usage error: --config: {e}", file=sys.stderr)
     sys.exit(errors.USAGE_EXIT_CODE)
