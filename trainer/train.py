@@ -112,8 +112,69 @@ class _TrainState:
     return {k: v for k, v in vars(self).items()}
 
 
+class LoopClock:
+  """Decides *when*: how many steps the next call runs, when the profiler
+  starts and stops, and when a checkpoint is due. Knows nothing of how a
+  step runs (that is the Trainer's)."""
+
+  def __init__(self, config, steps_per_call, steps_per_epoch, profile_dir,
+               is_chief):
+    self.config = config
+    self.steps_per_call = steps_per_call
+    self.steps_per_epoch = steps_per_epoch
+    self.profile_dir = profile_dir
+    self.is_chief = is_chief
+    self.profile_span = profile_range(config)
+    self._profiling = False
+    self._last_save = time.time()
+
+  def steps_this_call(self, step, step_in_epoch):
+    """Up to --steps_per_call, landing exactly on the epoch's end, the
+    profiled range's ends and --checkpoint_every_steps boundaries."""
+    steps = min(self.steps_per_call, self.steps_per_epoch - step_in_epoch)
+    for boundary in self.profile_span or ():
+      if step < boundary:
+        steps = min(steps, boundary - step)
+    every = self.config.checkpoint_every_steps
+    if every:
+      steps = min(steps, every - step % every)
+    return steps
+
+  def time_to_save(self):
+    """--checkpoint_every_secs has passed since the last save (this worker's
+    vote; the workers agree in the call)."""
+    every = self.config.checkpoint_every_secs
+    return bool(every) and time.time() - self._last_save >= every
+
+  def checkpoint_due(self, step, requests):
+    every = self.config.checkpoint_every_steps
+    due = (requests["save"] or requests["stop"] or
+           bool(every and step % every == 0))
+    if due:
+      self._last_save = time.time()
+    return due
+
+  def before_call(self, step):
+    """Starts the profiler at the first profiled step (chief only)."""
+    if self.profile_span and self.is_chief and step == self.profile_span[0]:
+      tf.profiler.experimental.start(self.profile_dir)
+      self._profiling = True
+
+  def after_call(self, step):
+    """Stops it once the last profiled step ran; returns a line to say so."""
+    if self._profiling and step >= self.profile_span[1]:
+      tf.profiler.experimental.stop()
+      self._profiling = False
+      first, last = self.profile_span
+      return f"Wrote a profile of steps {first}-{last} to {self.profile_dir}."
+    return None
+
+
 class Trainer:
-  """Owns the strategy, model, optimizer, checkpoints and the loop."""
+  """Owns the strategy, model, optimizer and checkpoints; knows how a call of
+  training steps runs (`train_steps`). Reads as: setup (__init__), the
+  outer loop (run, _run_epoch), the step (compute_gradients,
+  apply_gradients, train_steps)."""
 
   def __init__(self, config, config_name="custom"):
     self.config = config
@@ -199,6 +260,8 @@ class Trainer:
         self.checkpoint, self.run_dir, self.is_chief, self.info.task,
         max_to_keep=config.keep_checkpoints)
     self.writer = outputs.RunWriter(self.run_dir, self.is_chief)
+    self.clock = LoopClock(config, self.steps_per_call, self.steps_per_epoch,
+                           self.run_dir.profile, self.is_chief)
     # Training statistics carry the count of records --skip_corrupt dropped.
     self.stats_layout = metrics.StatsLayout(config.num_classes,
                                             with_skipped=True)
@@ -361,31 +424,24 @@ class Trainer:
 
   def _run_epoch(self, sigterm):
     """One epoch (or its remainder). Returns False if preempted."""
-    config, state = self.config, self.state
+    config, state, clock = self.config, self.state, self.clock
     epoch = int(state.epoch.numpy())
     iterator = self.train_iterator(epoch, int(state.step_in_epoch.numpy()))
     progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
                                 self.is_chief)
     totals = np.zeros(self.stats_layout.size)
     start, images_done = time.time(), 0
-    last_save_time = time.time()
     while int(state.step_in_epoch.numpy()) < self.steps_per_epoch:
-      num_steps = self._steps_this_call()
-      want_save = (config.checkpoint_every_secs and
-                   time.time() - last_save_time >= config.checkpoint_every_secs)
-      control = requests_vector(stop=sigterm.requested, save=want_save)
-      self._profile(int(state.step.numpy()), after_call=False)
+      step = int(state.step.numpy())
+      num_steps = clock.steps_this_call(step, int(state.step_in_epoch.numpy()))
+      votes = requests_vector(stop=sigterm.requested, save=clock.time_to_save())
+      clock.before_call(step)
       call_totals, step_losses, agreed, weights_finite = self.train_steps(
-          iterator, tf.constant(num_steps), control)
-      self._profile(int(state.step.numpy()) + num_steps, after_call=True)
-      step_losses = step_losses.numpy()
-      if not np.all(np.isfinite(step_losses)):
-        bad_step = int(state.step.numpy()) + int(np.argmin(np.isfinite(step_losses))) + 1
-        self._recover_from_nan(f"loss became NaN/Inf at step {bad_step}")
-        continue
-      if not bool(weights_finite):
-        bad_step = int(state.step.numpy()) + num_steps
-        self._recover_from_nan(f"weights became NaN/Inf at step {bad_step}")
+          iterator, tf.constant(num_steps), votes)
+      profiled = clock.after_call(step + num_steps)
+      if profiled:
+        print(profiled, flush=True)
+      if self._rolled_back(step, step_losses.numpy(), bool(weights_finite)):
         continue
       state.step.assign_add(num_steps)
       state.step_in_epoch.assign_add(num_steps)
@@ -395,12 +451,9 @@ class Trainer:
       progress.update(int(state.step_in_epoch.numpy()), summary["loss"],
                       summary["accuracy"], images_done / (time.time() - start))
       requests = agreed_requests(agreed)
-      stop, save = requests["stop"], requests["save"]
-      every = config.checkpoint_every_steps
-      if save or stop or (every and int(state.step.numpy()) % every == 0):
+      if clock.checkpoint_due(int(state.step.numpy()), requests):
         self.checkpoints.save(int(state.step.numpy()))
-        last_save_time = time.time()
-      if stop:
+      if requests["stop"]:
         self.writer.write_status("preempted", state)
         print(f"Preempted (SIGTERM): saved step {int(state.step.numpy())}; run the "
               "same command to resume.", flush=True)
@@ -412,6 +465,19 @@ class Trainer:
     self._end_epoch(epoch, train_figures, val_figures, images_done / elapsed)
     return True
 
+  def _rolled_back(self, step, step_losses, weights_finite):
+    """False if the call that started at `step` left everything finite; else
+    raises or rolls back (--nan_policy) and returns True."""
+    if not np.all(np.isfinite(step_losses)):
+      bad_step = step + int(np.argmin(np.isfinite(step_losses))) + 1
+      self._recover_from_nan(f"loss became NaN/Inf at step {bad_step}")
+      return True
+    if not weights_finite:
+      bad_step = step + len(step_losses)
+      self._recover_from_nan(f"weights became NaN/Inf at step {bad_step}")
+      return True
+    return False
+
   def _sample_inputs(self, count=8):
     """A few augmented training images, exactly as the model sees them."""
     # Read locally even with --data_service: a second dataset under the
@@ -421,38 +487,6 @@ class Trainer:
         local_spec, tf.distribute.InputContext(1, 0, 1), count)
     images, _, _ = next(iter(dataset))
     return images
-
-  def _profile(self, step, after_call):
-    """Starts or stops the profiler at the --profile_steps boundaries."""
-    span = profile_range(self.config)
-    if not span or not self.is_chief:
-      return
-    first, last = span
-    if not after_call and step == first:
-      tf.profiler.experimental.start(self.run_dir.profile)
-      self._profiling = True
-    elif after_call and step >= last and getattr(self, "_profiling", False):
-      tf.profiler.experimental.stop()
-      self._profiling = False
-      print(f"Wrote a profile of steps {first}-{last} to "
-            f"{self.run_dir.profile}.", flush=True)
-
-  def _steps_this_call(self):
-    config, state = self.config, self.state
-    steps = min(self.steps_per_call,
-                self.steps_per_epoch - int(state.step_in_epoch.numpy()))
-    span = profile_range(config)
-    if span:
-      # Land exactly on the profiled range's ends.
-      for boundary in span:
-        if int(state.step.numpy()) < boundary:
-          steps = min(steps, boundary - int(state.step.numpy()))
-    if config.checkpoint_every_steps:
-      # Land exactly on checkpoint boundaries.
-      to_boundary = config.checkpoint_every_steps - (
-          int(state.step.numpy()) % config.checkpoint_every_steps)
-      steps = min(steps, to_boundary)
-    return steps
 
   def _recover_from_nan(self, what):
     """Raises, or rolls back to the last checkpoint with a lower rate.
