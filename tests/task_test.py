@@ -169,6 +169,11 @@ def test_vertex_output_dirs_are_used_without_model_dir(run_cli, tmp_path):
   assert (tmp_path / "checkpoints" / "checkpoints" / "checkpoint").exists()
   assert (tmp_path / "checkpoints" / "best" / "checkpoint").exists()
   assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+  # Tools reading the run find its checkpoints where config.json says they went.
+  result = run_cli("trainer.evaluate", f"--model_dir={tmp_path / 'model'}",
+                   "--json", check=True)
+  report = json.loads(result.stdout[result.stdout.index("{"):])
+  assert report["weights"].startswith(str(tmp_path / "checkpoints" / "best"))
 
 
 def test_skip_corrupt_reports_skipped_records_per_epoch(run_cli, tmp_path):
