@@ -131,15 +131,17 @@ def test_agreement_check_catches_a_different_model(exports, tmp_path):
   """Negative control: the same comparison against another model disagrees."""
   import keras
   from trainer import model as model_lib
+  from trainer import outputs
   from trainer import serving
   _, path, report = exports["int8"]
   keras.utils.set_random_seed(1)
-  untrained = model_lib.build_model("tiny", 1, 32, 0.5, fused_batch_norm=False)
-  serving.export(untrained, str(tmp_path / "other"), 32, "random_resized_crop",
+  untrained = model_lib.build_model("tiny", 1, 32, 0.5, portable=True)
+  other = outputs.RunDir(*[str(tmp_path / "other")] * 3)
+  serving.export(untrained, other, 32, "random_resized_crop",
                  ("horizontal", "vertical"))
   images, _ = _validation_set(report["eval_data"])
   lite = _tflite_probabilities(path, images)
-  other = _saved_model_probabilities(tmp_path / "other" / "saved_model", images)
+  other = _saved_model_probabilities(other.saved_model, images)
   assert _agreement(lite, other) < 0.95
 
 
