@@ -105,6 +105,7 @@ class Trainer:
     self.model_dir, self.checkpoint_dir, self.log_dir = resolve_output_dirs(
         config, config_name)
     strategy_lib.configure_devices(config.cpu_devices)
+    strategy_lib.check_accelerator(config.require_accelerator, config.tpu)
     strategy_lib.check_remote_tpu_paths(config.strategy, config.tpu, {
         "--train_data": config.train_data, "--eval_data": config.eval_data,
         "--model_dir": self.model_dir})
