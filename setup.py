@@ -18,10 +18,15 @@ setuptools.setup(
                                                "configs", "configs.*"]),
     python_requires=">=3.10",
     install_requires=[
-        # 2.21 for CPU/GPU. TPU VMs use tensorflow-tpu 2.20 (install it first,
-        # then this package with --no-deps; see the README).
-        "tensorflow==2.21.*",
-        "tensorboard>=2.20",
+        # A range, not a pin: Vertex AI's prebuilt images, Colab and TPU VMs
+        # bring a TensorFlow built for their CUDA/cuDNN or libtpu, and pip
+        # must keep it. 2.17 (with Keras 3.4.1) is the oldest a platform
+        # still brings (Vertex AI's tf-gpu.2-17 image); 2.21 the newest. CI
+        # tests both ends. TPU VMs use tensorflow-tpu: install it first, then
+        # this package with --no-deps (see the README).
+        "tensorflow>=2.17,<2.22",
+        "keras>=3.4.1,<4",
+        "tensorboard>=2.17",  # TensorFlow pins the matching one.
         "tensorflow-datasets>=4.9",
         "absl-py>=2.1",
         "google-cloud-storage>=2.10",
@@ -30,7 +35,7 @@ setuptools.setup(
         "nbformat>=5.9",  # launch.colab writes notebooks
     ],
     extras_require={
-        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "gpu": ["tensorflow[and-cuda]>=2.17,<2.22"],
         # cloudml-hypertune: a tuning trial's metric reports (trainer.hypertune).
         "vertex": ["google-cloud-aiplatform>=1.60", "google-cloud-storage>=2.10",
                    "cloudml-hypertune>=0.1.0.dev6"],

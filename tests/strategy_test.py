@@ -5,8 +5,11 @@ so each case runs in its own interpreter.
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,3 +145,42 @@ def test_data_service_pool_is_not_part_of_the_training_cluster(cache_dir):
       "cluster": {"chief": ["h0:2222"]}, "task": {"type": "chief", "index": 0}}
   spec["task"] = {"type": "workerpool2", "index": 0}
   assert _cluster_from(cache_dir, CLUSTER_SPEC=json.dumps(spec)) is None
+
+
+def _build_summary():
+  """What this TensorFlow says it was built for, as the error line puts it."""
+  import tensorflow as tf
+  build = tf.sysconfig.get_build_info()
+  if build.get("is_cuda_build"):
+    return f"CUDA {build['cuda_version']} and cuDNN {build['cudnn_version']}"
+  return "a CPU-only build"
+
+
+@pytest.mark.parametrize("accelerator,missing", [("gpu", "no GPU"),
+                                                 ("tpu", "no TPU")])
+def test_required_accelerator_missing_exits_at_once_with_one_line(
+    run_cli, tmp_path, accelerator, missing):
+  if accelerator == "gpu" and (os.path.exists("/proc/driver/nvidia/version")
+                               or shutil.which("nvidia-smi")):
+    pytest.skip("this machine has an NVIDIA driver; the check is for one without")
+  cache = tmp_path / "cache"
+  model_dir = tmp_path / "run"
+  start = time.monotonic()
+  result = run_cli("trainer.task", "--config=tiny", f"--model_dir={model_dir}",
+                   f"--require_accelerator={accelerator}",
+                   env={"XDG_CACHE_HOME": str(cache)}, timeout=120)
+  elapsed = time.monotonic() - start
+  assert result.returncode == 1, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+  line = errors[0]
+  # What TF sees, what it was built for, and why.
+  assert f"--require_accelerator={accelerator}:" in line and missing in line
+  assert "only CPU:0" in line and _build_summary() in line, line
+  assert "likely cause:" in line, line
+  if accelerator == "gpu":
+    assert "no NVIDIA driver" in line, line  # this machine has none
+  # At once: before the banner, the synthetic data, the model dir.
+  assert "task=" not in result.stdout
+  assert not model_dir.exists() and not (cache / "alexnet_tf").exists()
+  assert elapsed < 60, elapsed

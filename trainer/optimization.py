@@ -56,22 +56,33 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class _AllReduceIn:
-  """Optimizer mixin: sum gradients across replicas in `all_reduce_dtype`.
+  """Optimizer mixin: sum gradients across replicas, in `all_reduce_dtype`.
 
-  Keras sums them in the variables' dtype (float32); a narrower dtype halves
-  the bytes every multi-worker step sends. The sum comes back in the
-  variable's dtype before the update.
+  The sum happens here, in the replica context, on every supported Keras:
+  Keras before 3.5 sums inside a merge_call, where there is no replica
+  context, so under MirroredStrategy with a non-NCCL reduction (CPU
+  devices) each replica applied only its own gradient (keras-team/keras
+  #19308). Keras' own sum is switched off, so gradients are summed once.
+  A narrower dtype halves the bytes every multi-worker step sends; the sum
+  comes back in the gradient's dtype before the update.
   """
 
   all_reduce_dtype = None
 
+  def apply(self, grads, trainable_variables=None):
+    replica_context = tf.distribute.get_replica_context()
+    if tf.distribute.has_strategy() and replica_context is not None:
+      grads = list(grads)
+      present = [i for i, g in enumerate(grads) if g is not None]
+      narrow = [grads[i] if self.all_reduce_dtype is None
+                else tf.cast(grads[i], self.all_reduce_dtype) for i in present]
+      summed = replica_context.all_reduce("sum", narrow)
+      for i, value in zip(present, summed):
+        grads[i] = tf.cast(value, grads[i].dtype)
+    return super().apply(grads, trainable_variables)
+
   def _all_reduce_sum_gradients(self, grads_and_vars):
-    if self.all_reduce_dtype is None:
-      return super()._all_reduce_sum_gradients(grads_and_vars)
-    narrow = [(None if g is None else tf.cast(g, self.all_reduce_dtype), v)
-              for g, v in grads_and_vars]
-    summed = super()._all_reduce_sum_gradients(narrow)
-    return [(None if g is None else tf.cast(g, v.dtype), v) for g, v in summed]
+    return grads_and_vars  # Summed in `apply`.
 
 
 class SGD(_AllReduceIn, keras.optimizers.SGD):
@@ -93,11 +104,17 @@ class FusedAdam(_AllReduceIn, keras.optimizers.Adam):
     super().__init__(*args, **kwargs)
     self.fused = fused
 
-  def update_step(self, gradient, variable, learning_rate):
-    if not self.fused or self.amsgrad or isinstance(gradient, tf.IndexedSlices):
-      return super().update_step(gradient, variable, learning_rate)
+  def _slots(self, variable):
+    """(first moment, second moment) of `variable`: Keras 3.4-3.15 keep them
+    in the private lists `_momentums` and `_velocities` (else: plain Adam)."""
     index = self._get_variable_index(variable)
-    m, v = self._momentums[index], self._velocities[index]
+    return self._momentums[index], self._velocities[index]
+
+  def update_step(self, gradient, variable, learning_rate):
+    if (not self.fused or self.amsgrad or isinstance(gradient, tf.IndexedSlices)
+        or not hasattr(self, "_momentums")):
+      return super().update_step(gradient, variable, learning_rate)
+    m, v = self._slots(variable)
     dtype = variable.dtype
     step = tf.cast(self.iterations + 1, dtype)
     tf.raw_ops.ResourceApplyAdam(

@@ -12,6 +12,7 @@ REST request send them as {"image_bytes": {"b64": "..."}}. Preprocessing is
 exactly the evaluation pipeline's (data.decode_for_eval).
 """
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -65,7 +66,12 @@ def export(model, run_dir, image_size, augment, class_names):
                        serving_function(model, image_size, augment, class_names))
   archive.add_endpoint("serve", model.call, input_signature=[tf.TensorSpec(
       [None, image_size, image_size, 3], tf.float32, name="image")])
-  archive.write_out(run_dir.saved_model, verbose=False)
+  if "verbose" in inspect.signature(archive.write_out).parameters:
+    # Keras 3.6+ lists every variable the endpoints capture unless told
+    # not to; Keras 3.4 and 3.5 have no such argument.
+    archive.write_out(run_dir.saved_model, verbose=False)
+  else:
+    archive.write_out(run_dir.saved_model)
   with tf.io.gfile.GFile(run_dir.export_class_names, "w") as f:
     f.write("\n".join(class_names) + "\n")
   return run_dir.export
