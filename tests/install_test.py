@@ -20,6 +20,7 @@ import sys
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 import pytest
 
 from conftest import REPO
@@ -131,7 +132,13 @@ def sdist(tmp_path_factory):
 def test_installing_the_sdist_keeps_the_oldest_tensorflow(oldest, sdist,
                                                            tmp_path):
   to_install = dry_run(OLDEST_TF_PYTHON, [sdist], tmp_path / "report.json")
-  assert "alexnet-tf" in to_install
+  # The environment is the oldest end the package declares.
+  declared = [Requirement(r) for r in to_install["alexnet-tf"]["requires"]]
+  lowest = {r.name: Version(s.version) for r in declared if not r.marker
+            for s in r.specifier if s.operator == ">="}
+  tensorflow = Version(oldest["tensorflow"]["version"])
+  assert tensorflow.release[:2] == lowest["tensorflow"].release[:2], lowest
+  assert Version(oldest["keras"]["version"]) == lowest["keras"], lowest
   assert framework_problems(oldest, to_install) == [], (
       f"tensorflow {oldest['tensorflow']['version']}, keras "
       f"{oldest['keras']['version']}; pip would install "

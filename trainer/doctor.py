@@ -37,8 +37,9 @@ flags.DEFINE_bool("benchmark", True, "Run the micro-benchmark (use "
                   "--nobenchmark to skip it).")
 
 BENCHMARK_STEPS = 20
-BENCHMARK_BATCH = 4  # small: well under a minute on a 2-core CPU
-# Instruction sets that decide CPU training speed (bfloat16 needs the last).
+BENCHMARK_BATCH = 4  # the seed notebook's: 20 steps take seconds on a CPU
+# Instruction sets that decide CPU training speed; bfloat16 pays off only
+# with avx512_bf16 or amx_bf16 (what --precision=auto looks for).
 _CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw",
                  "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
                  "amx_int8", "amx_bf16")
@@ -77,39 +78,36 @@ def _all_reduce(gpus, libraries):
           "nccl": nccl}
 
 
-# Runs in a fresh interpreter: trainer.benchmark defines absl flags of its own
-# (--json too), and a training step should not inherit this process's state.
+# trainer.benchmark's command line, in a fresh interpreter (it defines absl
+# flags of its own, --json too, and a timed step should not share this
+# process's TensorFlow), running its `step` phase alone.
 _BENCHMARK_STEP = """
-import json, os, sys
-from trainer import benchmark, synthetic
-options = json.loads(sys.argv[1])
-cache = os.path.join(os.path.dirname(synthetic.default_dir()),
-                     "benchmark-jpeg-%d" % options["records"])
-options["train_data"] = benchmark.realistic_records(cache, options["records"])
-print(json.dumps(benchmark.phase_step(options)))
+import sys
+from absl import app
+from trainer import benchmark
+skip = ",".join(phase for phase in benchmark.PHASES if phase != "step")
+app.run(benchmark.main, argv=sys.argv + ["--skip=" + skip])
 """
 
 
 def _benchmark():
-  """Images/s of BENCHMARK_STEPS seed-model training steps on one device:
-  trainer.benchmark's `step` phase (in-memory batches through the trainer's
-  own compiled step)."""
+  """Images/s of BENCHMARK_STEPS seed-model training steps on one device
+  (in-memory batches through the trainer's own compiled step)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   start = time.monotonic()
   with tempfile.TemporaryDirectory(prefix="alexnet-doctor-") as scratch:
-    options = {"config": "cats_vs_dogs", "model": "seed", "precision": "",
-               "strategy": "one_device", "all_reduce_precision": "",
-               "global_batch_size": BENCHMARK_BATCH, "cpu_devices": 0,
-               "steps": BENCHMARK_STEPS, "warmup_steps": 2, "peaks": {},
-               "records": BENCHMARK_BATCH * 2, "model_dir": scratch,
-               "data_service": ""}
+    out = os.path.join(scratch, "benchmark.json")
     result = subprocess.run(
-        [sys.executable, "-c", _BENCHMARK_STEP, json.dumps(options)],
-        capture_output=True, text=True)
-  if result.returncode != 0:
-    return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
-  step = json.loads(result.stdout.strip().splitlines()[-1])
+        [sys.executable, "-c", _BENCHMARK_STEP, "--config=cats_vs_dogs",
+         "--model=seed", "--strategy=one_device",
+         f"--global_batch_size={BENCHMARK_BATCH}", f"--steps={BENCHMARK_STEPS}",
+         "--warmup_steps=2", f"--records={BENCHMARK_BATCH * 2}",
+         f"--json={out}"], capture_output=True, text=True)
+    if result.returncode != 0:
+      return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+    with open(out) as f:
+      step = json.load(f)["step"]
   return {"model": "seed", "steps": BENCHMARK_STEPS,
           "global_batch_size": BENCHMARK_BATCH,
           "images_per_sec": step["images_per_sec"],
