@@ -1,5 +1,6 @@
 """The reader: schemas, sharding across pipelines, epoch order, exact eval."""
 
+import dataclasses
 import io
 import os
 
@@ -214,3 +215,55 @@ def test_skip_corrupt_skips_and_counts_undecodable_records(tmp_path):
     skipped += int(skipped_before.numpy().sum())
   assert sorted(ids) == sorted(set(range(12)) - {3, 7})
   assert skipped == 2
+
+
+# What a TPU's infeed may be handed: no uint8 (rejected historically), int64
+# or strings. Model Garden feeds bfloat16/float32 images and int32 labels.
+NOT_FOR_TPU = (tf.uint8, tf.int64, tf.string)
+
+
+def test_bfloat16_holds_every_uint8_value_exactly():
+  pixels = tf.range(256, dtype=tf.int32)
+  as_bfloat16 = tf.cast(tf.cast(pixels, tf.uint8), tf.bfloat16)
+  assert tf.reduce_all(tf.cast(as_bfloat16, tf.int32) == pixels)
+  # The control: bfloat16's 8 significant bits stop being exact above 256.
+  assert int(tf.cast(tf.cast(257, tf.bfloat16), tf.int32)) != 257
+
+
+@pytest.mark.parametrize("builder", ["train", "eval"])
+def test_tpu_input_functions_feed_only_dtypes_tpus_take(tmp_path, builder):
+  pattern = write_set(tmp_path / "d", 2, 8)
+  host_spec = spec_for(pattern)
+  tpu_spec = dataclasses.replace(host_spec, device_dtypes=True)
+
+  def build(spec):
+    if builder == "train":
+      return data.make_train_dataset(spec, context(1, 0), 4)
+    return data.make_eval_dataset(spec, context(1, 0), 4, steps=4)
+
+  host, tpu = build(host_spec), build(tpu_spec)
+  third = tf.int64 if builder == "train" else tf.float32  # skipped / weights
+  assert [s.dtype for s in host.element_spec] == [tf.uint8, tf.int64, third]
+  assert [s.dtype for s in tpu.element_spec] == [
+      tf.bfloat16, tf.int32, tf.int32 if builder == "train" else tf.float32]
+  assert not [s for s in tpu.element_spec if s.dtype in NOT_FOR_TPU]
+  assert [s.shape for s in tpu.element_spec] == [s.shape for s in host.element_spec]
+  # The same examples, only the dtypes differ (bfloat16 pixels are exact).
+  def examples(dataset):
+    found = []
+    for images, labels, counts in dataset.take(4):
+      for image, label, count in zip(images.numpy(), labels.numpy(),
+                                     counts.numpy()):
+        found.append((image.astype(np.float64).tobytes(), int(label), float(count)))
+    return sorted(found)
+  assert examples(tpu) == examples(host)
+  # The control: one grey level more in every image is a difference.
+  brighter = tpu.map(lambda images, labels, counts: (images + 1, labels, counts))
+  assert examples(brighter) != examples(host)
+
+
+def test_only_tpu_strategies_cast_on_the_host(tmp_path):
+  spec = spec_for(write_set(tmp_path / "d", 1, 2))
+  strategies = ("one_device", "mirrored", "multi_worker", "tpu")
+  assert [data.for_strategy(spec, name).device_dtypes for name in strategies] == [
+      False, False, False, True]

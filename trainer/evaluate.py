@@ -118,6 +118,7 @@ def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
     _, eval_spec = data.resolve_input_specs(config, image_size)
   else:
     raise UserError("no evaluation data: pass --eval_data")
+  eval_spec = data.for_strategy(eval_spec, info.name)
   class_names = _class_names(model_dir, eval_spec, config.num_classes)
   with info.strategy.scope():
     model, source = _load_model(config, model_dir, checkpoint, image_size)

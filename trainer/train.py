@@ -155,6 +155,9 @@ class Trainer:
           data_service=strategy_lib.data_service_address(config.data_service))
       print(f"Input through the tf.data service at "
             f"{self.train_spec.data_service}", flush=True)
+    self.train_spec = data.for_strategy(self.train_spec, self.info.name)
+    if self.eval_spec:
+      self.eval_spec = data.for_strategy(self.eval_spec, self.info.name)
     self.steps_per_epoch = config.steps_per_epoch or (
         self.train_spec.num_examples // config.global_batch_size)
     if self.steps_per_epoch < 1:
@@ -407,7 +410,8 @@ class Trainer:
     """A few augmented training images, exactly as the model sees them."""
     # Read locally even with --data_service: a second dataset under the
     # run's service job name would clash with the training one.
-    local_spec = dataclasses.replace(self.train_spec, data_service="")
+    local_spec = dataclasses.replace(self.train_spec, data_service="",
+                                     device_dtypes=False)
     dataset = data.make_train_dataset(
         local_spec, tf.distribute.InputContext(1, 0, 1), count)
     images, _, _ = next(iter(dataset))
