@@ -115,7 +115,8 @@ def test_skip_resumes_the_same_stream(tmp_path):
   assert resumed == full[8:]
 
 
-@pytest.mark.parametrize("pipelines,replicas,batch", [(1, 1, 4), (2, 2, 6), (1, 3, 6)])
+@pytest.mark.parametrize("pipelines,replicas,batch",
+                         [(1, 1, 4), (2, 2, 6), (1, 3, 6), (4, 32, 32)])
 def test_eval_covers_every_example_exactly_once(tmp_path, pipelines, replicas, batch):
   pattern = write_set(tmp_path / "d", 3, 7)  # 21 examples: no batch divides it.
   spec = spec_for(pattern)
@@ -267,3 +268,58 @@ def test_only_tpu_strategies_cast_on_the_host(tmp_path):
   strategies = ("one_device", "mirrored", "multi_worker", "tpu")
   assert [data.for_strategy(spec, name).device_dtypes for name in strategies] == [
       False, False, False, True]
+
+
+# A TPU pod slice as tf.distribute sees it: 4 hosts (input pipelines) feeding
+# 32 replicas, e.g. a v4-32 or v5e-32.
+POD_HOSTS, POD_REPLICAS = 4, 32
+
+
+def records_per_host(spec, host_ids, elements=48):
+  """The record ids each host's training pipeline reads (a set per host)."""
+  seen = []
+  for host_id in host_ids:
+    host = tf.distribute.InputContext(num_input_pipelines=POD_HOSTS,
+                                      input_pipeline_id=host_id,
+                                      num_replicas_in_sync=POD_REPLICAS)
+    # One record per replica batch; more elements than any host's share.
+    dataset = data.make_train_dataset(spec, host, POD_REPLICAS)
+    seen.append(set(pixel_ids(dataset, elements)))
+  return seen
+
+
+def check_split(seen, num_files, per_file):
+  """Disjoint, complete, and balanced to one file (or one record a file)."""
+  for i, a in enumerate(seen):
+    for b in seen[i + 1:]:
+      assert not a & b, f"hosts share records {sorted(a & b)}"
+  assert set().union(*seen) == set(range(num_files * per_file))
+  if num_files >= len(seen):  # Whole files per host.
+    files = [{record // per_file for record in records} for records in seen]
+    assert all(len(records) == len(f) * per_file for records, f in zip(seen, files))
+    assert max(map(len, files)) - min(map(len, files)) <= 1, files
+  else:  # Every host reads a part of every file.
+    sizes = [len(records) for records in seen]
+    assert max(sizes) - min(sizes) <= num_files, sizes
+
+
+@pytest.mark.parametrize("num_files,per_file", [(10, 3), (13, 2), (3, 8)])
+def test_tpu_pod_hosts_read_disjoint_complete_balanced_shares(
+    tmp_path, num_files, per_file):
+  """3 files for 4 hosts: sharded by record instead of by file."""
+  spec = spec_for(write_set(tmp_path / "d", num_files, per_file))
+  seen = records_per_host(spec, range(POD_HOSTS))
+  check_split(seen, num_files, per_file)
+  if num_files >= POD_HOSTS:
+    assert sorted(len(s) // per_file for s in seen) == sorted(
+        len(range(i, num_files, POD_HOSTS)) for i in range(POD_HOSTS))
+  # The control: hosts that all think they are host 0 read the same data.
+  with pytest.raises(AssertionError, match="hosts share records"):
+    check_split(records_per_host(spec, [0] * POD_HOSTS), num_files, per_file)
+
+
+def test_split_check_catches_an_unbalanced_split():
+  # 10 files of 3 records in contiguous blocks of 3 files: 3, 3, 3 and 1.
+  blocks = [set(range(first * 3, min(first + 3, 10) * 3)) for first in (0, 3, 6, 9)]
+  with pytest.raises(AssertionError):
+    check_split(blocks, 10, 3)
