@@ -226,18 +226,20 @@ class Trainer:
     decision to apply or skip."""
     self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
 
+  def train_step(self, images, labels, skipped):
+    """One replica's step (what TPUs compile with XLA): returns its batch
+    statistics, then its skipped-record count, to be summed over replicas."""
+    num_classes = self.config.num_classes
+    probabilities, per_example, gradients = self.compute_gradients(images,
+                                                                   labels)
+    self.apply_gradients(gradients)
+    stats = metrics.batch_stats(labels, probabilities, per_example, num_classes)
+    return tf.concat([stats, [tf.cast(tf.reduce_sum(skipped), tf.float32)]], 0)
+
   def _make_train_call(self):
     num_classes = self.config.num_classes
     # The batch statistics, then the skipped-record count.
     size = metrics.stats_size(num_classes, with_confusion=False) + 1
-
-    def replica_step(images, labels, skipped):
-      probabilities, per_example, gradients = self.compute_gradients(images,
-                                                                     labels)
-      self.apply_gradients(gradients)
-      stats = metrics.batch_stats(labels, probabilities, per_example, num_classes)
-      return tf.concat([stats, [tf.cast(tf.reduce_sum(skipped), tf.float32)]], 0)
-
     strategy = self.strategy
 
     @tf.function
@@ -247,7 +249,7 @@ class Trainer:
       for i in tf.range(num_steps):
         images, labels, skipped = next(iterator)
         stats = strategy.reduce("SUM", strategy.run(
-            replica_step, args=(images, labels, skipped)), axis=None)
+            self.train_step, args=(images, labels, skipped)), axis=None)
         totals += stats
         step_losses = step_losses.write(i, stats[0] / stats[2])
       # Agree on stop/save across workers: any worker's request counts.
