@@ -220,7 +220,8 @@ def test_tpu_path_steps_compile_with_xla_and_match_in_bfloat16(cache_dir, tmp_pa
   through BatchNorm (which cancels most of them) differ by up to ~15%
   between any two op orders, XLA's or the CPU kernels' - the built-in Keras
   layer as much as the fused one; above the first BatchNorm they agree to
-  ~0.5%. The float32 test compares gradients and updates."""
+  ~0.5%. The float32 test compares the gradients and the loss after an
+  update."""
   got = run_probe(XLA_STEPS, cache_dir, tmp_path / "run",
                   PRECISION="mixed_bfloat16", DROPOUT="0")
   assert got["dtypes"] == TPU_DTYPES, got["dtypes"]

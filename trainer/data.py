@@ -279,7 +279,7 @@ _DEVICE_DTYPES = {tf.uint8: tf.bfloat16, tf.int64: tf.int32}
 
 
 def to_device_dtypes(*batch):
-  """`batch` in dtypes a TPU accepts: images bfloat16, counts int32.
+  """`batch` in dtypes a TPU accepts: images bfloat16, labels and counts int32.
 
   Done on the host, per batch, and only for TPUs: other strategies keep
   uint8 images on the host (a quarter of float32's memory traffic).
