@@ -1,5 +1,6 @@
 """The reader: schemas, sharding across pipelines, epoch order, exact eval."""
 
+import dataclasses
 import io
 import os
 
@@ -114,7 +115,8 @@ def test_skip_resumes_the_same_stream(tmp_path):
   assert resumed == full[8:]
 
 
-@pytest.mark.parametrize("pipelines,replicas,batch", [(1, 1, 4), (2, 2, 6), (1, 3, 6)])
+@pytest.mark.parametrize("pipelines,replicas,batch",
+                         [(1, 1, 4), (2, 2, 6), (1, 3, 6), (4, 32, 32)])
 def test_eval_covers_every_example_exactly_once(tmp_path, pipelines, replicas, batch):
   pattern = write_set(tmp_path / "d", 3, 7)  # 21 examples: no batch divides it.
   spec = spec_for(pattern)
@@ -239,3 +241,110 @@ def test_given_example_counts_skip_counting(tmp_path):
       schema="imagenet")
   train_spec, eval_spec = data.resolve_input_specs(config, 32)
   assert (train_spec.num_examples, eval_spec.num_examples) == (6, 3)
+
+
+# What a TPU's infeed may be handed: no uint8 (rejected historically), int64
+# or strings. Model Garden feeds bfloat16/float32 images and int32 labels.
+NOT_FOR_TPU = (tf.uint8, tf.int64, tf.string)
+
+
+def test_bfloat16_holds_every_uint8_value_exactly():
+  pixels = tf.range(256, dtype=tf.int32)
+  as_bfloat16 = tf.cast(tf.cast(pixels, tf.uint8), tf.bfloat16)
+  assert tf.reduce_all(tf.cast(as_bfloat16, tf.int32) == pixels)
+  # The control: bfloat16's 8 significant bits stop being exact above 256.
+  assert int(tf.cast(tf.cast(257, tf.bfloat16), tf.int32)) != 257
+
+
+@pytest.mark.parametrize("builder", ["train", "eval"])
+def test_tpu_input_functions_feed_only_dtypes_tpus_take(tmp_path, builder):
+  pattern = write_set(tmp_path / "d", 2, 8)
+  host_spec = spec_for(pattern)
+  tpu_spec = dataclasses.replace(host_spec, device_dtypes=True)
+
+  def build(spec):
+    if builder == "train":
+      return data.make_train_dataset(spec, context(1, 0), 4)
+    return data.make_eval_dataset(spec, context(1, 0), 4, steps=4)
+
+  host, tpu = build(host_spec), build(tpu_spec)
+  third = tf.int64 if builder == "train" else tf.float32  # skipped / weights
+  assert [s.dtype for s in host.element_spec] == [tf.uint8, tf.int64, third]
+  assert [s.dtype for s in tpu.element_spec] == [
+      tf.bfloat16, tf.int32, tf.int32 if builder == "train" else tf.float32]
+  assert not [s for s in tpu.element_spec if s.dtype in NOT_FOR_TPU]
+  assert [s.shape for s in tpu.element_spec] == [s.shape for s in host.element_spec]
+  # The same examples, only the dtypes differ (bfloat16 pixels are exact).
+  def examples(dataset):
+    found = []
+    for images, labels, counts in dataset.take(4):
+      for image, label, count in zip(images.numpy(), labels.numpy(),
+                                     counts.numpy()):
+        found.append((image.astype(np.float64).tobytes(), int(label), float(count)))
+    return sorted(found)
+  assert examples(tpu) == examples(host)
+  # The control: one grey level more in every image is a difference.
+  brighter = tpu.map(lambda images, labels, counts: (images + 1, labels, counts))
+  assert examples(brighter) != examples(host)
+
+
+def test_only_tpu_strategies_cast_on_the_host(tmp_path):
+  spec = spec_for(write_set(tmp_path / "d", 1, 2))
+  strategies = ("one_device", "mirrored", "multi_worker", "tpu")
+  assert [data.for_strategy(spec, name).device_dtypes for name in strategies] == [
+      False, False, False, True]
+
+
+# A TPU pod slice as tf.distribute sees it: 4 hosts (input pipelines) feeding
+# 32 replicas, e.g. a v4-32 or v5e-32.
+POD_HOSTS, POD_REPLICAS = 4, 32
+
+
+def records_per_host(spec, host_ids, elements=48):
+  """The record ids each host's training pipeline reads (a set per host)."""
+  seen = []
+  for host_id in host_ids:
+    host = tf.distribute.InputContext(num_input_pipelines=POD_HOSTS,
+                                      input_pipeline_id=host_id,
+                                      num_replicas_in_sync=POD_REPLICAS)
+    # One record per replica batch; more elements than any host's share.
+    dataset = data.make_train_dataset(spec, host, POD_REPLICAS)
+    seen.append(set(pixel_ids(dataset, elements)))
+  return seen
+
+
+def check_split(seen, num_files, per_file):
+  """Disjoint, complete, and balanced to one file (or one record a file)."""
+  for i, a in enumerate(seen):
+    for b in seen[i + 1:]:
+      assert not a & b, f"hosts share records {sorted(a & b)}"
+  assert set().union(*seen) == set(range(num_files * per_file))
+  if num_files >= len(seen):  # Whole files per host.
+    files = [{record // per_file for record in records} for records in seen]
+    assert all(len(records) == len(f) * per_file for records, f in zip(seen, files))
+    assert max(map(len, files)) - min(map(len, files)) <= 1, files
+  else:  # Every host reads a part of every file.
+    sizes = [len(records) for records in seen]
+    assert max(sizes) - min(sizes) <= num_files, sizes
+
+
+@pytest.mark.parametrize("num_files,per_file", [(10, 3), (13, 2), (3, 8)])
+def test_tpu_pod_hosts_read_disjoint_complete_balanced_shares(
+    tmp_path, num_files, per_file):
+  """3 files for 4 hosts: sharded by record instead of by file."""
+  spec = spec_for(write_set(tmp_path / "d", num_files, per_file))
+  seen = records_per_host(spec, range(POD_HOSTS))
+  check_split(seen, num_files, per_file)
+  if num_files >= POD_HOSTS:
+    assert sorted(len(s) // per_file for s in seen) == sorted(
+        len(range(i, num_files, POD_HOSTS)) for i in range(POD_HOSTS))
+  # The control: hosts that all think they are host 0 read the same data.
+  with pytest.raises(AssertionError, match="hosts share records"):
+    check_split(records_per_host(spec, [0] * POD_HOSTS), num_files, per_file)
+
+
+def test_split_check_catches_an_unbalanced_split():
+  # 10 files of 3 records in contiguous blocks of 3 files: 3, 3, 3 and 1.
+  blocks = [set(range(first * 3, min(first + 3, 10) * 3)) for first in (0, 3, 6, 9)]
+  with pytest.raises(AssertionError):
+    check_split(blocks, 10, 3)

@@ -174,22 +174,40 @@ def test_cross_replica_batch_norm_statistics_are_the_global_batchs(cache_dir, tm
 
 
 DROPOUT_PER_REPLICA = """
+import keras
 from trainer import model as model_lib
 from trainer import strategy as strategy_lib
 strategy_lib.configure_devices(2)
 strategy = strategy_lib.get_strategy("mirrored").strategy
 with strategy.scope():
   model = model_lib.build_model("tiny", 1, 32, dropout_rate=0.5)
-dropout = model.get_layer("dropout6")
-masks = strategy.run(tf.function(
-    lambda: tf.cast(dropout(tf.ones([4, 64]), training=True) > 0, tf.int32)))
-first, second = [np.asarray(m) for m in strategy.experimental_local_results(masks)]
-emit(equal=bool(np.array_equal(first, second)), kept=float(first.mean()))
+  builtin = keras.layers.Dropout(0.5, seed=1)  # The control: Keras' own.
+
+def masks_of(layer):
+  def mask():
+    return tf.cast(layer(tf.ones([4, 64]), training=True) > 0, tf.int32)
+
+  def mask_compiled_by_xla():
+    # XLA compiles for one device: each replica traces its own function on
+    # its own device (a TPU compiles the whole replicated step at once).
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    with tf.device(strategy.extended.worker_devices[replica]):
+      return tf.function(mask, jit_compile=True)()
+
+  masks = strategy.run(mask_compiled_by_xla if os.environ["XLA"] == "1"
+                       else tf.function(mask))
+  return [np.asarray(m) for m in strategy.experimental_local_results(masks)]
+
+first, second = masks_of(model.get_layer("dropout6"))
+emit(equal=bool(np.array_equal(first, second)), kept=float(first.mean()),
+     builtin_equal=bool(np.array_equal(*masks_of(builtin))))
 """
 
 
-def test_replicas_draw_different_dropout_masks(cache_dir, tmp_path):
+@pytest.mark.parametrize("xla", ["0", "1"])
+def test_replicas_draw_different_dropout_masks(cache_dir, tmp_path, xla):
   from conftest import run_probe
-  got = run_probe(DROPOUT_PER_REPLICA, cache_dir, tmp_path)
+  got = run_probe(DROPOUT_PER_REPLICA, cache_dir, tmp_path, XLA=xla)
+  assert got["builtin_equal"], got  # What ReplicaDropout exists to avoid.
   assert not got["equal"], got
   assert 0.3 < got["kept"] < 0.7, got

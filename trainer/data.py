@@ -3,7 +3,8 @@
 Called from `strategy.distribute_datasets_from_function`: each input pipeline
 (one per worker, or per host on TPU) builds its own dataset from an
 `InputContext`, reads a disjoint part of the data and yields per-replica
-batches of uint8 images (normalisation happens in the model, on the device).
+batches of uint8 images (normalisation happens in the model, on the device);
+for TPUs the batches are cast on the host to dtypes TPUs take.
 
 Training order is a pure function of (seed, epoch): files are shuffled per
 epoch, records are shuffled as encoded bytes, and augmentation draws its
@@ -51,6 +52,7 @@ class InputSpec:
   skip_corrupt: bool = False
   data_service: str = ""       # grpc://HOST:PORT of a tf.data dispatcher
   job_name: str = "alexnet"    # shared by every consumer of one run
+  device_dtypes: bool = False  # cast batches for TPUs (see to_device_dtypes)
 
 
 def list_files(pattern, flag_name):
@@ -327,6 +329,25 @@ def decode_for_training(encoded, image_size, augment, seed):
 # ----------------------------------------------------------------------------
 # Pipelines.
 
+# TPU infeed takes no strings, and historically no uint8 or int64; Model
+# Garden feeds bfloat16/float32 images and int32 labels. bfloat16 holds every
+# integer 0..255 exactly (8 significant bits) at half of float32's bytes.
+_DEVICE_DTYPES = {tf.uint8: tf.bfloat16, tf.int64: tf.int32}
+
+
+def to_device_dtypes(*batch):
+  """`batch` in dtypes a TPU accepts: images bfloat16, labels and counts int32.
+
+  Done on the host, per batch, and only for TPUs: other strategies keep
+  uint8 images on the host (a quarter of float32's memory traffic).
+  """
+  return tuple(tf.cast(t, _DEVICE_DTYPES.get(t.dtype, t.dtype)) for t in batch)
+
+
+def for_strategy(spec, strategy_name):
+  """`spec` as the strategy's devices take it: cast on the host for TPUs."""
+  return dataclasses.replace(spec, device_dtypes=strategy_name == "tpu")
+
 
 def _options(deterministic):
   options = tf.data.Options()
@@ -365,7 +386,8 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
     counts the unreadable records dropped before each example (always 0
     without --skip_corrupt); it never ends (the loop takes
     steps_per_epoch batches), so pipelines with fewer records don't stall
-    the others.
+    the others. With `spec.device_dtypes` (TPU): bfloat16 images, int32
+    labels and counts.
   """
   pipelines = input_context.num_input_pipelines
   pipeline_id = input_context.input_pipeline_id
@@ -423,6 +445,8 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
     dataset = dataset.apply(tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
         service=spec.data_service, job_name=f"{spec.job_name}-epoch{epoch}"))
+  if spec.device_dtypes:  # After the service: it still ships uint8.
+    dataset = dataset.map(to_device_dtypes)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(
       _options(spec.deterministic))
 
@@ -444,7 +468,8 @@ def make_eval_dataset(spec, input_context, global_batch_size, steps):
   another and none is dropped.
 
   Returns:
-    A dataset of (images, labels, weights) per-replica batches.
+    A dataset of (images, labels, weights) per-replica batches: uint8, int64,
+    float32; with `spec.device_dtypes` (TPU) bfloat16, int32, float32.
   """
   pipelines = input_context.num_input_pipelines
   batch_size = input_context.get_per_replica_batch_size(global_batch_size)
@@ -471,5 +496,7 @@ def make_eval_dataset(spec, input_context, global_batch_size, steps):
   dataset = dataset.concatenate(padding)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.take(steps * replicas_per_pipeline)
+  if spec.device_dtypes:
+    dataset = dataset.map(to_device_dtypes)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(False))
 

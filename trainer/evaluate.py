@@ -104,8 +104,9 @@ def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
                           eval_data=eval_data or config.eval_data)
   runtime = strategy_lib.set_up(config)
   info, image_size = runtime.info, runtime.image_size
-  eval_spec = data.resolve_eval_spec(config, image_size,
-                                     counts_path=run_dir.example_counts)
+  eval_spec = data.for_strategy(
+      data.resolve_eval_spec(config, image_size,
+                             counts_path=run_dir.example_counts), info.name)
   class_names = _class_names(run_dir, eval_spec, config.num_classes)
   with info.strategy.scope():
     model, source = _load_model(config, run_dir, checkpoint, image_size)

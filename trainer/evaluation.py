@@ -15,17 +15,22 @@ from trainer import metrics
 MAX_CONFUSION_CLASSES = 64  # Beyond this the matrix costs more than it tells.
 
 
-def make_eval_call(strategy, model, num_classes, with_confusion=None):
-  """A compiled function(iterator, num_steps) -> summed statistics."""
-  if with_confusion is None:
-    with_confusion = max(2, num_classes) <= MAX_CONFUSION_CLASSES
-  size = metrics.stats_size(num_classes, with_confusion)
-
+def make_eval_step(model, num_classes, with_confusion):
+  """One replica's step: function(images, labels, weights) -> statistics."""
   def replica_step(images, labels, weights):
     probabilities = model(images, training=False)
     per_example = metrics.loss_per_example(labels, probabilities, num_classes)
     return metrics.batch_stats(labels, probabilities, per_example, num_classes,
                                weights, with_confusion)
+  return replica_step
+
+
+def make_eval_call(strategy, model, num_classes, with_confusion=None):
+  """A compiled function(iterator, num_steps) -> summed statistics."""
+  if with_confusion is None:
+    with_confusion = max(2, num_classes) <= MAX_CONFUSION_CLASSES
+  size = metrics.stats_size(num_classes, with_confusion)
+  replica_step = make_eval_step(model, num_classes, with_confusion)
 
   @tf.function
   def eval_call(iterator, num_steps):

@@ -422,6 +422,9 @@ def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=60
       raise UserError(f"--strategy=tpu --tpu={tpu}: cannot reach the TPU "
                       f"({describe(e)})") from None
     device_names = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
+    # TPUStrategy has one client, this process, even on a pod slice: it is the
+    # chief (TPUClusterResolver's task_id is always 0), and each host runs an
+    # input pipeline, not a trainer.
     num_pipelines = built.extended.num_hosts
   elif strategy == "multi_worker":
     if _num_cluster_tasks(tf_config) < 1:

@@ -221,6 +221,9 @@ class Trainer:
           data_service=strategy_lib.data_service_address(config.data_service))
       print(f"Input through the tf.data service at "
             f"{self.train_spec.data_service}", flush=True)
+    self.train_spec = data.for_strategy(self.train_spec, self.info.name)
+    if self.eval_spec:
+      self.eval_spec = data.for_strategy(self.eval_spec, self.info.name)
     self.steps_per_epoch = config.steps_per_epoch or (
         self.train_spec.num_examples // config.global_batch_size)
     if self.steps_per_epoch < 1:
@@ -294,17 +297,17 @@ class Trainer:
     decision to apply or skip."""
     self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
 
+  def train_step(self, images, labels, skipped):
+    """One replica's step (what TPUs compile with XLA): returns its batch
+    statistics, laid out by `stats_layout`, to be summed over replicas."""
+    probabilities, per_example, gradients = self.compute_gradients(images,
+                                                                   labels)
+    self.apply_gradients(gradients)
+    return metrics.batch_stats(labels, probabilities, per_example,
+                               self.config.num_classes, skipped=skipped)
+
   def _make_train_call(self):
-    num_classes = self.config.num_classes
     size = self.stats_layout.size
-
-    def replica_step(images, labels, skipped):
-      probabilities, per_example, gradients = self.compute_gradients(images,
-                                                                     labels)
-      self.apply_gradients(gradients)
-      return metrics.batch_stats(labels, probabilities, per_example,
-                                 num_classes, skipped=skipped)
-
     strategy = self.strategy
 
     @tf.function
@@ -314,7 +317,7 @@ class Trainer:
       for i in tf.range(num_steps):
         images, labels, skipped = next(iterator)
         stats = strategy.reduce("SUM", strategy.run(
-            replica_step, args=(images, labels, skipped)), axis=None)
+            self.train_step, args=(images, labels, skipped)), axis=None)
         totals += stats
         sums = stats[self.stats_layout.slices["sums"]]  # loss sum, correct, count
         step_losses = step_losses.write(i, sums[0] / sums[2])
@@ -482,7 +485,8 @@ class Trainer:
     """A few augmented training images, exactly as the model sees them."""
     # Read locally even with --data_service: a second dataset under the
     # run's service job name would clash with the training one.
-    local_spec = dataclasses.replace(self.train_spec, data_service="")
+    local_spec = dataclasses.replace(self.train_spec, data_service="",
+                                     device_dtypes=False)
     dataset = data.make_train_dataset(
         local_spec, tf.distribute.InputContext(1, 0, 1), count)
     images, _, _ = next(iter(dataset))
