@@ -106,9 +106,12 @@ def _final_state(model_dir):
   """Every variable of the latest checkpoint: model, optimizer, loop state."""
   import tensorflow as tf
   reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
-  return {name: reader.get_tensor(name)
-          for name in reader.get_variable_to_shape_map()
-          if "save_counter" not in name}
+  values = {name: np.asarray(reader.get_tensor(name))
+            for name in reader.get_variable_to_shape_map()
+            if "save_counter" not in name}
+  # Numbers only (the object graph is a serialized proto).
+  return {name: value for name, value in values.items()
+          if np.issubdtype(value.dtype, np.number)}
 
 
 def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cli):
@@ -133,10 +136,9 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cl
   assert a.keys() == b.keys()
   assert any("optimizer" in k for k in a) and any("model" in k for k in a)
   assert int(a["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 48
-  worst = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))))
-              for k in a)
-  print(f"kill -9 + resume vs uninterrupted: max abs weight difference {worst}")
-  assert worst <= 1e-6, worst
+  differing = sorted(k for k in a if not np.array_equal(a[k], b[k]))
+  # --deterministic on one CPU: bit for bit, every variable.
+  assert not differing, differing
 
 
 def _checkpoints_are_finite(directory):
@@ -149,19 +151,20 @@ def _checkpoints_are_finite(directory):
         assert np.all(np.isfinite(value)), (index, name)
 
 
-def _nan_config(policy, model_dir, cache_dir):
+def _nan_config(policy, model_dir, cache_dir, precision="auto"):
   import configs
   return configs.get_config("tiny").replace(
       epochs=2, nan_policy=policy, model_dir=str(model_dir),
       synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
       checkpoint_every_steps=8, steps_per_call=4, export=False,
-      lr_schedule="cosine")
+      lr_schedule="cosine", precision=precision)
 
 
-def _trainer_with_nan_at(policy, model_dir, cache_dir, step):
+def _trainer_with_nan_at(policy, model_dir, cache_dir, step, precision="auto"):
   """A real NaN in the network before the call at `step`, through the Python API."""
   from trainer import train as train_lib
-  trainer = train_lib.Trainer(_nan_config(policy, model_dir, cache_dir))
+  trainer = train_lib.Trainer(_nan_config(policy, model_dir, cache_dir,
+                                          precision))
   real_call, calls = trainer.train_steps, []
 
   def call(iterator, num_steps, control):
@@ -175,24 +178,36 @@ def _trainer_with_nan_at(policy, model_dir, cache_dir, step):
   return trainer
 
 
-def test_nan_loss_stops_with_the_step_or_rolls_back(tmp_path, cache_dir):
-  from trainer import outputs
+def test_nan_loss_stops_with_the_step(tmp_path, cache_dir):
   from trainer import train as train_lib
   with pytest.raises(train_lib.TrainingError, match=r"NaN/Inf at step 13"):
     _trainer_with_nan_at("error", tmp_path / "err", cache_dir, 12).run()
 
-  trainer = _trainer_with_nan_at("rollback", tmp_path / "rb", cache_dir, 12)
+
+# float16 wraps the optimizer in loss scaling, whose step counter differs
+# between Keras versions.
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_nan_loss_rolls_back_and_keeps_the_schedule_on_the_step(
+    tmp_path, cache_dir, precision):
+  import math
+  from trainer import optimization
+  from trainer import outputs
+  trainer = _trainer_with_nan_at("rollback", tmp_path / "rb", cache_dir, 12,
+                                 precision)
   summary = trainer.run()
   assert summary["status"] == "completed" and summary["step"] == 32
   assert int(trainer.state.rollbacks.numpy()) == 1
   assert float(trainer.state.lr_multiplier.numpy()) == 0.5
   weights = trainer.model.get_layer("predictions").kernel.numpy()
   assert np.all(np.isfinite(weights))
-  # The schedule's position is the run's step; the logged rate is the one
-  # the last update used.
-  assert int(trainer.optimizer.iterations.numpy()) == 32
+  # The schedule's position is the run's step (a float16 skip would hold
+  # it back, so allow those); the logged rate is the cosine rate of the last
+  # step, halved by the rollback.
+  steps = int(optimization.step_counter(trainer.optimizer).numpy())
+  assert steps == 32 or (precision == "mixed_float16" and 28 <= steps <= 32)
   logged = outputs.read_metrics(str(tmp_path / "rb"))[-1]["learning_rate"]
-  assert logged == pytest.approx(float(trainer.schedule(31)), rel=1e-6)
+  cosine = 3e-3 * 0.5 * (1 + math.cos(math.pi * (steps - 1) / 32)) * 0.5
+  assert logged == pytest.approx(cosine, rel=1e-5)
 
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path, cache_dir):

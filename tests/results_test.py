@@ -187,3 +187,18 @@ def test_training_curves_epoch_axes_have_integer_ticks():
         assert float(tick).is_integer() and text == str(int(tick)), (
             axis.get_title(), num_epochs, shown)
     plt.close(figure)
+
+
+def test_evaluate_ignores_the_training_machines_devices(trained, run_cli, tmp_path):
+  """A run trained on a GPU or TPU machine is evaluated on this CPU."""
+  import shutil
+  run = tmp_path / "gpu_run"
+  shutil.copytree(trained, run)
+  config = json.loads((run / "config.json").read_text())
+  config.update(require_accelerator="gpu", tpu="local", devices="/gpu:0",
+                precision="mixed_float16")
+  config["run_dir"] = {"checkpoint_root": str(run), "log_dir": str(run / "logs")}
+  (run / "config.json").write_text(json.dumps(config))
+  result = run_cli("trainer.evaluate", f"--model_dir={run}", "--json")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert json.loads(result.stdout[result.stdout.index("{"):])["accuracy"] > 0.5

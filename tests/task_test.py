@@ -58,6 +58,11 @@ def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path, precision):
                    "--cpu_devices=2", "--epochs=6", f"--precision={precision}",
                    f"--model_dir={model_dir}", check=True)
   assert f"precision={precision}" in result.stdout
+  import tensorflow as tf
+  names = tf.train.load_checkpoint(str(model_dir / "checkpoints")
+                                   ).get_variable_to_shape_map()
+  # float16 trains with dynamic loss scaling, float32 without.
+  assert any("dynamic_scale" in n for n in names) == (precision == "mixed_float16")
   assert "strategy=mirrored" in result.stdout
   assert "replicas=2" in result.stdout and "per_replica_batch=16" in result.stdout
   rows = read_jsonl(model_dir / "metrics.jsonl")

@@ -99,9 +99,15 @@ def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
   if not tf.io.gfile.exists(run_dir.config):
     raise UserError(f"--model_dir={model_dir}: no config.json (not a training run)")
   config = config_lib.load(run_dir.config)
+  # The run's data and model, this machine's devices: what the training
+  # machine required or was given (a GPU, a TPU, device names, a precision)
+  # need not hold here.
   config = config.replace(strategy=strategy, cpu_devices=cpu_devices,
                           global_batch_size=global_batch_size or config.global_batch_size,
-                          eval_data=eval_data or config.eval_data)
+                          eval_data=eval_data or config.eval_data,
+                          require_accelerator="none", devices="",
+                          tpu=config.tpu if strategy == "tpu" else "",
+                          precision="auto")
   runtime = strategy_lib.set_up(config)
   info, image_size = runtime.info, runtime.image_size
   eval_spec = data.for_strategy(

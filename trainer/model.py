@@ -85,13 +85,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     variance = unbiased_variance * (count - 1.0) / count
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
-      # The global batch's moments: average [mean, E[x^2]] (every replica
-      # holds the same number of examples), then variance = E[x^2] - mean^2.
-      # Averaging per-replica variances would drop the spread of the
-      # replicas' means and always under-estimate.
-      mean, mean_of_squares = context.all_reduce(
-          "MEAN", [mean, variance + tf.square(mean)])
-      variance = tf.maximum(mean_of_squares - tf.square(mean), 0.0)
+      # The global batch's moments (every replica holds the same number of
+      # examples): average each replica's mean and mean square, then
+      # variance = E[x^2] - E[x]^2. Averaging per-replica variances would
+      # drop the spread of the replicas' means and always under-estimate.
+      # Moments are taken about moving_mean (the same on every replica) so
+      # the subtraction keeps float32's precision when |mean| >> std.
+      center = tf.cast(self.moving_mean, tf.float32)
+      offset, mean_square = context.all_reduce(
+          "MEAN", [mean - center, variance + tf.square(mean - center)])
+      mean = center + offset
+      variance = tf.maximum(mean_square - tf.square(offset), 0.0)
     momentum = self.momentum
     self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
     self.moving_variance.assign(

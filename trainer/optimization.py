@@ -149,6 +149,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     return tf.equal(overflowed, 0.0)
 
 
+def step_counter(optimizer):
+  """The variable counting the optimizer's steps (what drives the schedule).
+
+  A LossScaleOptimizer's own `iterations` is not it on every supported
+  Keras (3.4 keeps a separate, unused counter): it is the inner one's.
+  """
+  return getattr(optimizer, "inner_optimizer", optimizer).iterations
+
+
 def build_optimizer(config, schedule, loss_scaling, fused=True,
                     all_reduce_dtype="float32"):
   """Adam (the seed) or SGD with momentum (the paper), optionally loss-scaled.

@@ -487,6 +487,10 @@ def choose_precision(requested, strategy_name):
   Returns:
     (policy_name, reason).
   """
+  if requested == "mixed_float16" and strategy_name == "tpu":
+    raise UserError("--precision=mixed_float16 on a TPU: TPUs compute in "
+                    "bfloat16 (no loss scaling needed); use --precision="
+                    "mixed_bfloat16 or auto")
   if requested != "auto":
     return requested, "requested"
   if strategy_name == "tpu":

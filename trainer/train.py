@@ -209,10 +209,11 @@ class Trainer:
         remember_counts=self.is_chief)
     self.class_names = data.class_names(self.train_spec.files,
                                         config.num_classes)
-    if config.early_stopping_monitor.startswith("val_") and not self.eval_spec:
-      raise UserError(f"--early_stopping_monitor="
-                      f"{config.early_stopping_monitor} needs validation data "
-                      "(--eval_data); without it, monitor 'loss'")
+    for flag in ("early_stopping_monitor", "hypertune_metric"):
+      metric = getattr(config, flag)
+      if metric.startswith("val_") and not self.eval_spec:
+        raise UserError(f"--{flag}={metric} needs validation data "
+                        "(--eval_data); without it, use a training metric")
     if config.data_service:
       # One job per run and epoch, shared by all workers of this run.
       run_id = hashlib.sha1(self.model_dir.encode()).hexdigest()[:10]
@@ -325,11 +326,13 @@ class Trainer:
       agreed = strategy.reduce("SUM", strategy.run(lambda: tf.identity(control)),
                                axis=None)
       # The last update can break the weights while every loss was finite:
-      # such weights must never reach a checkpoint.
-      weights_finite = tf.reduce_all([
-          tf.reduce_all(tf.math.is_finite(tf.cast(w, tf.float32)))
-          for w in self.model.weights])
-      return totals, step_losses.stack(), agreed, weights_finite
+      # such weights must never reach a checkpoint. Each replica checks its
+      # own copy on its device; all agree on the answer.
+      broken = strategy.reduce("SUM", strategy.run(lambda: tf.cast(
+          tf.logical_not(tf.reduce_all([
+              tf.reduce_all(tf.math.is_finite(tf.cast(w, tf.float32)))
+              for w in self.model.weights])), tf.float32)), axis=None)
+      return totals, step_losses.stack(), agreed, tf.equal(broken, 0.0)
 
     return train_call
 
@@ -391,8 +394,12 @@ class Trainer:
     # every worker (the others would race its overwrite).
     previous_status = self.writer.read_status() if self.is_chief else None
     restored = self.checkpoints.restore_latest()
-    # Every worker has looked for a checkpoint before any writes one.
-    self._any_worker(False)
+    # Every worker has looked for a checkpoint before any writes one, and
+    # all found the same: else they would train different epochs and hang.
+    if self._any_worker(restored) and self._any_worker(not restored):
+      raise UserError(f"the workers disagree on whether {self.run_dir.checkpoints}"
+                      " holds a checkpoint: --model_dir must be storage every "
+                      "worker reads (gs:// across machines)")
     if restored:
       print(f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
             f"{int(state.step.numpy())}.", flush=True)
@@ -516,7 +523,7 @@ class Trainer:
       raise TrainingError(f"{what} and there is no checkpoint to roll back to")
     for name, value in position.items():
       getattr(state, name).assign(value)
-    self.optimizer.iterations.assign(int(position["step"]))
+    optimization.step_counter(self.optimizer).assign(int(position["step"]))
     state.rollbacks.assign_add(1)
     state.lr_multiplier.assign(multiplier * 0.5)
     print(f"{what[0].upper()}{what[1:]}: rolled back to {restored}, "
@@ -530,8 +537,8 @@ class Trainer:
         "loss": train_figures["loss"], "accuracy": train_figures["accuracy"],
         # The rate of the last update (the optimizer's step drives the
         # schedule; float16 loss scaling does not count skipped steps).
-        "learning_rate": float(self.schedule(
-            max(0, int(self.optimizer.iterations.numpy()) - 1))),
+        "learning_rate": float(self.schedule(max(0, int(
+            optimization.step_counter(self.optimizer).numpy()) - 1))),
         "images_per_sec": images_per_sec,
     }
     if "auc" in train_figures:
