@@ -386,7 +386,7 @@ class Trainer:
       strategy = self.strategy
       self._any_worker_call = tf.function(lambda x: strategy.reduce(
           "SUM", strategy.run(tf.identity, args=(x,)), axis=None))
-    return float(self._any_worker_call(tf.constant(float(flag)))) > 0
+    return float(self._any_worker_call(tf.constant(float(bool(flag))))) > 0
 
   def _run(self):
     config, state = self.config, self.state
