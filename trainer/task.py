@@ -19,6 +19,7 @@ from absl import logging as absl_logging
 
 import configs
 from trainer import config as config_lib
+from trainer import startup
 from trainer.errors import UserError
 
 USAGE_EXIT_CODE = 2
@@ -56,6 +57,22 @@ def _parse_flags(argv):
     sys.exit(USAGE_EXIT_CODE)
 
 
+def _finished_line(summary):
+  """The run's last line, from the summary train() returns."""
+  epochs = summary["epoch"]
+  parts = [f"{summary['status']} - {epochs} epoch{'' if epochs == 1 else 's'}",
+           f"step {summary['step']}"]
+  if summary["best_val_accuracy"] >= 0:  # -1: there was no validation data.
+    parts.append(f"best val_accuracy {summary['best_val_accuracy']:.4f}")
+  if summary.get("exported"):
+    parts.append(f"exported to {summary['exported']}")
+  else:
+    parts.append(f"outputs in {summary['model_dir']}")
+  # In full: equal digests on every worker prove they hold one model.
+  parts.append(f"weights sha256 {summary['weights_sha256']}")
+  return "Finished: " + ", ".join(parts)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
@@ -66,12 +83,13 @@ def main(argv):
   logging.getLogger("trainer").setLevel(logging.INFO)
   try:
     config = config_lib.from_flags(flags.FLAGS)
-    from trainer import train  # Imports TensorFlow: after flags are checked.
+    startup.start_tensorflow()  # After flags are checked: errors come fast.
+    from trainer import train
     summary = train.train(config, CONFIG_NAME)
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
-  print(f"Finished: {summary}", flush=True)
+  print(_finished_line(summary), flush=True)
   if summary["status"] == "preempted":
     return train.PREEMPTED_EXIT_CODE
   return 0
