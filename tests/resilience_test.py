@@ -17,8 +17,9 @@ TINY = ["--config=tiny"]
 
 
 def _digests(text):
-  return dict(re.findall(r"\[worker (\d)\] Finished: .*'weights_sha256': '([0-9a-f]+)'",
-                         text))
+  return dict(re.findall(
+      r"\[worker (\d)\] Finished: .*, weights sha256 ([0-9a-f]{64})$", text,
+      re.MULTILINE))
 
 
 def _popen(module, args, cache_dir, **env):

@@ -66,12 +66,16 @@ def _keras_probabilities(model_dir, encoded):
   return tf.function(model)(tf.constant(images)).numpy()[:, 0]
 
 
-def test_evaluate_is_exact_under_mirrored(trained, fixed_set, run_cli):
+# one_device on the CPU reads the dataset directly (strategy.distribute_datasets).
+@pytest.mark.parametrize("strategy", [["--strategy=mirrored", "--cpu_devices=2"],
+                                      ["--strategy=one_device"]])
+def test_evaluate_is_exact_under_each_strategy(trained, fixed_set, run_cli,
+                                               strategy):
   directory, encoded, labels = fixed_set
-  out = trained / "eval-fixed"
+  out = trained / f"eval-fixed-{strategy[0][11:]}"
   result = run_cli("trainer.evaluate", f"--model_dir={trained}",
                    f"--eval_data={directory}/validation-*", "--checkpoint=export",
-                   "--strategy=mirrored", "--cpu_devices=2", "--global_batch_size=8",
+                   *strategy, "--global_batch_size=8",
                    f"--out={out}", check=True)
   report = json.loads((out / "evaluation.json").read_text())
   # By hand: the exported Keras model on the same preprocessed images.

@@ -1,13 +1,22 @@
 """`python -m trainer.task` end to end, in a subprocess, as a user runs it."""
 
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import read_jsonl
+from conftest import REPO, cli_env, read_jsonl
 
 TINY = ["--config=tiny"]
+
+# What TensorFlow prints on a machine without NVIDIA's driver and no user can
+# act on: CUDA probing, absl's note on its own set-up, and a tf.data warning
+# about an iterator of TensorFlow's making.
+NO_GPU_NOISE = ("absl::InitializeLog", "Could not find cuda drivers",
+                "failed call to cuInit", "GeneratorDatasetOp")
 
 
 def test_tiny_run_writes_every_output(run_cli, tmp_path):
@@ -48,6 +57,34 @@ def test_tiny_run_writes_every_output(run_cli, tmp_path):
   images = tf.constant(images, tf.float32)
   np.testing.assert_allclose(served.serve(images), tf.function(model)(images),
                              atol=1e-5)
+
+
+def test_first_run_output_is_clean_and_ends_with_a_summary_line(cache_dir,
+                                                                tmp_path):
+  model_dir = tmp_path / "clean"
+  env = cli_env(cache_dir)
+  env.pop("TF_CPP_MIN_LOG_LEVEL")  # As a user runs it: the CLI's own default.
+  # Two epochs: the tf.data warning came with each new training iterator.
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.task", *TINY, "--epochs=2",
+       f"--model_dir={model_dir}"], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=600)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, output[-3000:]
+  banner = next(l for l in result.stdout.splitlines() if l.startswith("task="))
+  if "devices=[CPU:0]" in banner:  # A GPU's input iterator is TensorFlow's.
+    for noise in NO_GPU_NOISE:
+      assert noise not in output, output[-3000:]
+  # Without --skip_corrupt, a count of skipped records is always 0.
+  assert "skipped" not in result.stdout
+  last = result.stdout.splitlines()[-1]
+  finished = re.fullmatch(
+      r"Finished: completed - 2 epochs, step 32, best val_accuracy "
+      r"(\d\.\d{4}), exported to (\S+), weights sha256 ([0-9a-f]{64})", last)
+  assert finished, last
+  best = max(r["val_accuracy"] for r in read_jsonl(model_dir / "metrics.jsonl"))
+  assert finished[1] == f"{best:.4f}"
+  assert finished[2] == str(model_dir / "export")
 
 
 # float16 takes the loss-scaling path (one shared skip decision per step).

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from trainer import data
 from trainer import metrics
+from trainer import strategy as strategy_lib
 
 MAX_CONFUSION_CLASSES = 64  # Beyond this the matrix costs more than it tells.
 
@@ -55,7 +56,8 @@ def evaluate(strategy, num_pipelines, eval_call, spec, global_batch_size):
   replicas = strategy.num_replicas_in_sync
   steps = data.eval_steps(spec.num_examples, num_pipelines, replicas,
                           global_batch_size // replicas)
-  dataset = strategy.distribute_datasets_from_function(
+  dataset = strategy_lib.distribute_datasets(
+      strategy,
       lambda ctx: data.make_eval_dataset(spec, ctx, global_batch_size, steps))
   totals = eval_call(iter(dataset), tf.constant(steps)).numpy()
   figures = metrics.summarize(totals, eval_call.num_classes,

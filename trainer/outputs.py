@@ -236,7 +236,11 @@ def epoch_line(record, total_epochs):
   parts = [f"epoch {record['epoch']}/{total_epochs}", f"step {record['step']}"]
   for key in ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc",
               "learning_rate", "skipped", "val_skipped"):
-    if key in record:
+    # Validation always counts skipped records; a 0 matters only to
+    # --skip_corrupt runs (which also count "skipped").
+    quiet = (key == "val_skipped" and not record.get(key)
+             and "skipped" not in record)
+    if key in record and not quiet:
       parts.append(f"{key} {_format(record[key])}")
   parts.append(f"{record['images_per_sec']:.1f} images/s")
   return " - ".join(parts)

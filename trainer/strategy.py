@@ -460,6 +460,23 @@ def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=60
                       num_pipelines)
 
 
+def distribute_datasets(strategy, dataset_fn):
+  """`strategy.distribute_datasets_from_function(dataset_fn)`, except on one
+  CPU device, where the dataset is iterated as it is.
+
+  There OneDeviceStrategy would feed its replica through a
+  MultiDeviceIterator, whose per-device generator tf.data cannot optimise:
+  each new iterator (every epoch) prints "Input of GeneratorDatasetOp::Dataset
+  will not be optimized". The batches are already on the host, where the
+  replica computes, so the same batches come in the same order without it.
+  """
+  if (isinstance(strategy, tf.distribute.OneDeviceStrategy) and
+      tf.DeviceSpec.from_string(
+          strategy.extended.worker_devices[0]).device_type == "CPU"):
+    return dataset_fn(tf.distribute.InputContext())
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
 def _is_chief(task_type, task_id, tf_config):
   if task_type == "chief":
     return True

@@ -22,6 +22,7 @@ import configs
 from trainer import config as config_lib
 from trainer import errors
 from trainer import hypertune
+from trainer import startup
 from trainer.errors import PREEMPTED_EXIT_CODE
 from trainer.errors import UserError
 
@@ -41,6 +42,22 @@ config_lib.define_flags(flags.FLAGS, DEFAULTS)
 flags.adopt_module_key_flags(config_lib)  # So --helpshort lists them.
 
 
+def _finished_line(summary):
+  """The run's last line, from the summary train() returns."""
+  epochs = summary["epoch"]
+  parts = [f"{summary['status']} - {epochs} epoch{'' if epochs == 1 else 's'}",
+           f"step {summary['step']}"]
+  if summary["best_val_accuracy"] >= 0:  # -1: there was no validation data.
+    parts.append(f"best val_accuracy {summary['best_val_accuracy']:.4f}")
+  if summary.get("exported"):
+    parts.append(f"exported to {summary['exported']}")
+  else:
+    parts.append(f"outputs in {summary['model_dir']}")
+  # In full: equal digests on every worker prove they hold one model.
+  parts.append(f"weights sha256 {summary['weights_sha256']}")
+  return "Finished: " + ", ".join(parts)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
@@ -54,12 +71,13 @@ def main(argv):
     # came from (a re-run from a config.json keeps the name it records).
     config = config_lib.from_flags(flags.FLAGS).replace(config=DEFAULTS.config)
     hypertune.require_reporter(config.hypertune_metric)
-    from trainer import train  # Imports TensorFlow: after flags are checked.
+    startup.start_tensorflow()  # After flags are checked: errors come fast.
+    from trainer import train
     summary = train.train(config, configs.run_name(config.config))
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
-  print(f"Finished: {summary}", flush=True)
+  print(_finished_line(summary), flush=True)
   if summary["status"] == "preempted":
     return PREEMPTED_EXIT_CODE
   return 0

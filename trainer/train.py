@@ -350,7 +350,7 @@ class Trainer:
   def train_iterator(self, epoch, step_in_epoch):
     records_per_step = self.config.global_batch_size // self.num_pipelines
     skip = step_in_epoch * records_per_step
-    dataset = self.strategy.distribute_datasets_from_function(
+    dataset = strategy_lib.distribute_datasets(self.strategy,
         lambda ctx: data.make_train_dataset(self.train_spec, ctx,
                                             self.config.global_batch_size,
                                             epoch, skip))
