@@ -10,7 +10,6 @@ import dataclasses
 import glob
 import importlib.metadata
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -21,9 +20,6 @@ import tensorflow as tf
 from trainer import config as config_lib
 from trainer.errors import UserError
 from trainer.errors import describe
-
-log = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class StrategyInfo:

@@ -77,7 +77,8 @@ def main(argv):
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
-  print(_finished_line(summary), flush=True)
+  from trainer import outputs  # pylint: disable=g-import-not-at-top
+  outputs.log.info(_finished_line(summary), extra=outputs.EVERY_WORKER)
   if summary["status"] == "preempted":
     return PREEMPTED_EXIT_CODE
   return 0

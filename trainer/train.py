@@ -9,7 +9,6 @@ it fails under MultiWorkerMirroredStrategy with Keras 3.
 
 import dataclasses
 import hashlib
-import logging
 import os
 import shutil
 import signal
@@ -35,7 +34,7 @@ from trainer.config import profile_range
 from trainer.errors import UserError
 from trainer.errors import describe
 
-log = logging.getLogger(__name__)
+log = outputs.log
 
 # What every worker votes on at the end of each call of steps (any worker's
 # vote wins): stop (SIGTERM) and save (--checkpoint_every_secs).
@@ -198,7 +197,9 @@ class Trainer:
                               (self.run_dir.checkpoint_root, "$AIP_CHECKPOINT_DIR"),
                               (self.run_dir.log_dir, "$AIP_TENSORBOARD_LOG_DIR")):
         _check_writable(directory, name)
-    print(self.runtime.banner(config.global_batch_size), flush=True)
+    outputs.report_to_stdout(self.is_chief)
+    log.info(self.runtime.banner(config.global_batch_size),
+             extra=outputs.EVERY_WORKER)
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
@@ -220,8 +221,8 @@ class Trainer:
       self.train_spec = dataclasses.replace(
           self.train_spec, job_name=f"alexnet-{run_id}",
           data_service=strategy_lib.data_service_address(config.data_service))
-      print(f"Input through the tf.data service at "
-            f"{self.train_spec.data_service}", flush=True)
+      log.info(f"Input through the tf.data service at "
+            f"{self.train_spec.data_service}")
     self.train_spec = data.for_strategy(self.train_spec, self.info.name)
     if self.eval_spec:
       self.eval_spec = data.for_strategy(self.eval_spec, self.info.name)
@@ -401,15 +402,15 @@ class Trainer:
                       " holds a checkpoint: --model_dir must be storage every "
                       "worker reads (gs:// across machines)")
     if restored:
-      print(f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
-            f"{int(state.step.numpy())}.", flush=True)
+      log.info(f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
+            f"{int(state.step.numpy())}.")
     finished = self._any_worker(
         int(state.epoch.numpy()) >= config.epochs or
         previous_status in ("completed", "early_stopped"))
     if finished:
-      print(f"Nothing to train: this model dir already finished "
+      log.info(f"Nothing to train: this model dir already finished "
             f"({int(state.epoch.numpy())} epochs, {previous_status or 'completed'}"
-            "). Use a new --model_dir to retrain.", flush=True)
+            "). Use a new --model_dir to retrain.")
       return self._finish(previous_status or "completed", export=False)
     if not restored:
       # A step-0 checkpoint: something to roll back to if the loss blows up.
@@ -418,9 +419,8 @@ class Trainer:
         self.writer.write_input_images(self._sample_inputs())
     self.writer.write_config(config, self.class_names)
     self.writer.write_status("running", state)
-    print(f"Training {self.steps_per_epoch} steps/epoch for up to "
-          f"{config.epochs} epochs; the first step compiles, may be slow.",
-          flush=True)
+    log.info(f"Training {self.steps_per_epoch} steps/epoch for up to "
+          f"{config.epochs} epochs; the first step compiles, may be slow.")
     status = "completed"
     with _SignalWatcher() as sigterm:
       while int(state.epoch.numpy()) < config.epochs:
@@ -450,7 +450,7 @@ class Trainer:
           iterator, tf.constant(num_steps), votes)
       profiled = clock.after_call(step + num_steps)
       if profiled:
-        print(profiled, flush=True)
+        log.info(profiled)
       if self._rolled_back(step, step_losses.numpy(), bool(weights_finite)):
         continue
       state.step.assign_add(num_steps)
@@ -465,8 +465,8 @@ class Trainer:
         self.checkpoints.save(int(state.step.numpy()))
       if requests["stop"]:
         self.writer.write_status("preempted", state)
-        print(f"Preempted (SIGTERM): saved step {int(state.step.numpy())}; run the "
-              "same command to resume.", flush=True)
+        log.info(f"Preempted (SIGTERM): saved step {int(state.step.numpy())}; run the "
+              "same command to resume.")
         return False
     elapsed = time.time() - start
     train_figures = metrics.summarize(totals, config.num_classes,
@@ -526,9 +526,9 @@ class Trainer:
     optimization.step_counter(self.optimizer).assign(int(position["step"]))
     state.rollbacks.assign_add(1)
     state.lr_multiplier.assign(multiplier * 0.5)
-    print(f"{what[0].upper()}{what[1:]}: rolled back to {restored}, "
+    log.info(f"{what[0].upper()}{what[1:]}: rolled back to {restored}, "
           f"learning rate x{multiplier * 0.5:g} (rollback "
-          f"{int(state.rollbacks.numpy())}/{config.max_rollbacks}).", flush=True)
+          f"{int(state.rollbacks.numpy())}/{config.max_rollbacks}).")
 
   def _end_epoch(self, epoch, train_figures, val_figures, images_per_sec):
     config, state = self.config, self.state
@@ -567,14 +567,14 @@ class Trainer:
     self.writer.append_metrics(record)
     if self.is_chief:
       hypertune.report(config.hypertune_metric, record)
-      print(outputs.epoch_line(record, config.epochs), flush=True)
+      log.info(outputs.epoch_line(record, config.epochs))
       plots.plot_run(self.model_dir)  # Curves so far; cheap, per epoch.
 
   def _should_stop_early(self):
     patience = self.config.early_stopping_patience
     if patience and int(self.state.epochs_without_improvement.numpy()) >= patience:
-      print(f"Early stopping: {self.config.early_stopping_monitor} has not "
-            f"improved for {patience} epochs.", flush=True)
+      log.info(f"Early stopping: {self.config.early_stopping_monitor} has not "
+            f"improved for {patience} epochs.")
       return True
     return False
 
