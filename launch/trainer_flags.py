@@ -33,11 +33,6 @@ class TrainerFlags:
   given: frozenset
 
 
-def _define_config_flag(flag_values, default):
-  flags.DEFINE_enum("config", default, configs.NAMES, "Named experiment.",
-                    flag_values=flag_values)
-
-
 def _parse(flag_values, args, known_only=False):
   try:
     return flag_values(["trainer.task", *args], known_only=known_only)
@@ -57,15 +52,14 @@ def parse(args):
   Raises:
     UserError: one line naming the flag or value the trainer would reject.
   """
-  # --config picks the defaults of every other flag, so read it first.
-  name_only = flags.FlagValues()
-  _define_config_flag(name_only, configs.DEFAULT)
-  _parse(name_only, args, known_only=True)
-  name = name_only["config"].value
-
+  # --config picks the defaults of every other flag (and is one of them),
+  # so read it first, exactly as trainer.task does.
+  try:
+    defaults = configs.from_argv(args)
+  except UserError as e:
+    raise UserError(f"trainer flags: --config: {e}") from None
   flag_values = flags.FlagValues()
-  _define_config_flag(flag_values, name)
-  config_lib.define_flags(flag_values, configs.get_config(name))
+  config_lib.define_flags(flag_values, defaults)
   leftover = _parse(flag_values, args)[1:]
   if leftover:
     raise UserError(f"trainer flags: unexpected argument(s) {leftover}; "
@@ -75,4 +69,5 @@ def parse(args):
   except UserError as e:
     raise UserError(f"trainer flags: {e}") from None
   given = frozenset(name for name in flag_values if flag_values[name].present)
-  return TrainerFlags(name, config, given)
+  return TrainerFlags(defaults.config, config.replace(config=defaults.config),
+                      given)
