@@ -404,9 +404,11 @@ class Trainer:
     if restored:
       log.info(f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
             f"{int(state.step.numpy())}.")
+    # A completed run trains on when asked for more epochs; an early-stopped
+    # one stays stopped (re-running its command must not train again).
     finished = self._any_worker(
         int(state.epoch.numpy()) >= config.epochs or
-        previous_status in ("completed", "early_stopped"))
+        previous_status == "early_stopped")
     if finished:
       log.info(f"Nothing to train: this model dir already finished "
             f"({int(state.epoch.numpy())} epochs, {previous_status or 'completed'}"
