@@ -294,10 +294,10 @@ def phase_seed(config, settings):
 def phase_scaling(config, settings):
   """2 workers x 1 core vs 1 process x 2 cores, same global batch."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  from launch import local  # pylint: disable=g-import-not-at-top
+  from launch import cluster  # pylint: disable=g-import-not-at-top
   one_process = config.replace(strategy="one_device")
   before = _run_phase("step", one_process, settings, repo)["images_per_sec"]
-  envs, _ = local.worker_envs(2, "cpu", 1)
+  envs, _ = cluster.worker_envs(2, "cpu", 1)
   processes = [_spawn_phase("step", config.replace(strategy="multi_worker"),
                             settings, repo, env) for env in envs]
   results = [_collect(p) for p in processes]
@@ -315,8 +315,8 @@ def phase_scaling(config, settings):
 def phase_service(config, settings):
   """End-to-end with decoding moved to a tf.data service worker."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  from launch import local  # pylint: disable=g-import-not-at-top
-  dispatcher_port, worker_port = local.free_ports(2)
+  from launch import cluster  # pylint: disable=g-import-not-at-top
+  dispatcher_port, worker_port = cluster.free_ports(2)
   servers = []
   for args in (["--role=dispatcher", f"--port={dispatcher_port}"],
                ["--role=worker", f"--port={worker_port}",
