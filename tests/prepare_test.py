@@ -188,13 +188,25 @@ def test_killed_run_leaves_no_whole_looking_shard_and_rerun_finishes(tmp_path, c
   assert len(read_all(str(out / "train-*"))) == 2048
 
 
-def test_tfds_source_with_seed_split(tmp_path):
-  import tensorflow_datasets as tfds
-  from trainer import prepare
-  with tfds.testing.mock_data(num_examples=12,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    manifest = prepare.prepare("tfds:cats_vs_dogs", str(tmp_path / "cvd"),
-                               num_shards=2)
+# trainer.prepare defines absl flags when imported; other test modules import
+# launchers that define some of the same names, so it runs in its own process.
+TFDS_PROBE = """
+import json, sys
+import tensorflow_datasets as tfds
+from trainer import prepare
+with tfds.testing.mock_data(num_examples=12,
+                            policy=tfds.testing.MockPolicy.USE_CODE):
+  manifest = prepare.prepare("tfds:cats_vs_dogs", sys.argv[1], num_shards=2)
+print(json.dumps(manifest))
+"""
+
+
+def test_tfds_source_with_seed_split(tmp_path, cache_dir):
+  result = subprocess.run([sys.executable, "-c", TFDS_PROBE, str(tmp_path / "cvd")],
+                          cwd=REPO, env=cli_env(cache_dir), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  manifest = json.loads(result.stdout.strip().splitlines()[-1])
   assert manifest["class_names"] == ["cat", "dog"]
   assert set(manifest["splits"]) == {"train", "validation"}
   assert manifest["splits"]["train"]["num_examples"] == 12
@@ -282,8 +294,18 @@ def test_tfds_source_streams_in_bounded_memory(tmp_path, cache_dir):
   assert peak_mb[200] <= 1.2 * peak_mb[50], peak_mb
 
 
-def test_shard_count_rule():
-  from trainer.prepare import choose_num_shards
-  assert choose_num_shards(1_000_000, 110_000, readers=1) == 700  # ~150 MiB each
-  assert choose_num_shards(23_000, 30_000, readers=4) == 40       # 10 per reader
-  assert choose_num_shards(5, 30_000, readers=4) == 5             # never empty
+SHARD_RULE_PROBE = """
+from trainer.prepare import choose_num_shards
+print(choose_num_shards(1_000_000, 110_000, readers=1),
+      choose_num_shards(23_000, 30_000, readers=4),
+      choose_num_shards(5, 30_000, readers=4))
+"""
+
+
+def test_shard_count_rule(cache_dir):
+  result = subprocess.run([sys.executable, "-c", SHARD_RULE_PROBE], cwd=REPO,
+                          env=cli_env(cache_dir), capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  # ~150 MiB each; 10 per reader; never an empty shard.
+  assert result.stdout.split()[-3:] == ["700", "40", "5"]
