@@ -88,24 +88,14 @@ def run_probe(code, cache_dir, model_dir, timeout=300, **env):
   return probe_result(result.stdout)
 
 
-def free_ports(count):
-  import socket
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def run_workers(code, cache_dir, model_dir, num_workers=2, timeout=300,
                 env_per_worker=None):
   """Runs PROBE_PRELUDE + code as a multi-worker cluster on 127.0.0.1.
 
   Returns each worker's emit()ted dict, or raises with every worker's output.
   """
-  ports = free_ports(num_workers)
+  from launch import cluster  # Ports on 127.0.0.1, as launch.local picks them.
+  ports = cluster.free_ports(num_workers)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   processes = []
   for index in range(num_workers):
