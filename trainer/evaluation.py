@@ -30,7 +30,7 @@ def make_eval_call(strategy, model, num_classes, with_confusion=None):
   """A compiled function(iterator, num_steps) -> summed statistics."""
   if with_confusion is None:
     with_confusion = max(2, num_classes) <= MAX_CONFUSION_CLASSES
-  size = metrics.stats_size(num_classes, with_confusion)
+  size = metrics.StatsLayout(num_classes, with_confusion).size
   replica_step = make_eval_step(model, num_classes, with_confusion)
 
   @tf.function

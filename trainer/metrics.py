@@ -64,10 +64,6 @@ class StatsLayout:
     return {name: totals[where] for name, where in self.slices.items()}
 
 
-def stats_size(num_classes, with_confusion):
-  return StatsLayout(num_classes, with_confusion).size
-
-
 def batch_stats(labels, probabilities, per_example_loss, num_classes,
                 weights=None, with_confusion=False, skipped=None):
   """The summable statistics of one batch, as a flat float32 vector laid out
