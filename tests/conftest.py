@@ -1,13 +1,40 @@
 """Shared fixtures: run the CLI as a user would, with an isolated cache."""
 
+import collections
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cpu_seconds():
+  """CPU seconds of this process and of every child it has waited for."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  """With ALEXNET_TEST_COST=FILE, appends each test's wall and CPU seconds
+  (setup, call and teardown; its subprocesses' CPU included) as a JSON line:
+  CPU seconds compare two suites on a shared machine where wall time can't."""
+  del nextitem
+  path = os.environ.get("ALEXNET_TEST_COST")
+  cpu, wall = _cpu_seconds(), time.time()
+  yield
+  if path:
+    with open(path, "a") as f:
+      f.write(json.dumps({"test": item.nodeid,
+                          "cpu_secs": round(_cpu_seconds() - cpu, 2),
+                          "wall_secs": round(time.time() - wall, 2)}) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +69,44 @@ def run_cli(cache_dir):
                            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
   return run
+
+
+# One finished tiny run, shared by every test that only reads what a run
+# wrote (outputs, first-run output, evaluate, predict, plots, serving, TFLite
+# export): training it once instead of per module saves minutes per suite.
+TINY_RUN_ARGS = ("--config=tiny", "--profile_steps=4,8")
+TinyRun = collections.namedtuple("TinyRun", "model_dir args stdout stderr")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir):
+  """`python -m trainer.task --config=tiny` (3 epochs, steps 4-8 profiled),
+  run as a user runs it: the CLI's own log level. Read-only: tests that
+  write into a run take `copy_run(tiny_run.model_dir, ...)`."""
+  model_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+  args = (*TINY_RUN_ARGS, f"--model_dir={model_dir}")
+  env = cli_env(cache_dir)
+  env.pop("TF_CPP_MIN_LOG_LEVEL")
+  result = subprocess.run([sys.executable, "-m", "trainer.task", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return TinyRun(model_dir, args, result.stdout, result.stderr)
+
+
+def copy_run(source, destination):
+  """A copy of the run at `source` that lives at `destination` (config.json's
+  recorded layout points at the copy)."""
+  shutil.copytree(source, destination)
+  config_path = os.path.join(destination, "config.json")
+  with open(config_path) as f:
+    config = json.load(f)
+  config["model_dir"] = str(destination)
+  config["run_dir"] = {"checkpoint_root": str(destination),
+                       "log_dir": os.path.join(str(destination), "logs")}
+  with open(config_path, "w") as f:
+    json.dump(config, f)
+  return destination
 
 
 def read_jsonl(path):

@@ -9,23 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, copy_run
 from trainer import data
 
 EXPORT = "trainer.export"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache_dir):
-  """One tiny two-epoch run shared by these tests."""
-  model_dir = tmp_path_factory.mktemp("export") / "run"
-  result = subprocess.run(
-      [sys.executable, "-m", "trainer.task", "--config=tiny", "--epochs=2",
-       f"--model_dir={model_dir}"],
-      cwd=REPO, env=cli_env(cache_dir), capture_output=True, text=True,
-      timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return model_dir
+def trained(tiny_run, tmp_path_factory):
+  """A copy of the session's tiny run, which these tests export into."""
+  return copy_run(tiny_run.model_dir, tmp_path_factory.mktemp("export") / "run")
 
 
 def _validation_set(files):

@@ -16,18 +16,11 @@ from trainer import synthetic
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache_dir):
-  """One tiny run shared by these tests (with a profiled range)."""
-  import subprocess, sys
-  from conftest import REPO, cli_env
-  model_dir = tmp_path_factory.mktemp("trained") / "run"
-  result = subprocess.run(
-      [sys.executable, "-m", "trainer.task", "--config=tiny",
-       f"--model_dir={model_dir}", "--profile_steps=4,8"],
-      cwd=REPO, env=cli_env(cache_dir), capture_output=True, text=True,
-      timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return model_dir
+def trained(tiny_run, tmp_path_factory):
+  """A copy of the session's tiny run (it has a profiled range), which
+  these tests write evaluations into."""
+  from conftest import copy_run
+  return copy_run(tiny_run.model_dir, tmp_path_factory.mktemp("trained") / "run")
 
 
 @pytest.fixture(scope="module")

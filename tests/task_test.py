@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env, read_jsonl
+from conftest import REPO, TINY_RUN_ARGS, cli_env, copy_run, read_jsonl
 
 TINY = ["--config=tiny"]
 
@@ -19,15 +19,14 @@ NO_GPU_NOISE = ("absl::InitializeLog", "Could not find cuda drivers",
                 "failed call to cuInit", "GeneratorDatasetOp")
 
 
-def test_tiny_run_writes_every_output(run_cli, tmp_path):
-  model_dir = tmp_path / "run"
-  result = run_cli("trainer.task", *TINY, f"--model_dir={model_dir}", check=True)
+def test_tiny_run_writes_every_output(tiny_run):
+  model_dir = tiny_run.model_dir
   # The banner names strategy, replicas, batch sizes, precision and versions.
-  banner = next(l for l in result.stdout.splitlines() if l.startswith("task="))
+  banner = next(l for l in tiny_run.stdout.splitlines() if l.startswith("task="))
   for word in ("strategy=one_device", "replicas=1", "global_batch=32",
                "per_replica_batch=32", "precision=", "tf=2.", "keras=3."):
     assert word in banner
-  assert "built-in synthetic" in result.stderr + result.stdout
+  assert "built-in synthetic" in tiny_run.stderr + tiny_run.stdout
 
   config = json.loads((model_dir / "config.json").read_text())
   assert config["model"] == "tiny" and config["global_batch_size"] == 32
@@ -59,32 +58,24 @@ def test_tiny_run_writes_every_output(run_cli, tmp_path):
                              atol=1e-5)
 
 
-def test_first_run_output_is_clean_and_ends_with_a_summary_line(cache_dir,
-                                                                tmp_path):
-  model_dir = tmp_path / "clean"
-  env = cli_env(cache_dir)
-  env.pop("TF_CPP_MIN_LOG_LEVEL")  # As a user runs it: the CLI's own default.
-  # Two epochs: the tf.data warning came with each new training iterator.
-  result = subprocess.run(
-      [sys.executable, "-m", "trainer.task", *TINY, "--epochs=2",
-       f"--model_dir={model_dir}"], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=600)
-  output = result.stdout + result.stderr
-  assert result.returncode == 0, output[-3000:]
-  banner = next(l for l in result.stdout.splitlines() if l.startswith("task="))
+def test_first_run_output_is_clean_and_ends_with_a_summary_line(tiny_run):
+  # The shared run is a user's first: the CLI's own log level, three epochs
+  # (the tf.data warning came with each new training iterator).
+  output = tiny_run.stdout + tiny_run.stderr
+  banner = next(l for l in tiny_run.stdout.splitlines() if l.startswith("task="))
   if "devices=[CPU:0]" in banner:  # A GPU's input iterator is TensorFlow's.
     for noise in NO_GPU_NOISE:
       assert noise not in output, output[-3000:]
   # Without --skip_corrupt, a count of skipped records is always 0.
-  assert "skipped" not in result.stdout
-  last = result.stdout.splitlines()[-1]
+  assert "skipped" not in tiny_run.stdout
+  last = tiny_run.stdout.splitlines()[-1]
   finished = re.fullmatch(
-      r"Finished: completed - 2 epochs, step 32, best val_accuracy "
+      r"Finished: completed - 3 epochs, step 48, best val_accuracy "
       r"(\d\.\d{4}), exported to (\S+), weights sha256 ([0-9a-f]{64})", last)
   assert finished, last
-  best = max(r["val_accuracy"] for r in read_jsonl(model_dir / "metrics.jsonl"))
+  best = max(r["val_accuracy"] for r in read_jsonl(tiny_run.model_dir / "metrics.jsonl"))
   assert finished[1] == f"{best:.4f}"
-  assert finished[2] == str(model_dir / "export")
+  assert finished[2] == str(tiny_run.model_dir / "export")
 
 
 # float16 takes the loss-scaling path (one shared skip decision per step).
@@ -107,12 +98,11 @@ def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path, precision):
   assert rows[-1]["val_accuracy"] >= 0.8, rows
 
 
-def test_second_run_of_a_finished_dir_trains_nothing(run_cli, tmp_path):
-  model_dir = tmp_path / "again"
-  args = [*TINY, "--epochs=1", f"--model_dir={model_dir}"]
-  run_cli("trainer.task", *args, check=True)
+def test_second_run_of_a_finished_dir_trains_nothing(tiny_run, run_cli, tmp_path):
+  model_dir = copy_run(tiny_run.model_dir, tmp_path / "again")
   rows = (model_dir / "metrics.jsonl").read_text()
-  again = run_cli("trainer.task", *args, check=True)
+  again = run_cli("trainer.task", *TINY_RUN_ARGS, f"--model_dir={model_dir}",
+                  check=True)
   assert "Nothing to train" in again.stdout, again.stdout
   assert "Training " not in again.stdout
   assert (model_dir / "metrics.jsonl").read_text() == rows
