@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import config as config_lib
 from trainer import data
 from trainer import evaluation
 from trainer import hypertune
@@ -30,7 +31,6 @@ from trainer import outputs
 from trainer import plots
 from trainer import serving
 from trainer import strategy as strategy_lib
-from trainer import config as config_lib
 from trainer.config import profile_range
 from trainer.errors import UserError
 from trainer.errors import describe
