@@ -157,7 +157,9 @@ class Config:
   lr_schedule: str = _option("seed", "'constant'; 'seed' (constant for "
                              "--lr_constant_epochs, then x exp(-0.1) per "
                              "epoch); 'cosine' (linear warmup, cosine decay "
-                             "to 0).", LR_SCHEDULES)
+                             "to 0); 'step' (x0.1 at each --lr_boundaries "
+                             "epoch); 'plateau' (/10 when --plateau_monitor "
+                             "stalls).", LR_SCHEDULES)
   lr_constant_epochs: int = _option(10, "Epochs at the peak rate before the "
                                     "'seed' schedule starts decaying.")
   warmup_epochs: float = _option(0.0, "Linear warmup length in epochs "
