@@ -151,6 +151,9 @@ def test_mirrored_step_schedule_top5_best_metric_and_step_curves(
   best = min(rows, key=lambda r: r["val_loss"])
   assert sorted(p.name for p in (model_dir / "best").glob("ckpt-*.index")) == [
       f"ckpt-{best['step']}.index"]
+  finished = result.stdout.strip().splitlines()[-1]
+  assert (f"best val_accuracy {max(r['val_accuracy'] for r in rows):.4f}, "
+          f"best val_loss {best['val_loss']:.4f}, ") in finished, finished
   # Step-level curves: a point every 2 steps, each the mean of its 2 steps,
   # so each epoch's points average to its metrics.jsonl figure.
   train = _scalars(model_dir / "logs" / "train")
