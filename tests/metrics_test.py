@@ -45,3 +45,50 @@ def test_auc_matches_pairwise_definition():
   pos, neg = scores[labels == 1], scores[labels == 0]
   want = np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None]))
   np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _top5_by_numpy(labels, probs, weights):
+  # A label is a hit when fewer than 5 classes score strictly higher.
+  label_scores = probs[np.arange(len(labels)), labels]
+  higher = (probs > label_scores[:, None]).sum(axis=1)
+  return float(np.sum((higher < 5) * weights))
+
+
+def test_top5_is_an_exact_weighted_count_with_ties():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 12, 300)
+  # Scores on a coarse grid: many ties straddle the 5th place.
+  probs = (rng.integers(0, 6, (300, 12)) / 8.0).astype(np.float32)
+  weights = (rng.random(300) < 0.8).astype(np.float32)  # 0 = padding
+  stats = metrics.batch_stats(tf.constant(labels), tf.constant(probs),
+                              tf.zeros(300), 12, weights=tf.constant(weights),
+                              with_confusion=True)
+  parts = metrics.StatsLayout(12, with_confusion=True).parts(stats.numpy())
+  want = _top5_by_numpy(labels, probs, weights)
+  assert parts["top5"][0] == want
+  got = metrics.summarize(stats.numpy(), 12, with_confusion=True)
+  np.testing.assert_allclose(got["top5_accuracy"], want / weights.sum())
+  assert got["accuracy"] <= got["top5_accuracy"] < 1.0
+  # Negative control: breaking ties by class order (a plain top-5 of
+  # argsort) counts differently on this tie-heavy batch, and the check sees it.
+  by_order = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+  order_count = float(np.sum((by_order == labels[:, None]).any(1) * weights))
+  assert order_count != parts["top5"][0]
+
+
+def test_top5_only_at_five_classes_or_more():
+  for num_classes, has_top5 in ((1, False), (2, False), (4, False), (5, True)):
+    layout = metrics.StatsLayout(num_classes)
+    assert ("top5" in layout.slices) == has_top5
+    width = max(1, num_classes)
+    stats = metrics.batch_stats(tf.constant([0, 0]),
+                                tf.fill([2, width], 1.0 / width), tf.zeros(2),
+                                num_classes)
+    assert stats.shape[0] == layout.size
+    assert ("top5_accuracy" in metrics.summarize(stats.numpy(),
+                                                 num_classes)) == has_top5
+  # With exactly 5 classes every label is in the top 5.
+  stats = metrics.batch_stats(tf.constant([4, 2]),
+                              tf.constant([[.9, .04, .03, .02, .01]] * 2),
+                              tf.zeros(2), 5)
+  assert metrics.summarize(stats.numpy(), 5)["top5_accuracy"] == 1.0

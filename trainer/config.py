@@ -22,7 +22,7 @@ ALL_REDUCE_PRECISIONS = ("auto", "float32", "bfloat16")
 MODEL_IMAGE_SIZES = {"seed": 224, "seed_same": 224, "original": 227, "tiny": 32}
 MODELS = tuple(MODEL_IMAGE_SIZES)
 OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "seed", "cosine")
+LR_SCHEDULES = ("constant", "seed", "cosine", "step", "plateau")
 AUGMENTATIONS = ("random_resized_crop", "crop_flip", "resize")
 SCHEMAS = ("auto", "imagenet", "tfds")
 MONITORS = ("loss", "val_loss", "val_accuracy")
@@ -32,6 +32,11 @@ ACCELERATORS = ("none", "gpu", "tpu")
 # optimize (auc: binary runs only).
 HYPERTUNE_METRICS = ("loss", "accuracy", "auc", "val_loss", "val_accuracy",
                      "val_auc")
+
+# What best/ can keep the best epoch of: "loss" fields are minimised, the
+# others maximised (top5: 5+ classes; auc: binary runs).
+BEST_METRICS = ("val_accuracy", "val_top5_accuracy", "val_loss", "val_auc",
+                "accuracy", "top5_accuracy", "loss", "auc")
 
 
 # The key of config.json that records the run's layout (outputs.RunDir).
@@ -152,7 +157,9 @@ class Config:
   lr_schedule: str = _option("seed", "'constant'; 'seed' (constant for "
                              "--lr_constant_epochs, then x exp(-0.1) per "
                              "epoch); 'cosine' (linear warmup, cosine decay "
-                             "to 0).", LR_SCHEDULES)
+                             "to 0); 'step' (x0.1 at each --lr_boundaries "
+                             "epoch); 'plateau' (/10 when --plateau_monitor "
+                             "stalls).", LR_SCHEDULES)
   lr_constant_epochs: int = _option(10, "Epochs at the peak rate before the "
                                     "'seed' schedule starts decaying.")
   warmup_epochs: float = _option(0.0, "Linear warmup length in epochs "
@@ -173,6 +180,24 @@ class Config:
                             "checkpoint and halves the learning rate.",
                             NAN_POLICIES)
   max_rollbacks: int = _option(3, "Most NaN rollbacks before giving up.", minimum=0)
+  best_metric: str = _option("val_accuracy", "The metrics.jsonl field whose "
+                             "best epoch best/ (and the export) keeps; "
+                             "'loss' fields are minimised, others maximised. "
+                             "Without validation data, 'val_accuracy' keeps "
+                             "the latest epoch; other val_* need --eval_data.",
+                             BEST_METRICS)
+  lr_boundaries: str = _option("30,60", "'step' schedule: epochs (increasing "
+                               "whole numbers) at each of which the rate is "
+                               "multiplied by 0.1.")
+  plateau_monitor: str = _option("val_accuracy", "'plateau' schedule: the "
+                                 "quantity whose stall divides the rate by 10 "
+                                 "(the paper: validation error).", MONITORS)
+  plateau_patience: int = _option(2, "'plateau' schedule: epochs without "
+                                  "improvement of --plateau_monitor before "
+                                  "the rate is divided by 10.", minimum=1)
+  plateau_min_delta: float = _option(0.0, "'plateau' schedule: the smallest "
+                                     "change of --plateau_monitor that counts "
+                                     "as an improvement.", minimum=0.0)
 
   # --- Distribution
   strategy: str = _option("auto", "tf.distribute strategy. 'auto' = TPU if "
@@ -232,6 +257,13 @@ class Config:
       "runs as a tuning trial (Vertex sets CLOUD_ML_TRIAL_ID); launch.vertex "
       f"--tune sets it. One of {', '.join(HYPERTUNE_METRICS)} (auc: "
       "--num_classes=1); empty = report nothing.", section="Outputs")
+  log_every_steps: int = _option(0, "Write training loss, accuracy (top-5 at "
+                                 "5+ classes) and learning rate to "
+                                 "TensorBoard every N steps (train/batch_*, "
+                                 "each the mean over the steps since the "
+                                 "last point); 0 = after every call of "
+                                 "--steps_per_call steps.", section="Outputs",
+                                 minimum=0)
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -280,6 +312,15 @@ def validate(config):
     raise UserError(f"--hypertune_metric={config.hypertune_metric}: AUC is "
                     "logged for binary runs only (--num_classes=1), got "
                     f"--num_classes={config.num_classes}")
+  lr_boundaries(config)
+  if config.best_metric.endswith("auc") and config.num_classes != 1:
+    raise UserError(f"--best_metric={config.best_metric}: AUC is logged for "
+                    "binary runs only (--num_classes=1), got "
+                    f"--num_classes={config.num_classes}")
+  if "top5" in config.best_metric and config.num_classes < 5:
+    raise UserError(f"--best_metric={config.best_metric}: top-5 accuracy is "
+                    "logged at --num_classes >= 5, got "
+                    f"--num_classes={config.num_classes}")
   if config.data_service not in ("", "vertex") and not re.fullmatch(
       r"(grpc://)?[^/:\s]+:\d+", config.data_service):
     raise UserError(f"--data_service={config.data_service!r}: expected "
@@ -290,6 +331,26 @@ def validate(config):
 def image_size(config):
   """The input side in pixels: --image_size, else the model's own."""
   return config.image_size or MODEL_IMAGE_SIZES[config.model]
+
+
+def lr_boundaries(config):
+  """--lr_boundaries as a tuple of increasing epochs >= 1.
+
+  Raises:
+    UserError: not comma-separated whole numbers, or not increasing.
+  """
+  parts = [p.strip() for p in config.lr_boundaries.split(",") if p.strip()]
+  if not all(p.isdigit() for p in parts):
+    raise UserError(f"--lr_boundaries={config.lr_boundaries!r}: expected "
+                    "comma-separated whole numbers of epochs, e.g. 30,60,80")
+  epochs = tuple(int(p) for p in parts)
+  if config.lr_schedule == "step" and not epochs:
+    raise UserError("--lr_schedule=step needs --lr_boundaries, e.g. 30,60,80")
+  if any(b <= a for a, b in zip(epochs, epochs[1:])) or (
+      epochs and epochs[0] < 1):
+    raise UserError(f"--lr_boundaries={config.lr_boundaries!r}: epochs must "
+                    "be >= 1 and strictly increasing")
+  return epochs
 
 
 def profile_range(config):

@@ -8,7 +8,8 @@ Reads DIR/config.json, restores the best checkpoint (or `latest`, `export`
 for DIR/export/model.keras, or a checkpoint path), runs the evaluation set
 under a strategy - every example counted exactly once - and writes to
 --out (default DIR/eval): evaluation.json (accuracy, per-class precision,
-recall, F1, macro averages, ROC AUC for binary models, the confusion matrix),
+recall, F1, macro averages, ROC AUC for binary models, top-5 accuracy at 5+
+classes, the confusion matrix),
 confusion_matrix.png and, for binary models, roc_curve.png. A table goes to
 stdout.
 """
@@ -126,6 +127,8 @@ def run(model_dir, eval_data="", checkpoint="best", out="", strategy="auto",
       "model_dir": model_dir, "weights": source, "eval_data": list(eval_spec.files),
       "num_examples": figures["count"], "skipped": figures["skipped"],
       "loss": figures["loss"], "accuracy": figures["accuracy"],
+      **({"top5_accuracy": figures["top5_accuracy"]}
+         if "top5_accuracy" in figures else {}),
       "macro": macro, "per_class": per_class, "class_names": list(class_names),
       "confusion_matrix": figures["confusion_matrix"],
   }
@@ -148,6 +151,8 @@ def format_table(report):
   lines = [f"{report['num_examples']} examples ({report['skipped']} skipped), "
            f"weights: {report['weights']}",
            f"accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}" +
+           (f"  top-5 accuracy {report['top5_accuracy']:.4f}"
+            if "top5_accuracy" in report else "") +
            (f"  ROC AUC {report['roc_auc']:.4f}" if "roc_auc" in report else ""),
            "", f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
   for name, row in list(report["per_class"].items()) + [("macro avg", {

@@ -1,7 +1,8 @@
 """Exact, strategy-agnostic metrics from summed counts.
 
 Each replica turns its batch into a flat vector of sums (loss, correct,
-count, score histograms for AUC, optionally a confusion matrix); vectors are
+count, top-5 hits at 5+ classes, score histograms for AUC, optionally a
+confusion matrix); vectors are
 summed across replicas and steps, and `summarize` turns the totals into
 figures. Sums of weighted counts make evaluation exact: padding examples have
 weight 0 and so count nowhere.
@@ -11,6 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 AUC_BINS = 1000
+# Top-k accuracy is reported at num_classes >= TOP_K (AlexNet's headline
+# figure is top-5 error); with fewer classes it is always 1.
+TOP_K = 5
 
 
 def loss_per_example(labels, probabilities, num_classes):
@@ -35,7 +39,8 @@ class StatsLayout:
   """Where each summable statistic sits in the flat float32 vector.
 
   The parts, in order: "sums" (loss sum, correct, count), for binary models
-  "auc_positive" and "auc_negative" (score histograms), optionally
+  "auc_positive" and "auc_negative" (score histograms), at 5+ classes
+  "top5" (examples whose label is among the 5 highest scores), optionally
   "confusion" (k x k, row-major) and "skipped" (records dropped by
   --skip_corrupt). Only this class knows the offsets.
   """
@@ -48,6 +53,8 @@ class StatsLayout:
     sizes = [("sums", 3)]
     if num_classes == 1:
       sizes += [("auc_positive", AUC_BINS), ("auc_negative", AUC_BINS)]
+    if num_classes >= TOP_K:
+      sizes.append(("top5", 1))
     if with_confusion:
       sizes.append(("confusion", k * k))
     if with_skipped:
@@ -83,6 +90,8 @@ def batch_stats(labels, probabilities, per_example_loss, num_classes,
     negative = (1.0 - tf.cast(labels, tf.float32)) * weights
     parts.append(tf.math.unsorted_segment_sum(positive, bins, AUC_BINS))
     parts.append(tf.math.unsorted_segment_sum(negative, bins, AUC_BINS))
+  if num_classes >= TOP_K:
+    parts.append([tf.reduce_sum(top_k_hits(labels, probabilities) * weights)])
   if with_confusion:
     k = max(2, num_classes)
     confusion = tf.math.confusion_matrix(labels, predictions, num_classes=k,
@@ -91,6 +100,19 @@ def batch_stats(labels, probabilities, per_example_loss, num_classes,
   if skipped is not None:
     parts.append([tf.cast(tf.reduce_sum(skipped), tf.float32)])
   return tf.concat(parts, axis=0)
+
+
+def top_k_hits(labels, probabilities, k=TOP_K):
+  """1.0 where the label's score is among the k highest, else 0.0 (float32).
+
+  Ties count in the label's favour: a label is a hit when fewer than k
+  classes score strictly higher (tf.math.in_top_k's rule), so a tie that
+  straddles the k-th place never depends on class order. A non-finite score
+  row is a miss.
+  """
+  return tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32),
+                                  tf.cast(probabilities, tf.float32), k),
+                 tf.float32)
 
 
 def auc_from_histograms(positive, negative):
@@ -109,7 +131,7 @@ def auc_from_histograms(positive, negative):
 
 def summarize(totals, num_classes, with_confusion=False, with_skipped=False):
   """Figures from summed statistics: loss, accuracy, count, and auc,
-  confusion_matrix, skipped when the layout has them."""
+  top5_accuracy, confusion_matrix, skipped when the layout has them."""
   parts = StatsLayout(num_classes, with_confusion, with_skipped).parts(totals)
   loss_sum, correct, count = parts["sums"]
   result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
@@ -117,6 +139,8 @@ def summarize(totals, num_classes, with_confusion=False, with_skipped=False):
   if "auc_positive" in parts:
     result["auc"] = auc_from_histograms(parts["auc_positive"],
                                         parts["auc_negative"])
+  if "top5" in parts:
+    result["top5_accuracy"] = parts["top5"][0] / max(count, 1)
   if "confusion" in parts:
     k = max(2, num_classes)
     result["confusion_matrix"] = np.rint(

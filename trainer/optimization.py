@@ -11,14 +11,19 @@ import tensorflow as tf
 
 
 class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
-  """Warmup, then 'constant', 'seed' or 'cosine', times a rollback multiplier.
+  """Warmup, then 'constant', 'seed', 'cosine', 'step' or 'plateau', times a
+  rollback multiplier.
 
   'seed' is the seed notebook's LearningRateScheduler: the peak rate for
-  `constant_epochs` epochs, then x exp(-0.1) per further epoch.
+  `constant_epochs` epochs, then x exp(-0.1) per further epoch. 'step' is
+  the peak rate x 0.1 per boundary epoch reached. 'plateau' is the peak rate
+  times `plateau_factor`, a variable the training loop lowers at epoch ends
+  (so the rate is still a function of the step and the checkpointed state).
   """
 
   def __init__(self, kind, peak, steps_per_epoch, total_epochs,
-               constant_epochs=10, warmup_epochs=0.0, multiplier=None):
+               constant_epochs=10, warmup_epochs=0.0, multiplier=None,
+               boundaries=(), plateau_factor=None):
     self.kind = kind
     self.peak = peak
     self.steps_per_epoch = steps_per_epoch
@@ -27,6 +32,8 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
     # A variable owned by the training state (lowered on NaN rollback).
     self.multiplier = multiplier
+    self.boundaries = tuple(boundaries)
+    self.plateau_factor = plateau_factor
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
@@ -36,6 +43,13 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
       epoch = tf.floor(step / self.steps_per_epoch)
       decay_epochs = tf.maximum(0.0, epoch - self.constant_epochs + 1)
       rate = self.peak * tf.exp(-0.1 * decay_epochs)
+    elif self.kind == "step":
+      epoch = tf.floor(step / self.steps_per_epoch)
+      passed = tf.add_n([tf.cast(epoch >= b, tf.float32)
+                         for b in self.boundaries] or [0.0])
+      rate = self.peak * tf.pow(0.1, passed)
+    elif self.kind == "plateau":
+      rate = self.peak * tf.cast(self.plateau_factor, tf.float32)
     else:  # cosine over the steps after warmup
       progress = (step - self.warmup_steps) / max(
           1, self.total_steps - self.warmup_steps)
@@ -52,7 +66,8 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     return {"kind": self.kind, "peak": self.peak,
             "steps_per_epoch": self.steps_per_epoch,
             "constant_epochs": self.constant_epochs,
-            "warmup_steps": self.warmup_steps}
+            "warmup_steps": self.warmup_steps,
+            "boundaries": list(self.boundaries)}
 
 
 class _AllReduceIn:

@@ -5,9 +5,10 @@
     status.json         running | completed | early_stopped | preempted
     metrics.jsonl       one JSON object per epoch
     example_counts.json examples per input file list, when no manifest says
-    logs/               TensorBoard event files (train/, validation/)
+    logs/               TensorBoard event files (train/, validation/; train/
+                        also batch_* points every --log_every_steps steps)
     checkpoints/        the last --keep_checkpoints checkpoints
-    best/               the checkpoint with the best validation accuracy
+    best/               the checkpoint of the best epoch by --best_metric
     export/model.keras  the best model, Keras format
     export/saved_model  the best model, SavedModel for TF Serving / Vertex AI
     export/model[-float16|-int8].tflite (+ .json check report)
@@ -43,6 +44,8 @@ from trainer import records
 # every worker says (extra=EVERY_WORKER: the banner, the Finished line).
 log = logging.getLogger("trainer")
 EVERY_WORKER = {"every_worker": True}
+# The training figures TensorBoard gets every --log_every_steps steps.
+STEP_FIGURES = ("loss", "accuracy", "top5_accuracy", "auc", "learning_rate")
 
 
 class _ChiefOnly(logging.Filter):
@@ -231,16 +234,28 @@ class RunWriter:
     records.write_text_atomically(path, existing + json.dumps(record) + "\n")
     step = record["step"]
     with self._summaries["train"].as_default():
-      for key in ("loss", "accuracy", "auc", "learning_rate", "images_per_sec",
-                  "skipped"):
+      for key in ("loss", "accuracy", "top5_accuracy", "auc", "learning_rate",
+                  "images_per_sec", "skipped"):
         if key in record:
           tf.summary.scalar(key, record[key], step=step)
     with self._summaries["validation"].as_default():
-      for key in ("loss", "accuracy", "auc", "skipped"):
+      for key in ("loss", "accuracy", "top5_accuracy", "auc", "skipped"):
         if f"val_{key}" in record:
           tf.summary.scalar(key, record[f"val_{key}"], step=step)
     for writer in self._summaries.values():
       writer.flush()
+
+  def write_step_figures(self, step, figures):
+    """Step-level training curves under train/ as batch_loss,
+    batch_accuracy, batch_top5_accuracy, batch_auc and
+    batch_learning_rate (Keras' TensorBoard callback names its per-batch
+    scalars so); the per-epoch ones keep their plain names."""
+    if not self.is_chief:
+      return
+    with self._summaries["train"].as_default():
+      for key in STEP_FIGURES:
+        if key in figures:
+          tf.summary.scalar(f"batch_{key}", figures[key], step=step)
 
   def close(self):
     for writer in self._summaries.values():
@@ -268,8 +283,9 @@ def _format(value):
 
 def epoch_line(record, total_epochs):
   parts = [f"epoch {record['epoch']}/{total_epochs}", f"step {record['step']}"]
-  for key in ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc",
-              "learning_rate", "skipped", "val_skipped"):
+  for key in ("loss", "accuracy", "top5_accuracy", "auc", "val_loss",
+              "val_accuracy", "val_top5_accuracy", "val_auc", "learning_rate",
+              "skipped", "val_skipped"):
     # Validation always counts skipped records; a 0 matters only to
     # --skip_corrupt runs (which also count "skipped").
     quiet = (key == "val_skipped" and not record.get(key)

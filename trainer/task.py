@@ -49,6 +49,10 @@ def _finished_line(summary):
            f"step {summary['step']}"]
   if summary["best_val_accuracy"] >= 0:  # -1: there was no validation data.
     parts.append(f"best val_accuracy {summary['best_val_accuracy']:.4f}")
+  best_metric, best_value = (summary.get("best_metric"),
+                             summary.get("best_metric_value", float("inf")))
+  if best_metric not in (None, "val_accuracy") and abs(best_value) < float("inf"):
+    parts.append(f"best {best_metric} {best_value:.4f}")
   if summary.get("exported"):
     parts.append(f"exported to {summary['exported']}")
   else:

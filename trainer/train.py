@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import config as config_lib
 from trainer import data
 from trainer import evaluation
 from trainer import hypertune
@@ -106,6 +107,15 @@ class _TrainState:
                                                   trainable=False)
     self.lr_multiplier = tf.Variable(1.0, dtype=tf.float32, trainable=False)
     self.rollbacks = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # --best_metric's best value so far, signed so that lower is better.
+    self.best_metric_value = tf.Variable(np.inf, dtype=tf.float64,
+                                         trainable=False)
+    # The 'plateau' schedule: the rate's factor and --plateau_monitor's
+    # history, decided from figures every worker computes identically.
+    self.plateau_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False)
+    self.plateau_best = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+    self.plateau_epochs_without_improvement = tf.Variable(0, dtype=tf.int64,
+                                                          trainable=False)
 
   def trackables(self):
     return {k: v for k, v in vars(self).items()}
@@ -134,10 +144,17 @@ class LoopClock:
     for boundary in self.profile_span or ():
       if step < boundary:
         steps = min(steps, boundary - step)
-    every = self.config.checkpoint_every_steps
-    if every:
-      steps = min(steps, every - step % every)
+    for every in (self.config.checkpoint_every_steps,
+                  self.config.log_every_steps):
+      if every:
+        steps = min(steps, every - step % every)
     return steps
+
+  def time_to_log(self, step):
+    """--log_every_steps: a step-level TensorBoard point is due after `step`
+    (0: after every call)."""
+    every = self.config.log_every_steps
+    return not every or step % every == 0
 
   def time_to_save(self):
     """--checkpoint_every_secs has passed since the last save (this worker's
@@ -215,6 +232,16 @@ class Trainer:
       if metric.startswith("val_") and not self.eval_spec:
         raise UserError(f"--{flag}={metric} needs validation data "
                         "(--eval_data); without it, use a training metric")
+    # --best_metric's default keeps its old fallback (best = latest).
+    if (config.best_metric.startswith("val_") and not self.eval_spec and
+        config.best_metric != "val_accuracy"):
+      raise UserError(f"--best_metric={config.best_metric} needs validation "
+                      "data (--eval_data); without it, use a training metric")
+    if (config.lr_schedule == "plateau" and not self.eval_spec and
+        config.plateau_monitor.startswith("val_")):
+      raise UserError(f"--plateau_monitor={config.plateau_monitor} needs "
+                      "validation data (--eval_data); without it, use "
+                      "--plateau_monitor=loss")
     if config.data_service:
       # One job per run and epoch, shared by all workers of this run.
       run_id = hashlib.sha1(self.model_dir.encode()).hexdigest()[:10]
@@ -247,7 +274,9 @@ class Trainer:
       self.schedule = optimization.EpochSchedule(
           config.lr_schedule, config.learning_rate, self.steps_per_epoch,
           config.epochs, config.lr_constant_epochs, config.warmup_epochs,
-          self.state.lr_multiplier)
+          self.state.lr_multiplier,
+          boundaries=config_lib.lr_boundaries(config),
+          plateau_factor=self.state.plateau_factor)
       self.optimizer = optimization.build_optimizer(
           config, self.schedule, loss_scaling=self.precision == "mixed_float16",
           fused=self.info.name != "tpu", all_reduce_dtype=self.all_reduce_dtype)
@@ -267,6 +296,8 @@ class Trainer:
     self.writer = outputs.RunWriter(self.run_dir, self.is_chief)
     self.clock = LoopClock(config, self.steps_per_call, self.steps_per_epoch,
                            self.run_dir.profile, self.is_chief)
+    # Training totals since the last step-level TensorBoard point (chief).
+    self._pending_log = None
     # Training statistics carry the count of records --skip_corrupt dropped.
     self.stats_layout = metrics.StatsLayout(config.num_classes,
                                             with_skipped=True)
@@ -457,7 +488,9 @@ class Trainer:
         continue
       state.step.assign_add(num_steps)
       state.step_in_epoch.assign_add(num_steps)
-      totals += call_totals.numpy()
+      call_totals = call_totals.numpy()
+      totals += call_totals
+      self._log_steps(int(state.step.numpy()), num_steps, call_totals)
       images_done += num_steps * config.global_batch_size
       summary = metrics.summarize(totals, config.num_classes, with_skipped=True)
       progress.update(int(state.step_in_epoch.numpy()), summary["loss"],
@@ -476,6 +509,25 @@ class Trainer:
     val_figures = self.evaluate()
     self._end_epoch(epoch, train_figures, val_figures, images_done / elapsed)
     return True
+
+  def _log_steps(self, step, num_steps, call_totals):
+    """Step-level TensorBoard points (chief): the mean training figures of
+    the steps since the last point and the rate of the last update, from
+    totals the call already returned (no extra device round trip)."""
+    if not self.is_chief:
+      return
+    if self._pending_log is None:
+      self._pending_log = [np.zeros(self.stats_layout.size), 0]
+    self._pending_log[0] += call_totals
+    self._pending_log[1] += num_steps
+    if not self.clock.time_to_log(step):
+      return
+    figures = metrics.summarize(self._pending_log[0], self.config.num_classes,
+                                with_skipped=True)
+    figures["learning_rate"] = float(self.schedule(max(0, int(
+        optimization.step_counter(self.optimizer).numpy()) - 1)))
+    self.writer.write_step_figures(step, figures)
+    self._pending_log = None
 
   def _rolled_back(self, step, step_losses, weights_finite):
     """False if the call that started at `step` left everything finite; else
@@ -517,7 +569,9 @@ class Trainer:
       raise TrainingError(f"{what} after {int(state.rollbacks.numpy())} "
                           "rollbacks (--max_rollbacks)")
     kept = ("step", "epoch", "step_in_epoch", "rollbacks", "best_val_accuracy",
-            "best_monitor", "epochs_without_improvement")
+            "best_monitor", "epochs_without_improvement", "best_metric_value",
+            "plateau_factor", "plateau_best",
+            "plateau_epochs_without_improvement")
     position = {k: getattr(state, k).numpy() for k in kept}
     multiplier = float(state.lr_multiplier.numpy())
     restored = self.checkpoints.restore_latest()
@@ -543,11 +597,12 @@ class Trainer:
             optimization.step_counter(self.optimizer).numpy()) - 1))),
         "images_per_sec": images_per_sec,
     }
-    if "auc" in train_figures:
-      record["auc"] = train_figures["auc"]
+    for key in ("auc", "top5_accuracy"):
+      if key in train_figures:
+        record[key] = train_figures[key]
     if config.skip_corrupt:
       record["skipped"] = train_figures["skipped"]
-    for key in ("loss", "accuracy", "auc", "skipped"):
+    for key in ("loss", "accuracy", "auc", "top5_accuracy", "skipped"):
       if key in val_figures:
         record[f"val_{key}"] = val_figures[key]
     monitor = record.get(config.early_stopping_monitor, record["loss"])
@@ -561,16 +616,51 @@ class Trainer:
         record["val_accuracy"] > float(state.best_val_accuracy.numpy()))
     if improved:
       state.best_val_accuracy.assign(record["val_accuracy"])
+    new_best = self._update_best_metric(record)
+    if config.lr_schedule == "plateau":
+      self._update_plateau(record)
     state.epoch.assign_add(1)
     state.step_in_epoch.assign(0)
     self.checkpoints.save(int(state.step.numpy()))
-    if improved or self.eval_spec is None:
+    if new_best:
       self.checkpoints.save_best(int(state.step.numpy()))
     self.writer.append_metrics(record)
     if self.is_chief:
       hypertune.report(config.hypertune_metric, record)
       log.info(outputs.epoch_line(record, config.epochs))
       plots.plot_run(self.model_dir)  # Curves so far; cheap, per epoch.
+
+  def _update_best_metric(self, record):
+    """True if this epoch is --best_metric's best so far (then best/ keeps
+    it). Without validation data the default val_accuracy keeps the latest."""
+    name = self.config.best_metric
+    if name not in record:
+      return self.eval_spec is None
+    signed = _signed(name, record[name])
+    if signed < float(self.state.best_metric_value.numpy()):
+      self.state.best_metric_value.assign(signed)
+      return True
+    return False
+
+  def _update_plateau(self, record):
+    """The 'plateau' schedule's epoch-end decision: divide the rate by 10
+    after --plateau_patience epochs without an improvement of
+    --plateau_monitor by more than --plateau_min_delta. Every worker takes
+    it from the same all-reduced figures, so all agree."""
+    config, state = self.config, self.state
+    signed = _signed(config.plateau_monitor, record[config.plateau_monitor])
+    if signed < float(state.plateau_best.numpy()) - config.plateau_min_delta:
+      state.plateau_best.assign(signed)
+      state.plateau_epochs_without_improvement.assign(0)
+      return
+    state.plateau_epochs_without_improvement.assign_add(1)
+    if (int(state.plateau_epochs_without_improvement.numpy()) >=
+        config.plateau_patience):
+      state.plateau_factor.assign(float(state.plateau_factor.numpy()) * 0.1)
+      state.plateau_epochs_without_improvement.assign(0)
+      log.info(f"Plateau: {config.plateau_monitor} has not improved for "
+               f"{config.plateau_patience} epochs; learning rate x"
+               f"{float(state.plateau_factor.numpy()):g} of --learning_rate.")
 
   def _should_stop_early(self):
     patience = self.config.early_stopping_patience
@@ -603,6 +693,10 @@ class Trainer:
     summary = {"status": status, "epoch": int(state.epoch.numpy()),
                "step": int(state.step.numpy()), "model_dir": self.model_dir,
                "best_val_accuracy": float(state.best_val_accuracy.numpy()),
+               "best_metric": self.config.best_metric,
+               "best_metric_value": _signed(
+                   self.config.best_metric,
+                   float(state.best_metric_value.numpy())),
                # Of the weights this worker trained, before anything is
                # restored: equal digests on every worker prove one model.
                "weights_sha256": outputs.weights_digest(self.model)}
@@ -615,6 +709,12 @@ class Trainer:
     self.writer.close()
     self.checkpoints.cleanup()
     return summary
+
+
+def _signed(metric, value):
+  """`value` of a metrics.jsonl field, signed so that lower is better (and
+  back: the sign is its own inverse)."""
+  return float(value) if "loss" in metric else -float(value)
 
 
 def train(config, config_name="custom"):
