@@ -17,6 +17,7 @@ from trainer import config as config_lib
 from trainer import model as model_lib
 from trainer import records
 from trainer import synthetic
+from trainer import warm_start
 from trainer.errors import UserError
 
 TINY = ["--config=tiny", "--steps_per_epoch=2", "--steps_per_call=2"]
@@ -172,29 +173,33 @@ def test_keras_file_under_mirrored(run_cli, tmp_path, source_run, four_classes):
 
 WORKER_PROBE = """
 from trainer import outputs
-trainer = train_lib.Trainer(tiny(num_classes=4, steps_per_epoch=2,
-                                 init_from=os.environ["INIT_FROM"],
-                                 freeze="conv1,bn1",
-                                 strategy="multi_worker"))
-emit(digest=outputs.weights_digest(trainer.model),
+from trainer import warm_start
+config = tiny(num_classes=4, steps_per_epoch=2, freeze="conv1,bn1",
+              init_from=os.environ["INIT_FROM"], strategy="multi_worker")
+trainer = train_lib.Trainer(config)
+loaded = outputs.weights_digest(trainer.model)
+# Negative control: each worker loads its own OTHER source into the same
+# model; a worker that loaded other weights must show up in the digest
+# (nothing re-syncs the weights after a load to hide it).
+other = warm_start.read_source(config.replace(init_from=os.environ["OTHER"]),
+                               trainer.run_dir)
+with trainer.strategy.scope():
+  warm_start.load_matching_layers(trainer.model, other)
+emit(loaded=loaded, other=outputs.weights_digest(trainer.model),
      replicas=trainer.info.num_replicas)
 """
 
 
 def test_workers_load_the_same_weights(cache_dir, tmp_path, source_run):
   final = prefix(source_run, "checkpoints", 2)
-  same_source = run_workers(WORKER_PROBE, cache_dir, tmp_path / "same",
-                            env_per_worker=[{"INIT_FROM": final}] * 2)
-  assert [w["replicas"] for w in same_source] == [2, 2]
-  assert same_source[0]["digest"] == same_source[1]["digest"]
-  # Negative control: a worker that loaded other weights shows up (nothing
-  # re-syncs the weights after the load would hide it).
-  other = prefix(source_run, "checkpoints", 0)
-  mixed = run_workers(WORKER_PROBE, cache_dir, tmp_path / "mixed",
-                      env_per_worker=[{"INIT_FROM": final},
-                                      {"INIT_FROM": other}])
-  assert mixed[0]["digest"] == same_source[0]["digest"]
-  assert mixed[0]["digest"] != mixed[1]["digest"]
+  first = prefix(source_run, "checkpoints", 0)
+  workers = run_workers(WORKER_PROBE, cache_dir, tmp_path / "run",
+                        env_per_worker=[{"INIT_FROM": final, "OTHER": final},
+                                        {"INIT_FROM": final, "OTHER": first}])
+  assert [w["replicas"] for w in workers] == [2, 2]
+  assert workers[0]["loaded"] == workers[1]["loaded"]
+  assert workers[0]["other"] == workers[0]["loaded"]  # Same file again.
+  assert workers[1]["other"] != workers[0]["other"]  # The control.
 
 
 @pytest.mark.parametrize("flag,code,fragments", [
@@ -202,8 +207,6 @@ def test_workers_load_the_same_weights(cache_dir, tmp_path, source_run):
      ["--init_from=/nonexistent/run", "not a run dir, checkpoint or .keras"]),
     ("--freeze=conv1,conv9", 2,
      ["--freeze", "conv9", "conv1, bn1, conv2, bn2, fc6, predictions"]),
-    ("--train_from=pool1", 2,
-     ["--train_from", "pool1", "conv1, bn1, conv2, bn2, fc6, predictions"]),
 ])
 def test_bad_source_or_layer_is_one_line(run_cli, tmp_path, flag, code,
                                          fragments):
@@ -226,3 +229,13 @@ def test_config_checks_the_format(changes, fragment):
   with pytest.raises(UserError) as raised:
     config_lib.Config().replace(**changes)
   assert fragment in str(raised.value)
+
+
+def test_train_from_freezes_the_layers_before_it():
+  model = model_lib.build_model("tiny", 4, 32)
+  config = config_lib.Config(model="tiny", train_from="fc6")
+  assert warm_start.layers_to_freeze(model, config) == [
+      "conv1", "bn1", "conv2", "bn2"]
+  with pytest.raises(UserError, match="--train_from=pool1: no such layer .*"
+                     "valid: conv1, bn1, conv2, bn2, fc6, predictions"):
+    warm_start.layers_to_freeze(model, config.replace(train_from="pool1"))
