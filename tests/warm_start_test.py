@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, cli_env, run_workers
+from conftest import REPO, cli_env, run_probe, run_workers
 from trainer import config as config_lib
 from trainer import model as model_lib
 from trainer import records
@@ -239,3 +239,44 @@ def test_train_from_freezes_the_layers_before_it():
   with pytest.raises(UserError, match="--train_from=pool1: no such layer .*"
                      "valid: conv1, bn1, conv2, bn2, fc6, predictions"):
     warm_start.layers_to_freeze(model, config.replace(train_from="pool1"))
+
+
+GCS_PROBE = """
+from trainer import outputs
+from trainer import warm_start
+local, remote = os.environ["SOURCE"], "gs://alexnet-test/source"
+for name in ["export/model.keras"] + [
+    "best/" + n for n in tf.io.gfile.listdir(os.path.join(local, "best"))]:
+  tf.io.gfile.makedirs(os.path.dirname(os.path.join(remote, name)))
+  tf.io.gfile.copy(os.path.join(local, name), os.path.join(remote, name))
+# As a run with --model_dir=gs://... records its layout.
+with open(os.path.join(local, "config.json")) as f:
+  recorded = json.load(f)
+recorded["run_dir"] = outputs.RunDir.for_training(remote, "test").recorded()
+with tf.io.gfile.GFile(os.path.join(remote, "config.json"), "w") as f:
+  f.write(json.dumps(recorded))
+new_run = outputs.RunDir.for_training(os.environ["MODEL_DIR"], "test")
+def read(path):
+  config = tiny(num_classes=4, init_from=path)
+  source = warm_start.read_source(config, new_run)
+  return source.location, {k: [w.tolist() for w in v]
+                           for k, v in source.weights.items()}
+emit(run=read(remote), local_run=read(local),
+     step_0=read(os.path.join(local, "checkpoints", "ckpt-0")),
+     keras=read(remote + "/export/model.keras"),
+     local_keras=read(local + "/export/model.keras"))
+"""
+
+
+def test_init_from_gcs(cache_dir, tmp_path, source_run):
+  import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator.running(str(tmp_path / "gcs")) as gcs:
+    gcs.create_bucket("alexnet-test")
+    result = run_probe(GCS_PROBE, cache_dir, tmp_path / "run",
+                       SOURCE=source_run, **gcs.env)
+  assert result["run"][0].startswith("gs://alexnet-test/source/best/ckpt-")
+  assert result["run"][1] == result["local_run"][1]
+  assert result["keras"][1] == result["local_keras"][1]
+  assert set(result["run"][1]) == set(LOADED) | {"predictions"}
+  # The control: the comparison sees other weights (the source's step 0).
+  assert result["step_0"][1] != result["run"][1]
