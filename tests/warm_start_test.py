@@ -220,6 +220,20 @@ def test_bad_source_or_layer_is_one_line(run_cli, tmp_path, flag, code,
   assert "Traceback" not in result.stderr
 
 
+def test_flags_in_helpshort_and_format_errors_exit_2(run_cli, tmp_path):
+  text = run_cli("trainer.task", "--helpshort", timeout=120).stdout
+  for flag in ("--init_from", "--freeze", "--train_from"):
+    assert flag in text
+  assert "ignored when --model_dir already holds checkpoints" in " ".join(
+      text.split()).lower()
+  result = run_cli("trainer.task", *TINY, "--freeze=conv1,,bn1",
+                   f"--model_dir={tmp_path / 'run'}", timeout=120)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip() == ("Error: --freeze='conv1,,bn1': expected "
+                                   "comma-separated layer names, e.g. conv1,bn1")
+  assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("changes,fragment", [
     (dict(freeze="conv1,,bn1"), "--freeze='conv1,,bn1'"),
     (dict(freeze="conv1", train_from="conv2"), "--freeze or --train_from"),
