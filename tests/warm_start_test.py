@@ -37,8 +37,19 @@ def layer_weights(model):
 def checkpoint_weights(prefix, num_classes):
   """The tiny model's weights as the checkpoint at `prefix` holds them."""
   model = model_lib.build_model("tiny", num_classes, 32)
-  tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+  tf.train.Checkpoint(model=model).restore(
+      prefix).expect_partial().assert_existing_objects_matched()
   return layer_weights(model)
+
+
+def train_once(cache_dir, *args):
+  """trainer.task as a user runs it (for module-scoped fixtures, which
+  cannot use the run_cli fixture)."""
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.task", *TINY, *args], cwd=REPO,
+      env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result
 
 
 def same(a, b):
@@ -62,11 +73,8 @@ def the_line(stdout, start):
 def source_run(tmp_path_factory, cache_dir):
   """A finished 2-class tiny run (checkpoints, best/, export/model.keras)."""
   run_dir = str(tmp_path_factory.mktemp("source") / "run")
-  result = subprocess.run(
-      [sys.executable, "-m", "trainer.task", *TINY, "--num_classes=2",
-       "--epochs=1", f"--model_dir={run_dir}"], cwd=REPO,
-      env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  train_once(cache_dir, "--num_classes=2", "--epochs=1",
+             f"--model_dir={run_dir}")
   return run_dir
 
 
@@ -89,13 +97,10 @@ def fine_tuned(tmp_path_factory, cache_dir, source_run, four_classes):
   """The source run fine-tuned on 4 classes from its run dir, conv1/bn1
   frozen: (model dir, CompletedProcess)."""
   run_dir = str(tmp_path_factory.mktemp("fine") / "run")
-  result = subprocess.run(
-      [sys.executable, "-m", "trainer.task", *TINY, "--num_classes=4",
-       f"--train_data={four_classes}", "--epochs=1", "--export=false",
-       f"--init_from={source_run}", f"--freeze={','.join(FROZEN)}",
-       f"--model_dir={run_dir}"], cwd=REPO,
-      env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  result = train_once(cache_dir, "--num_classes=4", "--epochs=1",
+                      f"--train_data={four_classes}", "--export=false",
+                      f"--init_from={source_run}",
+                      f"--freeze={','.join(FROZEN)}", f"--model_dir={run_dir}")
   return run_dir, result
 
 
