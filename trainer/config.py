@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 
+from trainer.errors import UsageError
 from trainer.errors import UserError
 from trainer.errors import describe
 
@@ -89,6 +90,21 @@ class Config:
                                        "momentum (Keras' default, as the "
                                        "seed); lower it for runs of only a "
                                        "few hundred steps.", section="Model")
+  init_from: str = _option("", "Warm start: a run dir (its best checkpoint, "
+                           "else its latest), a checkpoint prefix "
+                           "(DIR/checkpoints/ckpt-N) or a .keras file, local "
+                           "or gs://. Loads every layer whose name and weight "
+                           "shapes match; the rest (e.g. a head for another "
+                           "--num_classes) starts fresh. Ignored when "
+                           "--model_dir already holds checkpoints: that run "
+                           "resumes (its step-0 checkpoint already holds the "
+                           "warm-started weights).", section="Model")
+  freeze: str = _option("", "Comma-separated layer names to keep fixed "
+                        "(e.g. conv1,bn1,conv2): not trained, BatchNorm in "
+                        "inference mode.", section="Model")
+  train_from: str = _option("", "Freeze every layer with weights before this "
+                            "one (in model order) and train the rest; "
+                            "instead of --freeze.", section="Model")
 
   # --- Data
   train_data: str = _option("", "Training TFRecords: a file pattern or a "
@@ -321,11 +337,27 @@ def validate(config):
     raise UserError(f"--best_metric={config.best_metric}: top-5 accuracy is "
                     "logged at --num_classes >= 5, got "
                     f"--num_classes={config.num_classes}")
+  _check_layer_names(config)
   if config.data_service not in ("", "vertex") and not re.fullmatch(
       r"(grpc://)?[^/:\s]+:\d+", config.data_service):
     raise UserError(f"--data_service={config.data_service!r}: expected "
                     "grpc://HOST:PORT or vertex")
   return config
+
+
+def _check_layer_names(config):
+  """The format of --freeze and --train_from (which names exist is known
+  only once the model is built: trainer/warm_start.py checks that)."""
+  name = r"[A-Za-z_][\w.-]*"
+  if config.freeze and not re.fullmatch(rf"{name}(,{name})*", config.freeze):
+    raise UsageError(f"--freeze={config.freeze!r}: expected comma-separated "
+                     "layer names, e.g. conv1,bn1")
+  if config.train_from and not re.fullmatch(name, config.train_from):
+    raise UsageError(f"--train_from={config.train_from!r}: expected one "
+                     "layer name, e.g. conv2")
+  if config.freeze and config.train_from:
+    raise UsageError("give --freeze or --train_from, not both (got "
+                     f"--freeze={config.freeze} --train_from={config.train_from})")
 
 
 def image_size(config):

@@ -11,6 +11,11 @@ class UserError(Exception):
   """A one-line, actionable error; the CLI prints it without a traceback."""
 
 
+class UsageError(UserError):
+  """A bad flag value found past the flag parser (e.g. a layer name only the
+  built model knows); the CLI exits with USAGE_EXIT_CODE."""
+
+
 def describe(error):
   """The first meaningful line of an exception, TensorFlow's noise removed."""
   import re  # pylint: disable=g-import-not-at-top

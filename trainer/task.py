@@ -80,7 +80,7 @@ def main(argv):
     summary = train.train(config, configs.run_name(config.config))
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
-    return 1
+    return errors.USAGE_EXIT_CODE if isinstance(e, errors.UsageError) else 1
   from trainer import outputs  # pylint: disable=g-import-not-at-top
   outputs.log.info(_finished_line(summary), extra=outputs.EVERY_WORKER)
   if summary["status"] == "preempted":

@@ -31,6 +31,7 @@ from trainer import outputs
 from trainer import plots
 from trainer import serving
 from trainer import strategy as strategy_lib
+from trainer import warm_start
 from trainer.config import profile_range
 from trainer.errors import UserError
 from trainer.errors import describe
@@ -260,6 +261,8 @@ class Trainer:
                       f"fewer than --global_batch_size="
                       f"{config.global_batch_size}")
     self.num_pipelines = self.info.num_input_pipelines
+    # Read outside the scope: the source model's variables are not mirrored.
+    warm_start_source = warm_start.read_source(config, self.run_dir)
 
     with self.strategy.scope():
       try:
@@ -270,6 +273,7 @@ class Trainer:
             fused_batch_norm=config.batch_norm == "fused")
       except ValueError as e:
         raise UserError(f"--model={config.model}: {e}") from None
+      warm_start.prepare_model(self.model, config, warm_start_source)
       self.state = _TrainState()
       self.schedule = optimization.EpochSchedule(
           config.lr_schedule, config.learning_rate, self.steps_per_epoch,
