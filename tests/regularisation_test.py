@@ -28,17 +28,60 @@ def relative(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 """
 
+# Three more steps, one per call: the averages after them against numpy's,
+# from the weights after each step (Keras' rule: the first step's weights,
+# then decay x average + (1 - decay) x weights). Needs `trainer`, DECAY and
+# `history` (the weights after the steps so far) and `result`.
+EMA_CHECK = """
+variables = trainer.model.trainable_variables
+averages = optimization.weight_averages(trainer.optimizer)
+iterator = trainer.train_iterator(0, 1)
+for _ in range(3):
+  trainer.train_steps(iterator, tf.constant(1), train_lib.requests_vector())
+  history.append([local(strategy, v)[0] for v in variables])
+
+def ema(decay):
+  average = history[0]
+  for weights in history[1:]:
+    average = [decay * a + (1 - decay) * w for a, w in zip(average, weights)]
+  return average
+
+got = [local(strategy, a)[0] for a in averages]
+result.update(ema_replicas=len(local(strategy, averages[0])),
+              ema_error=relative(got, ema(DECAY)),
+              ema_error_other_decay=relative(got, ema(0.8)),
+              ema_error_raw=relative(got, history[-1]),
+              ema_replicas_equal=replicas_equal(strategy, averages))
+if len(local(strategy, averages[0])) > 1:
+  # The control: one replica's copy planted off by 1e-3.
+  strategy.experimental_local_results(averages[0].value)[1].assign_add(
+      tf.fill(averages[0].shape, 1e-3))
+  result["ema_replicas_equal_planted"] = replicas_equal(strategy, averages)
+emit(**result)
+"""
+
+
+def check_ema(got, replicas):
+  assert got["ema_replicas"] == replicas, got
+  assert got["ema_error"] < 1e-6, got
+  # Controls: another decay, or no averaging at all, is seen.
+  assert got["ema_error_other_decay"] > 1e-3 and got["ema_error_raw"] > 1e-3, got
+  assert got["ema_replicas_equal"], got
+  if replicas > 1:
+    assert not got["ema_replicas_equal_planted"], got
+
+
 # Two replicas see different halves of one batch; the probe computes each
 # replica's gradient, then takes the real step from the same weights, and
 # compares the update with what the clipped sum (and the alternatives that
 # would be wrong) give. Plain SGD: update = -learning_rate x gradient.
 CLIP = READ + """
-CLIP_NORM, LEARNING_RATE = 0.05, 1.0
+CLIP_NORM, LEARNING_RATE, DECAY = 0.05, 1.0, 0.9
 trainer = train_lib.Trainer(tiny(
     strategy="mirrored", cpu_devices=2, precision=os.environ["PRECISION"],
     optimizer="sgd", momentum=0.0, learning_rate=LEARNING_RATE,
     lr_schedule="constant", dropout_rate=0.0, global_batch_size=16,
-    deterministic=True, clip_norm=CLIP_NORM))
+    deterministic=True, clip_norm=CLIP_NORM, ema_decay=DECAY))
 strategy, model, optimizer = trainer.strategy, trainer.model, trainer.optimizer
 variables = model.trainable_variables
 images, labels, skipped = next(trainer.train_iterator(0, 0))
@@ -69,19 +112,22 @@ expected = [-LEARNING_RATE * g for g in clipped(summed)]
 per_replica_clipped = [-LEARNING_RATE * (a + b)
                        for a, b in zip(clipped(parts[0]), clipped(parts[1]))]
 unclipped = [-LEARNING_RATE * g for g in summed]
-emit(scale=scale, norms=[norm(summed), norm(parts[0]), norm(parts[1])],
-     different_data=not np.array_equal(*[np.asarray(x) for x in
-                                         strategy.experimental_local_results(images)]),
-     error=relative(update, expected),
-     error_if_per_replica=relative(update, per_replica_clipped),
-     error_if_unclipped=relative(update, unclipped),
-     replicas_equal=replicas_equal(strategy, variables))
-"""
+history = [[local(strategy, v)[0] for v in variables]]
+halves = [np.asarray(x) for x in strategy.experimental_local_results(images)]
+result = dict(scale=scale, norms=[norm(summed), norm(parts[0]), norm(parts[1])],
+              different_data=not np.array_equal(*halves),
+              error=relative(update, expected),
+              error_if_per_replica=relative(update, per_replica_clipped),
+              error_if_unclipped=relative(update, unclipped),
+              replicas_equal=replicas_equal(strategy, variables))
+""" + EMA_CHECK
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
-def test_clip_norm_clips_the_summed_gradient_on_every_replica(
+def test_clip_norm_and_ema_under_two_mirrored_replicas(
     cache_dir, tmp_path, precision):
+  """Both options on, loss-scaled or not: the clipped update, then the
+  average after four steps, on both replicas."""
   got = run_probe(CLIP, cache_dir, tmp_path / "run", PRECISION=precision)
   assert got["different_data"], got
   # Clipping is active for the sum and for each replica's part.
@@ -96,56 +142,22 @@ def test_clip_norm_clips_the_summed_gradient_on_every_replica(
   assert got["replicas_equal"], got
   if precision == "mixed_float16":
     assert got["scale"] == 256.0, got
+  check_ema(got, replicas=2)
 
 
-# Four steps, one per call: the averages after them against numpy's, from
-# the weights after each step (Keras' rule: the first step's weights, then
-# decay x average + (1 - decay) x weights).
 EMA_STEPS = READ + """
 DECAY = 0.9
-mirrored = os.environ["STRATEGY"] == "mirrored"
-trainer = train_lib.Trainer(tiny(strategy=os.environ["STRATEGY"],
-                                 cpu_devices=2 if mirrored else 0,
-                                 global_batch_size=16, ema_decay=DECAY))
-strategy, variables = trainer.strategy, trainer.model.trainable_variables
-averages = optimization.weight_averages(trainer.optimizer)
-iterator = trainer.train_iterator(0, 0)
-history = []
-for _ in range(4):
-  trainer.train_steps(iterator, tf.constant(1), train_lib.requests_vector())
-  history.append([local(strategy, v)[0] for v in variables])
-
-def ema(decay):
-  average = history[0]
-  for weights in history[1:]:
-    average = [decay * a + (1 - decay) * w for a, w in zip(average, weights)]
-  return average
-
-got = [local(strategy, a)[0] for a in averages]
-result = dict(replicas=len(local(strategy, averages[0])),
-              error=relative(got, ema(DECAY)),
-              error_other_decay=relative(got, ema(0.8)),
-              error_raw=relative(got, history[-1]),
-              replicas_equal=replicas_equal(strategy, averages))
-if mirrored:  # The control: one replica's copy planted off by 1e-3.
-  strategy.experimental_local_results(averages[0].value)[1].assign_add(
-      tf.fill(averages[0].shape, 1e-3))
-  result["replicas_equal_planted"] = replicas_equal(strategy, averages)
-emit(**result)
-"""
+trainer = train_lib.Trainer(tiny(strategy="one_device", global_batch_size=16,
+                                 ema_decay=DECAY))
+strategy, result = trainer.strategy, {}
+trainer.train_steps(trainer.train_iterator(0, 0), tf.constant(1),
+                    train_lib.requests_vector())
+history = [[local(strategy, v)[0] for v in trainer.model.trainable_variables]]
+""" + EMA_CHECK
 
 
-@pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
-def test_ema_follows_numpy_and_is_identical_on_every_replica(
-    cache_dir, tmp_path, strategy):
-  got = run_probe(EMA_STEPS, cache_dir, tmp_path / "run", STRATEGY=strategy)
-  assert got["replicas"] == (2 if strategy == "mirrored" else 1), got
-  assert got["error"] < 1e-6, got
-  # Controls: another decay, or no averaging at all, is seen.
-  assert got["error_other_decay"] > 1e-3 and got["error_raw"] > 1e-3, got
-  assert got["replicas_equal"], got
-  if strategy == "mirrored":
-    assert not got["replicas_equal_planted"], got
+def test_ema_follows_numpy_on_one_device(cache_dir, tmp_path):
+  check_ema(run_probe(EMA_STEPS, cache_dir, tmp_path / "run"), replicas=1)
 
 
 # One epoch with validation and export; then what each of them used.
@@ -245,13 +257,18 @@ def test_kill_9_resume_continues_the_same_average(tmp_path, cache_dir, run_cli):
                     check=True)
   assert "Resumed from" in resumed.stdout
   a, b = _final_state(tmp_path / "a"), _final_state(interrupted_dir)
-  averages = [k for k in a if "average" in k]
-  assert len(averages) == len([k for k in a if k.startswith("model/")
-                               and "moving" not in k and "seed" not in k]), a.keys()
   assert int(a["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 32
   assert a.keys() == b.keys()
   differing = sorted(k for k in a if not np.array_equal(a[k], b[k]))
   assert not differing, differing  # Bit for bit, the averages included.
+  # The checkpoint holds the averages: keys are positional, so find each
+  # kernel's by value (near the kernel; Adam's moments are not).
+  kernels = [k for k in a if k.startswith("optimizer/_trainable_variables/")
+             and a[k].ndim >= 2]
+  averages = [k for k in a if k.startswith("optimizer/_variables/") and any(
+      a[k].shape == a[w].shape and
+      np.linalg.norm(a[k] - a[w]) < 0.2 * np.linalg.norm(a[w]) for w in kernels)]
+  assert len(kernels) == len(averages) == 4, (kernels, averages)
   # The control: the same comparison sees one average off by one ulp.
   planted = dict(b, **{averages[0]: np.nextafter(b[averages[0]], np.inf)})
   assert [k for k in a if not np.array_equal(a[k], planted[k])] == averages[:1]
