@@ -569,8 +569,8 @@ class Trainer:
     state.step_in_epoch.assign(0)
     self.checkpoints.save(int(state.step.numpy()))
     if improved or self.eval_spec is None:
-      # best/ holds the averaged weights as the model's (what evaluation,
-      # --init_from and the export read); the raw ones sit in its optimizer.
+      # best/ holds the averaged weights as the model's (what the export and
+      # trainer.evaluate read); the raw ones sit in its optimizer's slots.
       with self.averaged_weights.swapped_in():
         self.checkpoints.save_best(int(state.step.numpy()))
     self.writer.append_metrics(record)
