@@ -214,6 +214,14 @@ class Config:
   plateau_min_delta: float = _option(0.0, "'plateau' schedule: the smallest "
                                      "change of --plateau_monitor that counts "
                                      "as an improvement.", minimum=0.0)
+  clip_norm: float = _option(0.0, "Clip the gradient to this global L2 norm "
+                             "(over all weights, after the sum over "
+                             "replicas and workers, after float16 loss "
+                             "unscaling); 0 = off.", minimum=0.0)
+  ema_decay: float = _option(0.0, "Keep an exponential moving average of the "
+                             "trainable weights with this decay per step "
+                             "(e.g. 0.999); validation, best/ and the export "
+                             "use the averaged weights; 0 = off.")
 
   # --- Distribution
   strategy: str = _option("auto", "tf.distribute strategy. 'auto' = TPU if "
@@ -319,6 +327,8 @@ def validate(config):
   if not 0 <= config.batch_norm_momentum < 1:
     raise UserError(f"--batch_norm_momentum must be in [0, 1), got "
                     f"{config.batch_norm_momentum}")
+  if not 0 <= config.ema_decay < 1:
+    raise UserError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
   if not 0 <= config.dropout_rate < 1:
     raise UserError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
   if config.hypertune_metric not in ("",) + HYPERTUNE_METRICS:

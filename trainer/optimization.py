@@ -4,6 +4,7 @@ Schedules are pure functions of the optimizer step, so restoring the
 optimizer from a checkpoint restores the learning-rate position too.
 """
 
+import contextlib
 import math
 
 import keras
@@ -180,14 +181,82 @@ def build_optimizer(config, schedule, loss_scaling, fused=True,
   all_reduce_dtype: the dtype gradients are summed across replicas in.
   """
   weight_decay = config.weight_decay or None
+  regularisation = {}
+  if config.clip_norm:
+    # Keras clips inside `apply`: after `_AllReduceIn` summed the replicas'
+    # gradients and after LossScaleOptimizer unscaled them (Keras 3.4-3.15),
+    # so every replica clips the same, true gradient.
+    regularisation["global_clipnorm"] = config.clip_norm
+  if config.ema_decay:
+    regularisation.update(use_ema=True, ema_momentum=config.ema_decay)
   if config.optimizer == "adam":
-    optimizer = FusedAdam(schedule, weight_decay=weight_decay, fused=fused)
+    optimizer = FusedAdam(schedule, weight_decay=weight_decay, fused=fused,
+                          **regularisation)
   else:
     optimizer = SGD(schedule, momentum=config.momentum,
-                    weight_decay=weight_decay)
+                    weight_decay=weight_decay, **regularisation)
   if all_reduce_dtype != "float32":
     optimizer.all_reduce_dtype = tf.as_dtype(all_reduce_dtype)
   if loss_scaling:
     # float16 gradients underflow without it; bfloat16 has float32's range.
     optimizer = LossScaleOptimizer(optimizer)
   return optimizer
+
+
+def weight_averages(optimizer):
+  """The moving averages of the trainable weights (--ema_decay), in the order
+  the optimizer was built with; None when averaging is off.
+
+  Keras keeps them as optimizer variables (so checkpoints hold them) and
+  updates them in `apply`, in the replica context, after the weights: each
+  replica averages its own copy of the weights, which are the same on every
+  replica, so the averages are too, with no extra communication.
+  """
+  inner = getattr(optimizer, "inner_optimizer", optimizer)
+  if not inner.use_ema:
+    return None
+  # Keras 3.4-3.15 keep them in this private list, built in `build`.
+  return inner._model_variables_moving_average  # pylint: disable=protected-access
+
+
+def _swap_values(weight, average):
+  held = weight.read_value()
+  weight.assign(average)
+  average.assign(held)
+
+
+class AveragedWeights:
+  """Swaps the moving averages into the model's weights and back, in place.
+
+  A swap exchanges the two values on every device (no copy on the host, no
+  communication): swapping twice restores both bit for bit, so training
+  goes on from the raw weights after evaluating or saving the averaged ones.
+  Without --ema_decay `swapped_in` does nothing.
+  """
+
+  def __init__(self, strategy, optimizer, weights):
+    """weights: the trainable weights the optimizer was built with."""
+    averages = weight_averages(optimizer)
+    self._strategy = strategy
+    self._pairs = [] if averages is None else [
+        (w.value, a.value) for w, a in zip(weights, averages)]
+    self._swap = tf.function(self._swap_all) if self._pairs else None
+
+  def _swap_all(self):
+    for weight, average in self._pairs:
+      self._strategy.extended.update(weight, _swap_values, args=(average,),
+                                     group=False)
+
+  @contextlib.contextmanager
+  def swapped_in(self):
+    """The model holds the averaged weights inside the `with` block."""
+    if self._swap is None:
+      yield
+      return
+    with self._strategy.scope():
+      self._swap()
+    try:
+      yield
+    finally:
+      with self._strategy.scope():
+        self._swap()

@@ -286,6 +286,9 @@ class Trainer:
           fused=self.info.name != "tpu", all_reduce_dtype=self.all_reduce_dtype)
       # Create optimizer slots now so checkpoints restore into them.
       self.optimizer.build(self.model.trainable_variables)
+    # --ema_decay: validation, best/ and the export see the averaged weights.
+    self.averaged_weights = optimization.AveragedWeights(
+        self.strategy, self.optimizer, self.model.trainable_variables)
     # Dropout's random-seed state is a model variable but not a weight; it
     # must be saved too, or a resumed run draws different masks.
     weight_ids = {id(w) for w in self.model.weights}
@@ -379,9 +382,10 @@ class Trainer:
     """Exact metrics over the whole eval set, or {} if there is none."""
     if self.eval_spec is None:
       return {}
-    return evaluation.evaluate(self.strategy, self.num_pipelines,
-                               self._eval_call, self.eval_spec,
-                               self.config.global_batch_size)
+    with self.averaged_weights.swapped_in():
+      return evaluation.evaluate(self.strategy, self.num_pipelines,
+                                 self._eval_call, self.eval_spec,
+                                 self.config.global_batch_size)
 
   def train_iterator(self, epoch, step_in_epoch):
     records_per_step = self.config.global_batch_size // self.num_pipelines
@@ -627,7 +631,10 @@ class Trainer:
     state.step_in_epoch.assign(0)
     self.checkpoints.save(int(state.step.numpy()))
     if new_best:
-      self.checkpoints.save_best(int(state.step.numpy()))
+      # best/ holds the averaged weights as the model's (what the export and
+      # trainer.evaluate read); the raw ones sit in its optimizer's slots.
+      with self.averaged_weights.swapped_in():
+        self.checkpoints.save_best(int(state.step.numpy()))
     self.writer.append_metrics(record)
     if self.is_chief:
       hypertune.report(config.hypertune_metric, record)
