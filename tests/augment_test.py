@@ -270,12 +270,19 @@ ALL_ON = ["--label_smoothing=0.1", "--mixup_alpha=0.2", "--cutmix_alpha=1.0",
           "--pca_lighting=0.1"]
 
 
-def test_mirrored_run_with_every_augmentation_trains(run_cli, tmp_path):
-  model_dir = tmp_path / "run"
-  run_cli("trainer.task", "--config=tiny", "--cpu_devices=2",
-          "--strategy=mirrored", "--num_classes=2", "--epochs=3",
-          "--export=false", f"--model_dir={model_dir}", *ALL_ON, check=True)
-  config = json.loads((model_dir / "config.json").read_text())
+def test_mirrored_run_with_every_augmentation_trains_and_resumes_after_kill_9(
+    run_cli, tmp_path, cache_dir):
+  """Mirrored x2 with every option on. Mixup/cutmix draw from (seed, global
+  step, replica) and the per-image augmentations from the image's position:
+  a run killed mid-epoch and resumed ends bit for bit where an uninterrupted
+  one does (--deterministic)."""
+  from resilience_test import _final_state, _popen
+  common = ["--config=tiny", "--cpu_devices=2", "--strategy=mirrored",
+            "--num_classes=2", "--deterministic", "--epochs=2",
+            "--checkpoint_every_steps=4", "--steps_per_call=2",
+            "--precision=float32", "--export=false", *ALL_ON]
+  run_cli("trainer.task", *common, f"--model_dir={tmp_path / 'a'}", check=True)
+  config = json.loads((tmp_path / "a" / "config.json").read_text())
   assert {k: config[k] for k in ("label_smoothing", "mixup_alpha",
                                  "cutmix_alpha", "augment",
                                  "randaugment_magnitude", "pca_lighting",
@@ -283,20 +290,10 @@ def test_mirrored_run_with_every_augmentation_trains(run_cli, tmp_path):
       "label_smoothing": 0.1, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
       "augment": "randaugment", "randaugment_magnitude": 5,
       "pca_lighting": 0.1, "strategy": "mirrored", "cpu_devices": 2}
-  rows = read_jsonl(model_dir / "metrics.jsonl")
-  assert len(rows) == 3 and all(np.isfinite(r["loss"]) for r in rows)
-  assert rows[-1]["val_accuracy"] >= 0.7, rows  # learns through it all
+  rows = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+  assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+  assert rows[-1]["val_accuracy"] >= 0.8, rows  # learns through it all
 
-
-def test_kill_9_and_resume_mixes_the_same_batches(run_cli, tmp_path, cache_dir):
-  """Mixup/cutmix seeds from the global step and the per-image seeds from
-  the position: a killed and resumed run ends bit for bit where an
-  uninterrupted one does (--deterministic, one CPU)."""
-  from resilience_test import _final_state, _popen
-  common = ["--config=tiny", "--deterministic", "--epochs=2",
-            "--checkpoint_every_steps=4", "--steps_per_call=2",
-            "--precision=float32", "--export=false", *ALL_ON]
-  run_cli("trainer.task", *common, f"--model_dir={tmp_path / 'a'}", check=True)
   interrupted_dir = tmp_path / "b"
   process = _popen("trainer.task", [*common, f"--model_dir={interrupted_dir}"],
                    cache_dir)
@@ -312,13 +309,15 @@ def test_kill_9_and_resume_mixes_the_same_batches(run_cli, tmp_path, cache_dir):
   assert "Resumed from" in resumed.stdout
   a, b = _final_state(tmp_path / "a"), _final_state(interrupted_dir)
   assert int(a["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 32
-  differing = sorted(k for k in a if not np.array_equal(a[k], b[k]))
+  # best_monitor holds epoch 2's training loss, which a resumed run averages
+  # over the steps after the resume only; every weight and slot must match.
+  differing = sorted(k for k in a if not np.array_equal(a[k], b[k])
+                     and not k.startswith("best_monitor"))
   assert a.keys() == b.keys() and not differing, differing
-  # The control: a run that mixes differently (another alpha) ends elsewhere.
-  run_cli("trainer.task", *common, "--mixup_alpha=0.3",
-          f"--model_dir={tmp_path / 'c'}", check=True)
-  c = _final_state(tmp_path / "c")
-  assert any(not np.array_equal(a[k], c[k]) for k in a if "model" in k)
+  # The control: one planted ulp in one weight is caught.
+  name = next(k for k in sorted(b) if "model" in k and b[k].dtype == np.float32)
+  planted = dict(b, **{name: np.nextafter(b[name], np.inf)})
+  assert [k for k in a if not np.array_equal(a[k], planted[k])] == [name]
 
 
 def test_flags_are_in_helpshort_and_bad_values_are_one_line(run_cli):
