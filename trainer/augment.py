@@ -271,9 +271,9 @@ def _beta(alpha, seed):
   return (low + high) / 2
 
 
-def _cutmix_keep_map(height, width, lam, seed):
-  """[h, w, 1] map: 0 inside a random box of area ~(1 - lam), 1 outside
-  (timm's rand_bbox: centre uniform, box clipped at the borders)."""
+def _cutmix_keep_mask(height, width, lam, seed):
+  """[h, w, 1] bool: False inside a random box of area ~(1 - lam), True
+  outside (timm's rand_bbox: centre uniform, box clipped at the borders)."""
   ratio = tf.sqrt(1.0 - lam)
   cut_h = tf.cast(tf.cast(height, tf.float32) * ratio, tf.int32)
   cut_w = tf.cast(tf.cast(width, tf.float32) * ratio, tf.int32)
@@ -287,7 +287,7 @@ def _cutmix_keep_map(height, width, lam, seed):
   rows = tf.range(height)[:, None]
   cols = tf.range(width)[None, :]
   inside = ((rows >= top) & (rows < bottom)) & ((cols >= left) & (cols < right))
-  return tf.cast(tf.logical_not(inside), tf.float32)[..., None]
+  return tf.logical_not(inside)[..., None]
 
 
 def mix_batch(images, targets, labels, mixup_alpha, cutmix_alpha, seed):
@@ -310,26 +310,33 @@ def mix_batch(images, targets, labels, mixup_alpha, cutmix_alpha, seed):
     mixup, the exact area left unpasted for cutmix); labels of the larger
     share, for accuracy.
   """
-  images = tf.cast(images, tf.float32)
   batch_size = tf.shape(images)[0]
   height, width = images.shape[1], images.shape[2]
   seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(4)]
   # A random cycle through the batch: nobody is its own partner.
   order = tf.argsort(tf.random.stateless_uniform([batch_size], seeds[0]))
   partner = tf.gather(tf.roll(order, -1, axis=0), tf.argsort(order))
+  # Gathered in the input dtype: uint8 moves a quarter of float32's bytes.
+  partner_images = tf.gather(images, partner)
+
+  def mixup():
+    keep = _beta(mixup_alpha, seeds[2])
+    return (keep * tf.cast(images, tf.float32) +
+            (1 - keep) * tf.cast(partner_images, tf.float32)), keep
+
+  def cutmix():
+    keep_mask = _cutmix_keep_mask(height, width, _beta(cutmix_alpha, seeds[2]),
+                                  seeds[3])
+    mixed = tf.where(keep_mask, images, partner_images)  # still uint8
+    return (tf.cast(mixed, tf.float32),
+            tf.reduce_mean(tf.cast(keep_mask, tf.float32)))
+
   if mixup_alpha > 0 and cutmix_alpha > 0:
     use_cutmix = tf.random.stateless_uniform([], seeds[1]) < 0.5
+    mixed, keep = tf.cond(use_cutmix, cutmix, mixup)
   else:
-    use_cutmix = tf.constant(cutmix_alpha > 0)
-  lam_mixup = _beta(mixup_alpha, seeds[2]) if mixup_alpha > 0 else 1.0
-  lam_cutmix = _beta(cutmix_alpha, seeds[2]) if cutmix_alpha > 0 else 1.0
-  keep_map = tf.where(
-      use_cutmix, _cutmix_keep_map(height, width, lam_cutmix, seeds[3]),
-      tf.fill([height, width, 1], tf.cast(lam_mixup, tf.float32)))
-  keep = tf.reduce_mean(keep_map)
-  mixed = keep_map * images + (1 - keep_map) * tf.gather(images, partner)
-  partner_targets = tf.gather(targets, partner)
-  mixed_targets = keep * targets + (1 - keep) * partner_targets
+    mixed, keep = cutmix() if cutmix_alpha > 0 else mixup()
+  mixed_targets = keep * targets + (1 - keep) * tf.gather(targets, partner)
   labels = tf.where(keep >= 0.5, labels, tf.gather(labels, partner))
   return mixed, mixed_targets, labels, keep
 
