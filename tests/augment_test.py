@@ -311,13 +311,15 @@ def test_mirrored_run_with_every_augmentation_trains_and_resumes_after_kill_9(
   assert int(a["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 32
   # best_monitor holds epoch 2's training loss, which a resumed run averages
   # over the steps after the resume only; every weight and slot must match.
-  differing = sorted(k for k in a if not np.array_equal(a[k], b[k])
-                     and not k.startswith("best_monitor"))
-  assert a.keys() == b.keys() and not differing, differing
+  def differing(x, y):
+    return sorted(k for k in x if not np.array_equal(x[k], y[k])
+                  and not k.startswith("best_monitor"))
+
+  assert a.keys() == b.keys() and not differing(a, b), differing(a, b)
   # The control: one planted ulp in one weight is caught.
   name = next(k for k in sorted(b) if "model" in k and b[k].dtype == np.float32)
   planted = dict(b, **{name: np.nextafter(b[name], np.inf)})
-  assert [k for k in a if not np.array_equal(a[k], planted[k])] == [name]
+  assert differing(a, planted) == [name]
 
 
 def test_flags_are_in_helpshort_and_bad_values_are_one_line(run_cli):
