@@ -24,7 +24,7 @@ MODEL_IMAGE_SIZES = {"seed": 224, "seed_same": 224, "original": 227, "tiny": 32}
 MODELS = tuple(MODEL_IMAGE_SIZES)
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "seed", "cosine", "step", "plateau")
-AUGMENTATIONS = ("random_resized_crop", "crop_flip", "resize")
+AUGMENTATIONS = ("random_resized_crop", "crop_flip", "resize", "randaugment")
 SCHEMAS = ("auto", "imagenet", "tfds")
 MONITORS = ("loss", "val_loss", "val_accuracy")
 NAN_POLICIES = ("error", "rollback")
@@ -124,7 +124,10 @@ class Config:
                          "'random_resized_crop' (fused crop-decode + flip), "
                          "'crop_flip' (the paper: shorter side to 256/224 of "
                          "the input, random crop, flip), 'resize' (the seed: "
-                         "plain resize, no augmentation).", AUGMENTATIONS, "Data")
+                         "plain resize, no augmentation), 'randaugment' "
+                         "(random_resized_crop, flip, then RandAugment: 2 "
+                         "ops at --randaugment_magnitude).", AUGMENTATIONS,
+                         "Data")
   shuffle_buffer: int = _option(2048, "Records held in the shuffle buffer "
                                 "(encoded bytes, before decoding).",
                                 section="Data", minimum=0)
@@ -157,6 +160,26 @@ class Config:
   deterministic: bool = _option(False, "Reproducible runs: op determinism, "
                                 "seeded and ordered input. Slower input "
                                 "pipeline.", section="Data")
+  randaugment_magnitude: int = _option(9, "--augment=randaugment: the "
+                                       "magnitude M of its 2 ops per image, "
+                                       "0..10 (timm's and Model Garden's "
+                                       "scale).", section="Data", minimum=0)
+  mixup_alpha: float = _option(0.0, "Mixup: blend each replica's batch with "
+                               "a permutation of itself, weight ~ Beta(alpha, "
+                               "alpha) per batch, targets mixed alike (on "
+                               "the device); 0 = off. timm's ImageNet "
+                               "recipes use 0.2-0.8.", section="Data",
+                               minimum=0)
+  cutmix_alpha: float = _option(0.0, "CutMix: paste a box of a permuted "
+                                "partner into each image, area ~ 1 - "
+                                "Beta(alpha, alpha), targets mixed by area; "
+                                "0 = off. With --mixup_alpha too, each batch "
+                                "takes one of the two (50/50).",
+                                section="Data", minimum=0)
+  pca_lighting: float = _option(0.0, "The 2012 paper's colour augmentation: "
+                                "add ImageNet's RGB principal components "
+                                "times N(0, this) per image (the paper: "
+                                "0.1); 0 = off.", section="Data", minimum=0)
 
   # --- Training
   epochs: int = _option(100, "Maximum number of epochs.", minimum=1)
@@ -222,6 +245,11 @@ class Config:
                              "trainable weights with this decay per step "
                              "(e.g. 0.999); validation, best/ and the export "
                              "use the averaged weights; 0 = off.")
+  label_smoothing: float = _option(0.0, "Label smoothing s of the training "
+                                   "loss, in [0, 1): targets y(1-s) + s/k "
+                                   "(binary: + s/2), as Keras' losses; "
+                                   "validation loss stays plain "
+                                   "cross-entropy. 0 = off.")
 
   # --- Distribution
   strategy: str = _option("auto", "tf.distribute strategy. 'auto' = TPU if "
@@ -331,6 +359,12 @@ def validate(config):
     raise UserError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
   if not 0 <= config.dropout_rate < 1:
     raise UserError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
+  if not 0 <= config.label_smoothing < 1:
+    raise UserError(f"--label_smoothing must be in [0, 1), got "
+                    f"{config.label_smoothing}")
+  if config.randaugment_magnitude > 10:
+    raise UserError(f"--randaugment_magnitude must be in 0..10, got "
+                    f"{config.randaugment_magnitude}")
   if config.hypertune_metric not in ("",) + HYPERTUNE_METRICS:
     raise UserError(f"--hypertune_metric={config.hypertune_metric!r} is not one "
                     f"of: {', '.join(HYPERTUNE_METRICS)}")

@@ -20,6 +20,7 @@ import os
 
 import tensorflow as tf
 
+from trainer import augment as augment_lib
 from trainer import records
 from trainer import synthetic
 from trainer.errors import UserError
@@ -53,6 +54,8 @@ class InputSpec:
   data_service: str = ""       # grpc://HOST:PORT of a tf.data dispatcher
   job_name: str = "alexnet"    # shared by every consumer of one run
   device_dtypes: bool = False  # cast batches for TPUs (see to_device_dtypes)
+  randaugment_magnitude: int = 9
+  pca_lighting: float = 0.0    # std of the paper's colour augmentation
 
 
 def list_files(pattern, flag_name):
@@ -155,7 +158,9 @@ def make_input_spec(pattern, flag_name, config, image_size, num_examples=0,
                    shuffle_buffer=config.shuffle_buffer, seed=config.seed,
                    deterministic=config.deterministic,
                    skip_corrupt=config.skip_corrupt,
-                   data_service=config.data_service)
+                   data_service=config.data_service,
+                   randaugment_magnitude=config.randaugment_magnitude,
+                   pca_lighting=config.pca_lighting)
 
 
 def resolve_input_specs(config, image_size, counts_path=None,
@@ -296,12 +301,27 @@ def decode_for_eval(encoded, image_size, augment):
   return _resize_uint8(image, image_size)
 
 
-def decode_for_training(encoded, image_size, augment, seed):
-  """Training preprocessing with stateless randomness from `seed` ([2] int)."""
+def decode_for_training(encoded, image_size, augment, seed,
+                        randaugment_magnitude=9, pca_lighting=0.0):
+  """Training preprocessing with stateless randomness from `seed` ([2] int).
+
+  randaugment_magnitude: M of --augment=randaugment.
+  pca_lighting: std of the paper's colour augmentation; 0 = off.
+  """
+  image = _decode_and_crop_for_training(encoded, image_size, augment, seed,
+                                        randaugment_magnitude)
+  if pca_lighting:
+    image = augment_lib.pca_lighting(
+        image, pca_lighting, tf.random.experimental.stateless_fold_in(seed, 3))
+  return image
+
+
+def _decode_and_crop_for_training(encoded, image_size, augment, seed,
+                                  randaugment_magnitude):
   if augment == "resize":
     return decode_for_eval(encoded, image_size, augment)
   shape = _image_shape(encoded)
-  if augment == "random_resized_crop":
+  if augment in ("random_resized_crop", "randaugment"):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.concat([shape, [3]], 0), bounding_boxes=tf.zeros([1, 0, 4]),
         seed=seed, min_object_covered=0.0,
@@ -323,7 +343,12 @@ def decode_for_training(encoded, image_size, augment, seed):
                                            seed=seed)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
   flip_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+  image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+  if augment == "randaugment":
+    image = augment_lib.randaugment(
+        image, randaugment_magnitude,
+        tf.random.experimental.stateless_fold_in(seed, 2))
+  return image
 
 
 # ----------------------------------------------------------------------------
@@ -422,7 +447,8 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
     # (or workers) is a different image and must not get the same crop.
     seed = tf.random.experimental.stateless_fold_in(
         tf.stack([tf.cast(epoch_seed, tf.int64), position]), pipeline_id)
-    image = decode_for_training(encoded, spec.image_size, spec.augment, seed)
+    image = decode_for_training(encoded, spec.image_size, spec.augment, seed,
+                                spec.randaugment_magnitude, spec.pca_lighting)
     return image, label, position, source
 
   # Skipping needs positions in order to count the gaps it leaves.

@@ -18,7 +18,16 @@ TOP_K = 5
 
 
 def loss_per_example(labels, probabilities, num_classes):
-  """Cross-entropy per example, float32 (binary when num_classes == 1)."""
+  """Cross-entropy per example, float32 (binary when num_classes == 1).
+
+  Args:
+    labels: integer labels [b], or soft targets (any float dtype; label
+      smoothing, mixup, cutmix): [b] probabilities of class 1 when
+      num_classes == 1, else [b, num_classes] (augment.soft_targets).
+    probabilities: the model's outputs [b, max(1, num_classes)].
+    num_classes: as --num_classes.
+  """
+  labels = tf.convert_to_tensor(labels)
   probabilities = tf.cast(probabilities, tf.float32)
   epsilon = 1e-7  # As Keras: keeps log() finite at saturated outputs.
   if num_classes == 1:
@@ -26,6 +35,8 @@ def loss_per_example(labels, probabilities, num_classes):
     y = tf.cast(labels, tf.float32)
     return -(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
   p = tf.clip_by_value(probabilities, epsilon, 1.0)
+  if labels.dtype.is_floating:
+    return -tf.reduce_sum(tf.cast(labels, tf.float32) * tf.math.log(p), axis=1)
   return -tf.math.log(tf.gather(p, labels, axis=1, batch_dims=1))
 
 

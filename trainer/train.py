@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import augment
 from trainer import config as config_lib
 from trainer import data
 from trainer import evaluation
@@ -317,7 +318,8 @@ class Trainer:
 
   def compute_gradients(self, images, labels):
     """This replica's share of the step: (probabilities, per-example loss,
-    gradients of the global-batch mean loss, loss-scaled under float16)."""
+    gradients of the global-batch mean loss, loss-scaled under float16).
+    `labels`: integer labels or soft targets (metrics.loss_per_example)."""
     config, model, optimizer = self.config, self.model, self.optimizer
     with tf.GradientTape() as tape:
       probabilities = model(images, training=True)
@@ -337,11 +339,16 @@ class Trainer:
     decision to apply or skip."""
     self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
 
-  def train_step(self, images, labels, skipped):
+  def train_step(self, images, labels, skipped, step=None):
     """One replica's step (what TPUs compile with XLA): returns its batch
-    statistics, laid out by `stats_layout`, to be summed over replicas."""
+    statistics, laid out by `stats_layout`, to be summed over replicas.
+    `step`: the global step this batch trains (seeds mixup/cutmix); None =
+    the loop's current step."""
+    step = self.state.step if step is None else step
+    images, targets, labels = augment.training_batch(images, labels,
+                                                     self.config, step)
     probabilities, per_example, gradients = self.compute_gradients(images,
-                                                                   labels)
+                                                                   targets)
     self.apply_gradients(gradients)
     return metrics.batch_stats(labels, probabilities, per_example,
                                self.config.num_classes, skipped=skipped)
@@ -356,8 +363,9 @@ class Trainer:
       step_losses = tf.TensorArray(tf.float32, size=num_steps)
       for i in tf.range(num_steps):
         images, labels, skipped = next(iterator)
+        step = self.state.step + tf.cast(i, tf.int64)
         stats = strategy.reduce("SUM", strategy.run(
-            self.train_step, args=(images, labels, skipped)), axis=None)
+            self.train_step, args=(images, labels, skipped, step)), axis=None)
         totals += stats
         sums = stats[self.stats_layout.slices["sums"]]  # loss sum, correct, count
         step_losses = step_losses.write(i, sums[0] / sums[2])
