@@ -140,6 +140,12 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cl
   differing = sorted(k for k in a if not np.array_equal(a[k], b[k]))
   # --deterministic on one CPU: bit for bit, every variable.
   assert not differing, differing
+  # The epoch the kill landed in reports all its steps, as if never killed.
+  rows_a = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+  rows_b = read_jsonl(interrupted_dir / "metrics.jsonl")
+  assert [r["epoch"] for r in rows_b] == [1, 2, 3]
+  for key in ("loss", "accuracy", "auc", "val_loss", "val_accuracy"):
+    assert [r[key] for r in rows_a] == [r[key] for r in rows_b], key
 
 
 def _checkpoints_are_finite(directory):

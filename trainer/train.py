@@ -99,7 +99,7 @@ def _check_writable(directory, name):
 class _TrainState:
   """Progress that must survive a restart, as checkpointed variables."""
 
-  def __init__(self):
+  def __init__(self, stats_size):
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -118,6 +118,11 @@ class _TrainState:
     self.plateau_best = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
     self.plateau_epochs_without_improvement = tf.Variable(0, dtype=tf.int64,
                                                           trainable=False)
+    # The current epoch's summed training statistics so far: a run resumed
+    # mid-epoch reports (and early-stops on) the whole epoch, not only the
+    # steps after the restart.
+    self.epoch_totals = tf.Variable(tf.zeros([stats_size], tf.float64),
+                                    trainable=False)
 
   def trackables(self):
     return {k: v for k, v in vars(self).items()}
@@ -275,7 +280,8 @@ class Trainer:
       except ValueError as e:
         raise UserError(f"--model={config.model}: {e}") from None
       warm_start.prepare_model(self.model, config, warm_start_source)
-      self.state = _TrainState()
+      self.state = _TrainState(metrics.StatsLayout(
+          config.num_classes, with_skipped=True).size)
       self.schedule = optimization.EpochSchedule(
           config.lr_schedule, config.learning_rate, self.steps_per_epoch,
           config.epochs, config.lr_constant_epochs, config.warmup_epochs,
@@ -488,7 +494,7 @@ class Trainer:
     iterator = self.train_iterator(epoch, int(state.step_in_epoch.numpy()))
     progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
                                 self.is_chief)
-    totals = np.zeros(self.stats_layout.size)
+    totals = state.epoch_totals.numpy().copy()  # Zero unless resumed.
     start, images_done = time.time(), 0
     while int(state.step_in_epoch.numpy()) < self.steps_per_epoch:
       step = int(state.step.numpy())
@@ -506,6 +512,7 @@ class Trainer:
       state.step_in_epoch.assign_add(num_steps)
       call_totals = call_totals.numpy()
       totals += call_totals
+      state.epoch_totals.assign(totals)
       self._log_steps(int(state.step.numpy()), num_steps, call_totals)
       images_done += num_steps * config.global_batch_size
       summary = metrics.summarize(totals, config.num_classes, with_skipped=True)
@@ -587,7 +594,7 @@ class Trainer:
     kept = ("step", "epoch", "step_in_epoch", "rollbacks", "best_val_accuracy",
             "best_monitor", "epochs_without_improvement", "best_metric_value",
             "plateau_factor", "plateau_best",
-            "plateau_epochs_without_improvement")
+            "plateau_epochs_without_improvement", "epoch_totals")
     position = {k: getattr(state, k).numpy() for k in kept}
     multiplier = float(state.lr_multiplier.numpy())
     restored = self.checkpoints.restore_latest()
@@ -637,6 +644,7 @@ class Trainer:
       self._update_plateau(record)
     state.epoch.assign_add(1)
     state.step_in_epoch.assign(0)
+    state.epoch_totals.assign(tf.zeros_like(state.epoch_totals))
     self.checkpoints.save(int(state.step.numpy()))
     if new_best:
       # best/ holds the averaged weights as the model's (what the export and
