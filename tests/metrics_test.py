@@ -48,10 +48,10 @@ def test_auc_matches_pairwise_definition():
 
 
 def _top5_by_numpy(labels, probs, weights):
-  # A label is a hit when fewer than 5 classes score strictly higher.
+  # A label is a hit when fewer than 5 other classes score at least as high.
   label_scores = probs[np.arange(len(labels)), labels]
-  higher = (probs > label_scores[:, None]).sum(axis=1)
-  return float(np.sum((higher < 5) * weights))
+  others = (probs >= label_scores[:, None]).sum(axis=1) - 1
+  return float(np.sum((others < 5) * weights))
 
 
 def test_top5_is_an_exact_weighted_count_with_ties():
@@ -74,6 +74,20 @@ def test_top5_is_an_exact_weighted_count_with_ties():
   by_order = np.argsort(-probs, axis=1, kind="stable")[:, :5]
   order_count = float(np.sum((by_order == labels[:, None]).any(1) * weights))
   assert order_count != parts["top5"][0]
+  # Nor does tf.math.in_top_k's rule (ties in the label's favour).
+  in_top_k = tf.math.in_top_k(tf.constant(labels, tf.int32), tf.constant(probs), 5)
+  assert float(np.sum(in_top_k.numpy() * weights)) != parts["top5"][0]
+
+
+def test_top5_of_a_collapsed_model_is_zero():
+  # Equal scores everywhere: no class is among the 5 highest more than any
+  # other, so none counts (in_top_k would count every one).
+  stats = metrics.batch_stats(tf.constant([0, 3, 7]), tf.fill([3, 12], 1 / 12),
+                              tf.zeros(3), 12)
+  assert metrics.summarize(stats.numpy(), 12)["top5_accuracy"] == 0.0
+  nan_row = tf.constant([[np.nan] + [0.1] * 11])
+  stats = metrics.batch_stats(tf.constant([1]), nan_row, tf.zeros(1), 12)
+  assert metrics.summarize(stats.numpy(), 12)["top5_accuracy"] == 0.0
 
 
 def test_top5_only_at_five_classes_or_more():

@@ -116,14 +116,19 @@ def batch_stats(labels, probabilities, per_example_loss, num_classes,
 def top_k_hits(labels, probabilities, k=TOP_K):
   """1.0 where the label's score is among the k highest, else 0.0 (float32).
 
-  Ties count in the label's favour: a label is a hit when fewer than k
-  classes score strictly higher (tf.math.in_top_k's rule), so a tie that
-  straddles the k-th place never depends on class order. A non-finite score
-  row is a miss.
+  Ties count against the label: it is a hit when fewer than k other classes
+  score at least as high. So a collapsed model whose outputs are all equal
+  scores 0 (tf.math.in_top_k's rule, ties in the label's favour, would give
+  it 1.0 and let --best_metric keep it), and a tie at the k-th place never
+  depends on class order. A row with a non-finite score is a miss.
   """
-  return tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32),
-                                  tf.cast(probabilities, tf.float32), k),
-                 tf.float32)
+  probabilities = tf.cast(probabilities, tf.float32)
+  label_scores = tf.gather(probabilities, tf.cast(labels, tf.int32), axis=1,
+                           batch_dims=1)
+  at_least_as_high = tf.reduce_sum(tf.cast(
+      probabilities >= label_scores[:, None], tf.int32), axis=1) - 1
+  finite = tf.reduce_all(tf.math.is_finite(probabilities), axis=1)
+  return tf.cast(tf.logical_and(at_least_as_high < k, finite), tf.float32)
 
 
 def auc_from_histograms(positive, negative):
