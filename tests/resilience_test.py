@@ -158,20 +158,21 @@ def _checkpoints_are_finite(directory):
         assert np.all(np.isfinite(value)), (index, name)
 
 
-def _nan_config(policy, model_dir, cache_dir, precision="auto"):
+def _nan_config(policy, model_dir, cache_dir, precision="auto", **changes):
   import configs
   return configs.get_config("tiny").replace(
       epochs=2, nan_policy=policy, model_dir=str(model_dir),
       synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
       checkpoint_every_steps=8, steps_per_call=4, export=False,
-      lr_schedule="cosine", precision=precision)
+      lr_schedule="cosine", precision=precision, **changes)
 
 
-def _trainer_with_nan_at(policy, model_dir, cache_dir, step, precision="auto"):
+def _trainer_with_nan_at(policy, model_dir, cache_dir, step, precision="auto",
+                         **changes):
   """A real NaN in the network before the call at `step`, through the Python API."""
   from trainer import train as train_lib
   trainer = train_lib.Trainer(_nan_config(policy, model_dir, cache_dir,
-                                          precision))
+                                          precision, **changes))
   real_call, calls = trainer.train_steps, []
 
   def call(iterator, num_steps, control):
@@ -215,6 +216,34 @@ def test_nan_loss_rolls_back_and_keeps_the_schedule_on_the_step(
   logged = outputs.read_metrics(str(tmp_path / "rb"))[-1]["learning_rate"]
   cosine = 3e-3 * 0.5 * (1 + math.cos(math.pi * (steps - 1) / 32)) * 0.5
   assert logged == pytest.approx(cosine, rel=1e-5)
+
+
+def test_rollback_to_the_first_checkpoint_keeps_the_weight_averages(
+    tmp_path, cache_dir):
+  """--ema_decay: the NaN at step 4 rolls back to the step-0 checkpoint,
+  taken before any update; the averages it restores are the weights then
+  (Keras starts them at zero), or validation, best/ and the export would
+  use weights shrunk towards zero for about 1/(1-decay) steps."""
+  from trainer import optimization
+  trainer = _trainer_with_nan_at("rollback", tmp_path / "ema", cache_dir, 4,
+                                 ema_decay=0.99)
+  restore, seen = trainer.checkpoints.restore_latest, []
+
+  def restore_and_look():
+    path = restore()
+    averages = optimization.weight_averages(trainer.optimizer)
+    seen.append((path, [np.asarray(a) for a in averages],
+                 [np.asarray(w) for w in trainer.model.trainable_variables]))
+    return path
+
+  trainer.checkpoints.restore_latest = restore_and_look
+  assert trainer.run()["status"] == "completed"
+  rolled_back = [s for s in seen if s[0] and s[0].endswith("ckpt-0")]
+  assert rolled_back and int(trainer.state.rollbacks.numpy()) == 1
+  _, averages, weights = rolled_back[0]
+  assert any(np.abs(w).max() > 0 for w in weights)
+  for average, weight in zip(averages, weights):
+    np.testing.assert_array_equal(average, weight)
 
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path, cache_dir):

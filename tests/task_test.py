@@ -108,6 +108,39 @@ def test_second_run_of_a_finished_dir_trains_nothing(tiny_run, run_cli, tmp_path
   assert (model_dir / "metrics.jsonl").read_text() == rows
 
 
+def test_resuming_with_another_checkpoint_layout_is_one_line(tiny_run, run_cli,
+                                                             tmp_path):
+  # Weight averages would load into the optimizer's slots by position.
+  model_dir = copy_run(tiny_run.model_dir, tmp_path / "layout")
+  rows = (model_dir / "metrics.jsonl").read_text()
+  result = run_cli("trainer.task", *TINY_RUN_ARGS, "--epochs=4",
+                   "--ema_decay=0.99", f"--model_dir={model_dir}")
+  assert result.returncode == 1, result.stdout[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+  assert errors[0].startswith("Error: --ema_decay=0.99 differs from the 0.0 ")
+  assert "--ema_decay=0.0" in errors[0]
+  assert (model_dir / "metrics.jsonl").read_text() == rows
+
+
+def test_every_checkpoint_layout_option_is_checked_on_resume():
+  import configs
+  from trainer import config as config_lib
+  saved = configs.get_config("tiny")
+  # Negative control: what may change between restarts does not conflict.
+  assert config_lib.resume_conflict(saved, saved.replace(
+      epochs=9, learning_rate=0.1, ema_decay=0.0, strategy="mirrored")) is None
+  assert config_lib.resume_conflict(saved.replace(ema_decay=0.9),
+                                    saved.replace(ema_decay=0.999)) is None
+  for changes in (dict(model="seed"), dict(num_classes=3),
+                  dict(optimizer="sgd"), dict(freeze="conv1"),
+                  dict(train_from="conv2"), dict(image_size=64),
+                  dict(ema_decay=0.9)):
+    flag = "--" + next(iter(changes))
+    message = config_lib.resume_conflict(saved, saved.replace(**changes))
+    assert message and message.startswith(flag + "="), (changes, message)
+
+
 def test_early_stopping_stops_and_a_rerun_trains_nothing(run_cli, tmp_path):
   model_dir = tmp_path / "early"
   # Validation accuracy reaches its ceiling (1.0) within a few epochs, after

@@ -429,6 +429,31 @@ def lr_boundaries(config):
   return epochs
 
 
+# Options that decide which variables a run's checkpoints hold and in what
+# order (Keras saves optimizer variables by position): resuming a model dir
+# with another value would load its saved state into the wrong variables.
+CHECKPOINT_LAYOUT = ("model", "num_classes", "optimizer", "freeze",
+                     "train_from")
+
+
+def resume_conflict(saved, config):
+  """Why `config` cannot resume checkpoints written under `saved` (one
+  line), or None."""
+  differing = [(f"--{name}", getattr(config, name), getattr(saved, name))
+               for name in CHECKPOINT_LAYOUT
+               if getattr(config, name) != getattr(saved, name)]
+  if image_size(config) != image_size(saved):
+    differing.append(("--image_size", image_size(config), image_size(saved)))
+  if bool(config.ema_decay) != bool(saved.ema_decay):  # Averages or none.
+    differing.append(("--ema_decay", config.ema_decay, saved.ema_decay))
+  if not differing:
+    return None
+  flag, given, recorded = differing[0]
+  return (f"{flag}={given!r} differs from the {recorded!r} this model dir's "
+          "checkpoints were written with; resuming would load them into the "
+          f"wrong variables: use a new --model_dir, or {flag}={recorded!r}")
+
+
 def profile_range(config):
   """(first, last) steps to profile, or None."""
   if not config.profile_steps:
@@ -491,8 +516,8 @@ def load(path, strict=False):
                       f"a {_type_name(known[name])}")
   try:
     return validate(Config(**values))
-  except UserError as e:
-    raise UserError(f"{path}: {e}") from None
+  except UserError as e:  # Keeps its kind: a usage error stays one (exit 2).
+    raise type(e)(f"{path}: {e}") from None
 
 
 def define_flags(flag_values, defaults):

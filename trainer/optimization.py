@@ -219,6 +219,10 @@ def weight_averages(optimizer):
   return inner._model_variables_moving_average  # pylint: disable=protected-access
 
 
+def _copy_values(average, weight):
+  average.assign(weight.read_value())
+
+
 def _swap_values(weight, average):
   held = weight.read_value()
   weight.assign(average)
@@ -241,6 +245,21 @@ class AveragedWeights:
     self._pairs = [] if averages is None else [
         (w.value, a.value) for w, a in zip(weights, averages)]
     self._swap = tf.function(self._swap_all) if self._pairs else None
+    self._copy = tf.function(self._copy_all) if self._pairs else None
+
+  def start_from_weights(self):
+    """Sets every average to its weight, on every device. Keras creates the
+    averages as zeros and fills them at the first update, so a checkpoint
+    saved before any update would otherwise hold zeros."""
+    if self._swap is None:
+      return
+    with self._strategy.scope():
+      self._copy()
+
+  def _copy_all(self):
+    for weight, average in self._pairs:
+      self._strategy.extended.update(average, _copy_values, args=(weight,),
+                                     group=False)
 
   def _swap_all(self):
     for weight, average in self._pairs:

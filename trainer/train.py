@@ -447,6 +447,7 @@ class Trainer:
     # Read before anything here writes it; the chief's reading decides for
     # every worker (the others would race its overwrite).
     previous_status = self.writer.read_status() if self.is_chief else None
+    self._check_resumable()
     restored = self.checkpoints.restore_latest()
     # Every worker has looked for a checkpoint before any writes one, and
     # all found the same: else they would train different epochs and hang.
@@ -468,6 +469,9 @@ class Trainer:
             "). Use a new --model_dir to retrain.")
       return self._finish(previous_status or "completed", export=False)
     if not restored:
+      # Keras starts the averages at zero: a rollback to the step-0
+      # checkpoint must bring back the weights, not zeros.
+      self.averaged_weights.start_from_weights()
       # A step-0 checkpoint: something to roll back to if the loss blows up.
       self.checkpoints.save(0)
       if self.is_chief:
@@ -486,6 +490,16 @@ class Trainer:
           status = "early_stopped"
           break
     return self._finish(status)
+
+  def _check_resumable(self):
+    """Before restoring: one line if this model dir's checkpoints were
+    written with options that lay out other variables."""
+    if (tf.train.latest_checkpoint(self.run_dir.checkpoints) and
+        tf.io.gfile.exists(self.run_dir.config)):
+      conflict = config_lib.resume_conflict(
+          config_lib.load(self.run_dir.config), self.config)
+      if conflict:
+        raise UserError(conflict)
 
   def _run_epoch(self, sigterm):
     """One epoch (or its remainder). Returns False if preempted."""
@@ -645,12 +659,14 @@ class Trainer:
     state.epoch.assign_add(1)
     state.step_in_epoch.assign(0)
     state.epoch_totals.assign(tf.zeros_like(state.epoch_totals))
-    self.checkpoints.save(int(state.step.numpy()))
+    # best/ first: a kill between the two saves must not leave a latest
+    # checkpoint whose best value no best/ checkpoint holds.
     if new_best:
       # best/ holds the averaged weights as the model's (what the export and
       # trainer.evaluate read); the raw ones sit in its optimizer's slots.
       with self.averaged_weights.swapped_in():
         self.checkpoints.save_best(int(state.step.numpy()))
+    self.checkpoints.save(int(state.step.numpy()))
     self.writer.append_metrics(record)
     if self.is_chief:
       hypertune.report(config.hypertune_metric, record)
