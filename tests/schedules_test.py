@@ -190,8 +190,8 @@ config = tiny(num_classes=5, train_data={five_class_data[0]!r},
               eval_data={five_class_data[1]!r}, train_examples=256,
               eval_examples=80, epochs=3, strategy="multi_worker",
               lr_schedule="plateau", plateau_monitor="val_loss",
-              plateau_patience=1,
-              plateau_min_delta=float(os.environ.get("MIN_DELTA", "100")))
+              plateau_patience=int(os.environ.get("PATIENCE", "1")),
+              plateau_min_delta=100.0)
 trainer = train_lib.Trainer(config)
 summary = trainer.run()
 state = trainer.state
@@ -208,14 +208,14 @@ emit(factor=float(state.plateau_factor.numpy()),
   np.testing.assert_allclose([r["learning_rate"] for r in rows],
                              [3e-3, 3e-3, 3e-4], rtol=1e-5)
   assert workers[0]["best"] == pytest.approx(rows[0]["val_loss"])
-  # Negative control: worker 1 alone counts any change as an improvement
-  # (its own --plateau_min_delta=0): the workers' states differ and the
+  # Negative control: worker 1 alone waits 100 epochs before lowering the
+  # rate (its own --plateau_patience): the workers' states differ and the
   # comparison above would see it.
   control = run_workers(code.replace("epochs=3", "epochs=2"), cache_dir,
                         tmp_path / "control", timeout=400,
-                        env_per_worker=[{}, {"MIN_DELTA": "0"}])
+                        env_per_worker=[{}, {"PATIENCE": "100"}])
   assert control[0]["factor"] == pytest.approx(0.1)
-  assert control[0] != control[1]
+  assert control[1]["factor"] == 1.0 and control[0] != control[1]
 
 
 def test_plateau_reduction_survives_kill_9(five_class_data, cache_dir,
