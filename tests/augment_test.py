@@ -2,7 +2,6 @@
 
 import io
 import json
-import time
 
 import keras
 import numpy as np
@@ -276,7 +275,7 @@ def test_mirrored_run_with_every_augmentation_trains_and_resumes_after_kill_9(
   step, replica) and the per-image augmentations from the image's position:
   a run killed mid-epoch and resumed ends bit for bit where an uninterrupted
   one does (--deterministic)."""
-  from resilience_test import _final_state, _popen
+  from resilience_test import _final_state, kill_9_after_checkpoint
   common = ["--config=tiny", "--cpu_devices=2", "--strategy=mirrored",
             "--num_classes=2", "--deterministic", "--epochs=2",
             "--checkpoint_every_steps=4", "--steps_per_call=2",
@@ -295,15 +294,8 @@ def test_mirrored_run_with_every_augmentation_trains_and_resumes_after_kill_9(
   assert rows[-1]["val_accuracy"] >= 0.8, rows  # learns through it all
 
   interrupted_dir = tmp_path / "b"
-  process = _popen("trainer.task", [*common, f"--model_dir={interrupted_dir}"],
-                   cache_dir)
-  deadline = time.time() + 300
   # Mid-epoch 2 (16 steps per epoch): step 20 is saved, then the kill lands.
-  while not (interrupted_dir / "checkpoints" / "ckpt-20.index").exists():
-    assert time.time() < deadline and process.poll() is None
-    time.sleep(0.02)
-  process.kill()
-  process.wait()
+  kill_9_after_checkpoint(common, interrupted_dir, 20, cache_dir)
   resumed = run_cli("trainer.task", *common, f"--model_dir={interrupted_dir}",
                     check=True)
   assert "Resumed from" in resumed.stdout

@@ -2,13 +2,12 @@
 one device, two mirrored replicas, two workers and a kill -9 resume."""
 
 import json
-import time
 
 import numpy as np
 import pytest
 
 from conftest import run_probe, run_workers
-from resilience_test import _final_state, _popen
+from resilience_test import _final_state, kill_9_after_checkpoint
 
 TINY = ["--config=tiny"]
 
@@ -243,15 +242,8 @@ def test_kill_9_resume_continues_the_same_average(tmp_path, cache_dir, run_cli):
             "--ema_decay=0.9", "--clip_norm=1.0"]
   run_cli("trainer.task", *common, f"--model_dir={tmp_path / 'a'}", check=True)
   interrupted_dir = tmp_path / "b"
-  process = _popen("trainer.task", [*common, f"--model_dir={interrupted_dir}"],
-                   cache_dir)
-  deadline = time.time() + 300
   # Mid-epoch 1 (16 steps per epoch): step 12 is saved, then the kill lands.
-  while not (interrupted_dir / "checkpoints" / "ckpt-12.index").exists():
-    assert time.time() < deadline and process.poll() is None
-    time.sleep(0.02)
-  process.kill()
-  process.wait()
+  kill_9_after_checkpoint(common, interrupted_dir, 12, cache_dir)
   assert json.loads((interrupted_dir / "status.json").read_text())["status"] == "running"
   resumed = run_cli("trainer.task", *common, f"--model_dir={interrupted_dir}",
                     check=True)

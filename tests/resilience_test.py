@@ -28,6 +28,19 @@ def _popen(module, args, cache_dir, **env):
                           stderr=subprocess.STDOUT, text=True)
 
 
+def kill_9_after_checkpoint(args, model_dir, step, cache_dir, timeout=300):
+  """Starts `trainer.task *args --model_dir=model_dir` and kills it (SIGKILL)
+  as soon as its step-`step` checkpoint exists."""
+  process = _popen("trainer.task", [*args, f"--model_dir={model_dir}"],
+                   cache_dir)
+  deadline = time.time() + timeout
+  while not (model_dir / "checkpoints" / f"ckpt-{step}.index").exists():
+    assert time.time() < deadline and process.poll() is None
+    time.sleep(0.02)
+  process.kill()
+  process.wait()
+
+
 def _wait_for_line(process, pattern, timeout):
   """Reads the process's output until a line matches; returns all lines."""
   lines, deadline = [], time.time() + timeout
@@ -120,15 +133,8 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cl
             "--steps_per_call=2", "--precision=float32", "--export"]
   run_cli("trainer.task", *common, f"--model_dir={tmp_path / 'a'}", check=True)
   interrupted_dir = tmp_path / "b"
-  process = _popen("trainer.task", [*common, f"--model_dir={interrupted_dir}"],
-                   cache_dir)
-  deadline = time.time() + 300
   # Mid-epoch 2 (16 steps per epoch): step 20 is saved, then the kill lands.
-  while not (interrupted_dir / "checkpoints" / "ckpt-20.index").exists():
-    assert time.time() < deadline and process.poll() is None
-    time.sleep(0.02)
-  process.kill()
-  process.wait()
+  kill_9_after_checkpoint(common, interrupted_dir, 20, cache_dir)
   assert json.loads((interrupted_dir / "status.json").read_text())["status"] == "running"
   resumed = run_cli("trainer.task", *common, f"--model_dir={interrupted_dir}",
                     check=True)
