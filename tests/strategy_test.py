@@ -1,7 +1,8 @@
 """Strategy selection and precision, on this machine, in fresh processes.
 
 Logical CPU devices can only be configured before TensorFlow initialises,
-so each case runs in its own interpreter.
+so each device set-up runs in its own interpreter; the questions a plain
+process answers share one (`plain_machine`).
 """
 
 import json
@@ -20,19 +21,18 @@ import json, sys
 from trainer import strategy as s
 s.configure_devices({cpu_devices})
 info = s.get_strategy({strategy!r}, {devices!r}, "")
-precision, why = s.choose_precision({precision!r}, info.name)
+precision, why = s.choose_precision("auto", info.name)
 print(json.dumps({{"name": info.name, "reason": info.reason,
                   "replicas": info.num_replicas, "type": type(info.strategy).__name__,
                   "precision": precision, "why": why, "chief": info.is_chief}}))
 """
 
 
-def probe(cache_dir, strategy="auto", cpu_devices=0, devices="", precision="auto",
-          env=None):
+def probe(cache_dir, strategy="auto", cpu_devices=0, devices=""):
   code = PROBE.format(strategy=strategy, cpu_devices=cpu_devices,
-                      devices=devices, precision=precision)
+                      devices=devices)
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
-                          env=cli_env(cache_dir, **(env or {})),
+                          env=cli_env(cache_dir),
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -43,8 +43,46 @@ def _cpu_has_bf16():
     return any(flag in f.read().split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def test_auto_on_this_machine_is_one_cpu_device(cache_dir):
-  got = probe(cache_dir)
+# What a process that splits nothing sees, asked once: "auto", "mirrored" and
+# each precision need no device set-up of their own, so one interpreter
+# answers them all (a fresh one per question would only repeat TensorFlow's
+# start-up).
+PLAIN_MACHINE_PROBE = """
+import json
+from trainer import model as model_lib
+from trainer import strategy as s
+s.configure_devices(0)
+answers = {}
+for strategy in ("auto", "mirrored"):
+  info = s.get_strategy(strategy, "", "")
+  precision, why = s.choose_precision("auto", info.name)
+  answers[strategy] = {"name": info.name, "reason": info.reason,
+                       "replicas": info.num_replicas,
+                       "type": type(info.strategy).__name__,
+                       "precision": precision, "why": why,
+                       "chief": info.is_chief}
+for precision in ("float32", "mixed_bfloat16", "mixed_float16"):
+  chosen, why = s.choose_precision(precision, "one_device")
+  s.set_precision(chosen)
+  model = model_lib.build_model("tiny", 1, 32)
+  answers[precision] = {"why": why, "conv": model.get_layer("conv1").compute_dtype,
+                        "variables": model.get_layer("conv1").kernel.dtype,
+                        "output": model.get_layer("predictions").compute_dtype}
+print(json.dumps(answers))
+"""
+
+
+@pytest.fixture(scope="module")
+def plain_machine(cache_dir):
+  result = subprocess.run([sys.executable, "-c", PLAIN_MACHINE_PROBE], cwd=REPO,
+                          env=cli_env(cache_dir), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_auto_on_this_machine_is_one_cpu_device(plain_machine):
+  got = plain_machine["auto"]
   assert got["name"] == "one_device" and got["type"] == "OneDeviceStrategy"
   assert "no GPU or TPU" in got["reason"]
   expected = "mixed_bfloat16" if _cpu_has_bf16() else "float32"
@@ -70,21 +108,27 @@ def test_auto_with_multi_task_tf_config_picks_multi_worker(cache_dir, tmp_path):
                    "replicas": 2}, got
 
 
-def test_mirrored_without_gpus_says_it_uses_the_cpu(cache_dir):
-  got = probe(cache_dir, strategy="mirrored")
+def test_mirrored_without_gpus_says_it_uses_the_cpu(plain_machine):
+  got = plain_machine["mirrored"]
   assert got["replicas"] == 1
   assert "no GPU" in got["reason"] and "--cpu_devices" in got["reason"], got
 
 
-def test_vertex_cluster_spec_becomes_tf_config(cache_dir):
+def _cluster_from(monkeypatch, **env):
+  """cluster_spec_from_env() with only these of Vertex's variables set (it
+  reads the environment, no devices: no fresh interpreter needed)."""
+  from trainer import strategy as s
+  for key in ("TF_CONFIG", "CLUSTER_SPEC"):
+    monkeypatch.delenv(key, raising=False)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  return s.cluster_spec_from_env()
+
+
+def test_vertex_cluster_spec_becomes_tf_config(monkeypatch):
   spec = {"cluster": {"workerpool0": ["h0:2222"], "workerpool1": ["h1:2222", "h2:2222"]},
           "task": {"type": "workerpool1", "index": 1}}
-  code = ("import json; from trainer import strategy as s; "
-          "print(json.dumps(s.cluster_spec_from_env()))")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
-                          env=cli_env(cache_dir, CLUSTER_SPEC=json.dumps(spec)),
-                          capture_output=True, text=True, timeout=60)
-  got = json.loads(result.stdout.strip().splitlines()[-1])
+  got = _cluster_from(monkeypatch, CLUSTER_SPEC=json.dumps(spec))
   assert got == {"cluster": {"chief": ["h0:2222"], "worker": ["h1:2222", "h2:2222"]},
                  "task": {"type": "worker", "index": 1}}
 
@@ -95,56 +139,30 @@ def test_mirrored_with_device_list(cache_dir):
   assert got["replicas"] == 2
 
 
-POLICY_PROBE = """
-import json
-from trainer import model as model_lib
-from trainer import strategy as s
-precision, why = s.choose_precision({precision!r}, "one_device")
-s.set_precision(precision)
-model = model_lib.build_model("tiny", 1, 32)
-print(json.dumps({{"why": why, "conv": model.get_layer("conv1").compute_dtype,
-                  "variables": model.get_layer("conv1").kernel.dtype,
-                  "output": model.get_layer("predictions").compute_dtype}}))
-"""
-
-
 @pytest.mark.parametrize("precision,compute", [
     ("float32", "float32"), ("mixed_bfloat16", "bfloat16"),
     ("mixed_float16", "float16")])
-def test_explicit_precision_sets_the_models_compute_dtype(cache_dir, precision,
-                                                          compute):
-  result = subprocess.run([sys.executable, "-c", POLICY_PROBE.format(
-      precision=precision)], cwd=REPO, env=cli_env(cache_dir),
-      capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
-  got = json.loads(result.stdout.strip().splitlines()[-1])
+def test_explicit_precision_sets_the_models_compute_dtype(plain_machine,
+                                                          precision, compute):
+  got = plain_machine[precision]
   assert got == {"why": "requested", "conv": compute, "variables": "float32",
                  "output": "float32"}
 
 
-def _cluster_from(cache_dir, **env):
-  code = ("import json; from trainer import strategy as s; "
-          "print(json.dumps(s.cluster_spec_from_env()))")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
-                          env=cli_env(cache_dir, **env), capture_output=True,
-                          text=True, timeout=60)
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_data_service_pool_is_not_part_of_the_training_cluster(cache_dir):
+def test_data_service_pool_is_not_part_of_the_training_cluster(monkeypatch):
   # Vertex's TF_CONFIG calls pool 2 (launch.vertex's tf.data service) "ps".
   tf_config = {"cluster": {"chief": ["h0:2222"], "worker": ["h1:2222"],
                            "ps": ["h2:2222", "h3:2222"]},
                "task": {"type": "worker", "index": 0}, "environment": "cloud"}
-  assert _cluster_from(cache_dir, TF_CONFIG=json.dumps(tf_config)) == {
+  assert _cluster_from(monkeypatch, TF_CONFIG=json.dumps(tf_config)) == {
       "cluster": {"chief": ["h0:2222"], "worker": ["h1:2222"]},
       "task": {"type": "worker", "index": 0}, "environment": "cloud"}
   spec = {"cluster": {"workerpool0": ["h0:2222"], "workerpool2": ["h2:2222"]},
           "task": {"type": "workerpool0", "index": 0}}
-  assert _cluster_from(cache_dir, CLUSTER_SPEC=json.dumps(spec)) == {
+  assert _cluster_from(monkeypatch, CLUSTER_SPEC=json.dumps(spec)) == {
       "cluster": {"chief": ["h0:2222"]}, "task": {"type": "chief", "index": 0}}
   spec["task"] = {"type": "workerpool2", "index": 0}
-  assert _cluster_from(cache_dir, CLUSTER_SPEC=json.dumps(spec)) is None
+  assert _cluster_from(monkeypatch, CLUSTER_SPEC=json.dumps(spec)) is None
 
 
 def _build_summary():
