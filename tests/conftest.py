@@ -37,6 +37,46 @@ def pytest_runtest_protocol(item, nextitem):
                           "wall_secs": round(time.time() - wall, 2)}) + "\n")
 
 
+# pytest.ini runs the suite in two processes, a module's tests in one
+# (--dist loadscope). These modules go to one process together: the
+# "tiny_run" ones share that session fixture, trained once per process; the
+# "checkout" ones build from this checkout (sdists, an editable install),
+# writing its egg-info, which two builds at once would both rewrite.
+SHARED_PROCESS = {
+    "export_test.py": "tiny_run", "results_test.py": "tiny_run",
+    "task_test.py": "tiny_run",
+    "colab_test.py": "checkout", "install_test.py": "checkout",
+    "vertex_test.py": "checkout",
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """--dist loadscope, with SHARED_PROCESS's modules as one scope each."""
+  if config.getvalue("dist") != "loadscope":
+    return None
+  from xdist.scheduler import LoadScopeScheduling
+
+  class ModuleGroups(LoadScopeScheduling):
+
+    def _split_scope(self, nodeid):
+      module = nodeid.split("::", 1)[0]
+      return SHARED_PROCESS.get(os.path.basename(module), module)
+
+  return ModuleGroups(config, log)
+
+
+def pytest_collection_modifyitems(items):
+  """A module that takes tiny_run without being in SHARED_PROCESS would
+  train its own copy in a second process: say so at once."""
+  for item in items:
+    module = os.path.basename(item.nodeid.split("::", 1)[0])
+    if ("tiny_run" in getattr(item, "fixturenames", ())
+        and SHARED_PROCESS.get(module) != "tiny_run"):
+      raise pytest.UsageError(f"{module} uses the tiny_run fixture: add it to "
+                              "SHARED_PROCESS in tests/conftest.py")
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
   """One synthetic-data cache for the whole session (drawn once)."""
