@@ -41,12 +41,13 @@ def pytest_runtest_protocol(item, nextitem):
 # (--dist loadscope). These modules go to one process together: the
 # "tiny_run" ones share that session fixture, trained once per process; the
 # "checkout" ones build from this checkout (sdists, an editable install),
-# writing its egg-info, which two builds at once would both rewrite.
+# rewriting its egg-info, or read that egg-info while another builds.
+# (Other --dist modes are not grouped.)
 SHARED_PROCESS = {
     "export_test.py": "tiny_run", "results_test.py": "tiny_run",
     "task_test.py": "tiny_run",
     "colab_test.py": "checkout", "install_test.py": "checkout",
-    "vertex_test.py": "checkout",
+    "install_deps_test.py": "checkout", "vertex_test.py": "checkout",
 }
 
 
@@ -66,15 +67,16 @@ def pytest_xdist_make_scheduler(config, log):
   return ModuleGroups(config, log)
 
 
-def pytest_collection_modifyitems(items):
+def pytest_runtest_setup(item):
   """A module that takes tiny_run without being in SHARED_PROCESS would
-  train its own copy in a second process: say so at once."""
-  for item in items:
-    module = os.path.basename(item.nodeid.split("::", 1)[0])
-    if ("tiny_run" in getattr(item, "fixturenames", ())
-        and SHARED_PROCESS.get(module) != "tiny_run"):
-      raise pytest.UsageError(f"{module} uses the tiny_run fixture: add it to "
-                              "SHARED_PROCESS in tests/conftest.py")
+  train its own copy in a second process: its tests fail and say so (a
+  failed test's report reaches the terminal from an xdist worker, an error
+  during a worker's collection does not)."""
+  module = os.path.basename(item.nodeid.split("::", 1)[0])
+  if ("tiny_run" in getattr(item, "fixturenames", ())
+      and SHARED_PROCESS.get(module) != "tiny_run"):
+    pytest.fail(f"{module} uses the tiny_run fixture: add it to "
+                "SHARED_PROCESS in tests/conftest.py", pytrace=False)
 
 
 @pytest.fixture(scope="session")
