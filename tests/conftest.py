@@ -51,6 +51,11 @@ SHARED_PROCESS = {
 }
 
 
+def _module_of(nodeid):
+  """tests/x_test.py::test_y[z] -> x_test.py"""
+  return os.path.basename(nodeid.split("::", 1)[0])
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
   """--dist loadscope, with SHARED_PROCESS's modules as one scope each."""
@@ -61,8 +66,7 @@ def pytest_xdist_make_scheduler(config, log):
   class ModuleGroups(LoadScopeScheduling):
 
     def _split_scope(self, nodeid):
-      module = nodeid.split("::", 1)[0]
-      return SHARED_PROCESS.get(os.path.basename(module), module)
+      return SHARED_PROCESS.get(_module_of(nodeid), _module_of(nodeid))
 
   return ModuleGroups(config, log)
 
@@ -72,7 +76,7 @@ def pytest_runtest_setup(item):
   train its own copy in a second process: its tests fail and say so (a
   failed test's report reaches the terminal from an xdist worker, an error
   during a worker's collection does not)."""
-  module = os.path.basename(item.nodeid.split("::", 1)[0])
+  module = _module_of(item.nodeid)
   if ("tiny_run" in getattr(item, "fixturenames", ())
       and SHARED_PROCESS.get(module) != "tiny_run"):
     pytest.fail(f"{module} uses the tiny_run fixture: add it to "

@@ -17,21 +17,27 @@ import pytest
 
 from conftest import REPO, cli_env
 
-PROBE = """
-import json, sys
+# What a probe reports of the strategy it got (both probes below).
+DESCRIBE_STRATEGY = """
+import json
 from trainer import strategy as s
+
+def describe(info):
+  precision, why = s.choose_precision("auto", info.name)
+  return {"name": info.name, "reason": info.reason,
+          "replicas": info.num_replicas, "type": type(info.strategy).__name__,
+          "precision": precision, "why": why, "chief": info.is_chief}
+"""
+
+PROBE = """
 s.configure_devices({cpu_devices})
-info = s.get_strategy({strategy!r}, {devices!r}, "")
-precision, why = s.choose_precision("auto", info.name)
-print(json.dumps({{"name": info.name, "reason": info.reason,
-                  "replicas": info.num_replicas, "type": type(info.strategy).__name__,
-                  "precision": precision, "why": why, "chief": info.is_chief}}))
+print(json.dumps(describe(s.get_strategy({strategy!r}, {devices!r}, ""))))
 """
 
 
 def probe(cache_dir, strategy="auto", cpu_devices=0, devices=""):
-  code = PROBE.format(strategy=strategy, cpu_devices=cpu_devices,
-                      devices=devices)
+  code = DESCRIBE_STRATEGY + PROBE.format(
+      strategy=strategy, cpu_devices=cpu_devices, devices=devices)
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
                           env=cli_env(cache_dir),
                           capture_output=True, text=True, timeout=120)
@@ -48,20 +54,11 @@ def _cpu_has_bf16():
 # each precision need no device set-up of their own, so one interpreter
 # answers them all (a fresh one per question would only repeat TensorFlow's
 # start-up).
-PLAIN_MACHINE_PROBE = """
-import json
+PLAIN_MACHINE_PROBE = DESCRIBE_STRATEGY + """
 from trainer import model as model_lib
-from trainer import strategy as s
 s.configure_devices(0)
-answers = {}
-for strategy in ("auto", "mirrored"):
-  info = s.get_strategy(strategy, "", "")
-  precision, why = s.choose_precision("auto", info.name)
-  answers[strategy] = {"name": info.name, "reason": info.reason,
-                       "replicas": info.num_replicas,
-                       "type": type(info.strategy).__name__,
-                       "precision": precision, "why": why,
-                       "chief": info.is_chief}
+answers = {strategy: describe(s.get_strategy(strategy, "", ""))
+           for strategy in ("auto", "mirrored")}
 # float32 last: it must undo the mixed policies before it.
 for precision in ("mixed_bfloat16", "mixed_float16", "float32"):
   chosen, why = s.choose_precision(precision, "one_device")
