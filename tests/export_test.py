@@ -12,13 +12,22 @@ import tensorflow as tf
 from conftest import REPO, cli_env, copy_run
 from trainer import data
 
+pytestmark = pytest.mark.multiprocess
+
 EXPORT = "trainer.export"
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_run, tmp_path_factory):
-  """A copy of the session's tiny run, which these tests export into."""
-  return copy_run(tiny_run.model_dir, tmp_path_factory.mktemp("export") / "run")
+# Every training precision: the export computes in float32 whichever it was
+# (--export_precision's default), so TFLite converts each in every mode.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@pytest.fixture(scope="module", params=PRECISIONS)
+def trained(request, tiny_runs, tmp_path_factory):
+  """A copy of the session's tiny run in each precision, which these tests
+  export into."""
+  return copy_run(tiny_runs(request.param).model_dir,
+                  tmp_path_factory.mktemp("export") / "run")
 
 
 def _validation_set(files):
@@ -118,6 +127,52 @@ def test_each_mode_stores_what_it_promises(exports):
     sizes[quantize] = path.stat().st_size
   assert 0.4 < sizes["float16"] / sizes["none"] < 0.6, sizes
   assert sizes["int8"] / sizes["none"] < 0.4, sizes
+
+
+def test_the_export_computes_in_float32(trained):
+  """Whatever the run trained in: no bfloat16 or float16 op in the SavedModel
+  (both signatures) or the .keras model."""
+  import keras
+  from trainer import serving
+  saved_model = str(trained / "export" / "saved_model")
+  assert serving.reduced_compute_dtype(saved_model) is None
+  loaded = tf.saved_model.load(saved_model)
+  output = loaded.signatures["serving_default"](
+      image_bytes=tf.constant([_jpeg_of_zeros()]))
+  assert output["probabilities"].dtype == tf.float32
+  model = keras.models.load_model(trained / "export" / "model.keras")
+  assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def _jpeg_of_zeros():
+  return tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()
+
+
+@pytest.mark.multiprocess
+def test_export_in_the_training_precision_is_kept_and_tflite_says_why_not(
+    run_cli, tmp_path):
+  """--export_precision=training keeps bfloat16 in the SavedModel (the
+  negative control of the test above), and trainer.export refuses it in one
+  line that names the flag."""
+  from trainer import serving
+  model_dir = tmp_path / "run"
+  run_cli("trainer.task", "--config=tiny", "--epochs=1",
+          "--precision=mixed_bfloat16", "--export_precision=training",
+          f"--model_dir={model_dir}", check=True)
+  saved_model = str(model_dir / "export" / "saved_model")
+  assert serving.reduced_compute_dtype(saved_model) == "bfloat16"
+  output = tf.saved_model.load(saved_model).signatures["serving_default"](
+      image_bytes=tf.constant([_jpeg_of_zeros()]))
+  assert output["probabilities"].dtype == tf.float32  # Cast at the output.
+  result = run_cli(EXPORT, f"--model_dir={model_dir}", "--quantize=none",
+                   timeout=300)
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert result.stderr.splitlines() == [
+      f"Error: --model_dir={model_dir}: its SavedModel computes in bfloat16 "
+      "(the run set --export_precision=training) and TFLite converts "
+      "float32 models only: export with --export_precision=float32, the "
+      "default"], result.stderr
+  assert not (model_dir / "export" / "model.tflite").exists()
 
 
 def test_agreement_check_catches_a_different_model(exports, tmp_path):

@@ -18,6 +18,7 @@ from trainer.errors import describe
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 ALL_REDUCE_PRECISIONS = ("auto", "float32", "bfloat16")
+EXPORT_PRECISIONS = ("float32", "training")
 # Every model variant and its input side in pixels (the paper's 227 makes
 # conv1 'valid' exact); trainer/model.py builds them.
 MODEL_IMAGE_SIZES = {"seed": 224, "seed_same": 224, "original": 227, "tiny": 32}
@@ -303,6 +304,13 @@ class Config:
                                "TensorBoard's Profile tab).", section="Outputs")
   export: bool = _option(True, "Export the best model at the end (.keras and "
                          "SavedModel).", section="Outputs")
+  export_precision: str = _option(
+      "float32", "What the export computes in. 'float32' = a float32 copy of "
+      "the trained weights (mixed precision keeps its weights in float32, so "
+      "nothing is lost): every CPU and GPU serves it at full speed and "
+      "TFLite converts it. 'training' = the run's --precision (bfloat16 is "
+      "emulated, slowly, on CPUs without AVX512_BF16 and GPUs before Ampere; "
+      "TFLite cannot convert it).", EXPORT_PRECISIONS, "Outputs")
   hypertune_metric: str = _option(
       "", "Vertex AI hyperparameter tuning: the metric every epoch reports to "
       "the tuning service through cloudml-hypertune, only when this process "

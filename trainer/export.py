@@ -31,6 +31,10 @@ from absl import app
 from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# Imports TensorFlow without its CUDA-probe and oneDNN start-up notices, so
+# the command prints the same on every CPU kind.
+from trainer import startup  # pylint: disable=g-import-not-at-top
+startup.start_tensorflow()
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -40,12 +44,13 @@ from trainer import data  # pylint: disable=g-import-not-at-top
 from trainer import errors  # pylint: disable=g-import-not-at-top
 from trainer import outputs  # pylint: disable=g-import-not-at-top
 from trainer import records  # pylint: disable=g-import-not-at-top
+from trainer import serving  # pylint: disable=g-import-not-at-top
 from trainer.errors import UserError  # pylint: disable=g-import-not-at-top
 from trainer.errors import describe  # pylint: disable=g-import-not-at-top
 
 FORMATS = ("tflite",)
 QUANTIZATIONS = ("none", "float16", "int8")
-SIGNATURE = "serve"  # the SavedModel's float-pixels endpoint (trainer.serving)
+SIGNATURE = serving.PIXELS_SIGNATURE
 INSTALL_HINT = "pip install ai-edge-litert (or pip install 'alexnet-tf[tflite]')"
 
 FLAGS = flags.FLAGS
@@ -159,6 +164,12 @@ def run(model_dir, quantize="none", eval_data="", calibration_images=200):
                     f"{saved_model_dir} (a run exports it when it completes)")
   if not tf.io.gfile.exists(run_dir.config):
     raise UserError(f"--model_dir={model_dir}: no config.json (not a training run)")
+  reduced = serving.reduced_compute_dtype(saved_model_dir, SIGNATURE)
+  if reduced:  # The converter would fail, after pages of MLIR errors.
+    raise UserError(
+        f"--model_dir={model_dir}: its SavedModel computes in {reduced} (the "
+        "run set --export_precision=training) and TFLite converts float32 "
+        "models only: export with --export_precision=float32, the default")
   config = config_lib.load(run_dir.config)
   config = config.replace(eval_data=eval_data or config.eval_data)
   image_size = config_lib.image_size(config)

@@ -241,11 +241,23 @@ def build_model(name="seed", num_classes=1, image_size=None,
   return keras.Model(inputs, outputs, name=f"alexnet_{name}")
 
 
-def portable_copy(model, name, num_classes, image_size, dropout_rate):
+def portable_copy(model, name, num_classes, image_size, dropout_rate,
+                  dtype_policy="float32"):
   """The same network and weights with built-in Keras layers (for export;
-  `original`'s LRN is ours and registered for loading)."""
-  copy = build_model(name, num_classes, image_size, dropout_rate,
-                     portable=True)
+  `original`'s LRN is ours and registered for loading), computing under the
+  Keras dtype policy `dtype_policy` (e.g. "float32", "mixed_bfloat16").
+
+  Mixed precision keeps the weights in float32, so a float32 copy holds
+  exactly the trained values."""
+  trained_policy = keras.mixed_precision.global_policy()
+  # Keras layers take the global policy when they are built: set it for the
+  # copy alone, then put back what the run uses.
+  keras.mixed_precision.set_global_policy(dtype_policy)
+  try:
+    copy = build_model(name, num_classes, image_size, dropout_rate,
+                       portable=True)
+  finally:
+    keras.mixed_precision.set_global_policy(trained_policy)
   copy.set_weights(model.get_weights())
   return copy
 

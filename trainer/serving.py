@@ -23,6 +23,25 @@ import tensorflow as tf
 from trainer import data
 
 
+BYTES_SIGNATURE = "serving_default"
+PIXELS_SIGNATURE = "serve"
+
+
+def reduced_compute_dtype(saved_model_dir, signature=PIXELS_SIGNATURE):
+  """'bfloat16' or 'float16' when `signature` of the SavedModel computes in
+  it (exported with --export_precision=training), else None."""
+  graph = tf.saved_model.load(saved_model_dir).signatures[signature].graph
+  graph_def = graph.as_graph_def()
+  nodes = [*graph_def.node,
+           *(node for function in graph_def.library.function
+             for node in function.node_def)]
+  for dtype in (tf.bfloat16, tf.float16):
+    if any(node.attr[key].type == dtype.as_datatype_enum
+           for node in nodes for key in ("T", "DstT") if key in node.attr):
+      return dtype.name
+  return None
+
+
 def serving_function(model, image_size, augment, class_names):
   """The bytes-in, classes-out tf.function."""
   names = tf.constant(list(class_names))
@@ -62,9 +81,9 @@ def export(model, run_dir, image_size, augment, class_names):
     model.save(keras_path)
   archive = keras.export.ExportArchive()
   archive.track(model)
-  archive.add_endpoint("serving_default",
+  archive.add_endpoint(BYTES_SIGNATURE,
                        serving_function(model, image_size, augment, class_names))
-  archive.add_endpoint("serve", model.call, input_signature=[tf.TensorSpec(
+  archive.add_endpoint(PIXELS_SIGNATURE, model.call, input_signature=[tf.TensorSpec(
       [None, image_size, image_size, 3], tf.float32, name="image")])
   if "verbose" in inspect.signature(archive.write_out).parameters:
     # Keras 3.6+ lists every variable the endpoints capture unless told

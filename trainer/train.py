@@ -722,7 +722,9 @@ class Trainer:
       target = outputs.RunDir(scratch, scratch, scratch)
     portable = model_lib.portable_copy(
         self.model, self.config.model, self.config.num_classes,
-        self.image_size, self.config.dropout_rate)
+        self.image_size, self.config.dropout_rate,
+        "float32" if self.config.export_precision == "float32"
+        else self.precision)
     serving.export(portable, target, self.image_size, self.config.augment,
                    self.class_names)
     if not self.is_chief:
