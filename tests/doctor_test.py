@@ -9,6 +9,8 @@ import pytest
 
 from trainer.config import PRECISIONS
 
+pytestmark = pytest.mark.multiprocess
+
 
 def _has_nvidia_driver():
   return (os.path.exists("/proc/driver/nvidia/version")
@@ -62,7 +64,8 @@ def test_table_says_what_runs_here(run_cli, versions, report, cache_dir):
   out = result.stdout
   tf_version, keras_version, build = versions
   for row in ("TensorFlow", "Keras", "built for", "NVIDIA driver", "GPUs",
-              "TPUs", "precision auto", "all-reduce", "CPU flags"):
+              "TPUs", "precision auto", "all-reduce", "CPU flags",
+              "oneDNN ops"):
     assert row in out, (row, out)
   assert tf_version in out and keras_version in out
   if build.get("is_cuda_build"):
@@ -99,6 +102,7 @@ def test_json_has_every_field_with_its_type(versions, report):
   assert isinstance(report["all_reduce"]["mirrored"], str)
   assert isinstance(report["all_reduce"]["multi_worker"], str)
   assert set(report["cpu"]["flags"]) <= _cpu_flags()
+  assert isinstance(report["cpu"]["onednn"], bool)
   assert report["cpu"]["cores"] >= 1
   bench = report["benchmark"]
   assert bench["model"] == "seed" and bench["steps"] == 20
@@ -129,3 +133,13 @@ def test_bad_expect_value_names_the_valid_ones(run_cli):
   result = run_cli("trainer.doctor", "--expect=npu", timeout=120)
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert "--expect=npu" in result.stderr and "gpu|tpu" in result.stderr
+
+
+def test_onednn_row_follows_tf_enable_onednn_opts(run_cli):
+  """TensorFlow's own switch turns the row off, whatever the CPU (on is the
+  default on CPUs with AVX512_VNNI/BF16 or AMX, off elsewhere)."""
+  result = run_cli("trainer.doctor", "--nobenchmark", timeout=300,
+                   env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = next(l for l in result.stdout.splitlines() if l.startswith("oneDNN"))
+  assert row.split()[-1] == "off", row

@@ -115,6 +115,17 @@ def _benchmark():
           "seconds": time.monotonic() - start}
 
 
+def _onednn_enabled():
+  """Whether TensorFlow runs oneDNN's custom CPU operations here (on by
+  default on CPUs with AVX512_VNNI/BF16, AVX_VNNI or AMX; its start-up notice
+  is not shown), or None where this TensorFlow does not say."""
+  try:
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def diagnose(run_benchmark=True):
   """Everything the table shows, as a JSON-ready dict."""
   import keras  # pylint: disable=g-import-not-at-top
@@ -142,7 +153,8 @@ def diagnose(run_benchmark=True):
       "precision": {"auto": precision, "reason": reason},
       "all_reduce": _all_reduce(gpus, libraries),
       "cpu": {"model": _cpu_model(), "cores": len(os.sched_getaffinity(0)),
-              "flags": [f for f in _CPU_FEATURES if f in flags_here]},
+              "flags": [f for f in _CPU_FEATURES if f in flags_here],
+              "onednn": _onednn_enabled()},
       "benchmark": _benchmark() if run_benchmark else None,
   }
   return report
@@ -174,6 +186,9 @@ def format_table(report):
   cpu = report["cpu"]
   rows.append(("CPU", f"{cpu['model']}, {cpu['cores']} cores"))
   rows.append(("CPU flags", " ".join(cpu["flags"]) or "none of note"))
+  rows.append(("oneDNN ops", {True: "on (TF_ENABLE_ONEDNN_OPTS=0 turns them "
+                                    "off)",
+                              False: "off", None: "unknown"}[cpu["onednn"]]))
   bench = report["benchmark"]
   if bench and "error" in bench:
     rows.append(("benchmark", f"failed: {bench['error']}"))
@@ -189,6 +204,8 @@ def format_table(report):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=2)
+  from trainer import startup  # pylint: disable=g-import-not-at-top
+  startup.start_tensorflow()  # The same start-up lines on every CPU kind.
   from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
   problem = strategy_lib.accelerator_problem(FLAGS.expect)
   if problem:

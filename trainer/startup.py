@@ -8,12 +8,20 @@ first lists devices:
     I0000 ... cudart_stub.cc:31] Could not find cuda drivers on your machine, ...
     E0000 ... cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error ...
 
-The first two come from library initialisers logging through absl before
-anything has set absl up, so TF_CPP_MIN_LOG_LEVEL cannot hide them (not even
-at 3); the third hides only with every other error. `start_tensorflow`
-imports TensorFlow and lets it probe once with file descriptor 2 captured,
-then writes back every line but these. A failing cuInit on a machine that
-has the driver is a broken GPU set-up: that line is kept.
+On CPUs where TensorFlow turns oneDNN's custom operations on by default
+(those with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX, e.g. Sapphire Rapids)
+the same libraries also say, twice:
+
+    I0000 ... port.cc:153] oneDNN custom operations are on. You may see ...
+
+The first two kinds come from library initialisers logging through absl
+before anything has set absl up, so TF_CPP_MIN_LOG_LEVEL cannot hide them
+(not even at 3); cuInit's hides only with every other error. So that a
+command prints the same on every CPU kind, `start_tensorflow` imports
+TensorFlow and lets it probe once with file descriptor 2 captured, then
+writes back every line but these. (`python -m trainer.doctor` says whether
+oneDNN is on.) A failing cuInit on a machine that has the driver is a broken
+GPU set-up: that line is kept.
 """
 
 import contextlib
@@ -27,14 +35,17 @@ _ABSL_NOTE = ("WARNING: All log messages before absl::InitializeLog() is "
 _NO_DRIVER = re.compile(r"\] Could not find cuda drivers on your machine, GPU "
                         r"will not be used\.$")
 _CUINIT_FAILED = re.compile(r"\] failed call to cuInit: ")
+_ONEDNN_ON = re.compile(r"\] oneDNN custom operations are on\. ")
 
 
 def _without_probe_lines(lines):
-  """`lines` (bytes, with their endings) minus the CUDA-probe lines."""
+  """`lines` (bytes, with their endings) minus the CUDA-probe and oneDNN
+  lines."""
   texts = [line.decode("utf-8", "replace").rstrip("\r\n") for line in lines]
   no_driver = any(_NO_DRIVER.search(text) for text in texts)
   return [line for line, text in zip(lines, texts)
           if text != _ABSL_NOTE and not _NO_DRIVER.search(text)
+          and not _ONEDNN_ON.search(text)
           and not (no_driver and _CUINIT_FAILED.search(text))]
 
 
