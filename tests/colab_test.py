@@ -1,6 +1,6 @@
 """launch.colab: a valid notebook whose cells run end to end on a local kernel.
 
-The kernel runs in a venv that sees this machine's packages (TensorFlow
+The kernel runs in a venv layered on the test environment (its TensorFlow
 included) but installs into its own directory, so the notebook's pip install
 runs for real without changing the shared environment.
 """
@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from conftest import REPO, cli_env
-from system_venv import SystemVenv
+from layered_venv import LayeredVenv
 
 # Small enough for seconds: 48 px synthetic stripes, 64 + 32 images.
 SMALL_SYNTHETIC = ["--prepare_flag=--synthetic_examples=64,32",
@@ -23,7 +23,7 @@ SMALL_SYNTHETIC = ["--prepare_flag=--synthetic_examples=64,32",
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-  return SystemVenv(tmp_path_factory.mktemp("colab") / "venv")
+  return LayeredVenv(tmp_path_factory.mktemp("colab") / "venv")
 
 
 @pytest.fixture
@@ -71,6 +71,7 @@ def execute(notebook, tmp_path, upto=None):
                  for o in cell.get("outputs", []))
 
 
+@pytest.mark.notebook
 def test_notebook_installs_prepares_data_and_trains_end_to_end(kernel_env, tmp_path):
   # The data directory is a hostile string: it must arrive as one literal
   # path in trainer.prepare and trainer.task, never reach a shell.
@@ -113,6 +114,7 @@ def _skip_install(notebook):
   return notebook
 
 
+@pytest.mark.notebook
 def test_gpu_runtime_requires_the_gpu_and_data_picks_the_seed_config(
     kernel_env, tmp_path, monkeypatch):
   # A stand-in nvidia-smi that lists one GPU: the notebook's detection runs
@@ -135,6 +137,7 @@ def test_gpu_runtime_requires_the_gpu_and_data_picks_the_seed_config(
       "--require_accelerator=gpu"]
 
 
+@pytest.mark.notebook
 def test_remote_tpu_without_a_gcs_data_dir_says_what_to_set(kernel_env, tmp_path, monkeypatch):
   monkeypatch.setenv("COLAB_TPU_ADDR", "10.0.0.2:8470")
   notebook = _skip_install(write_notebook(tmp_path, f"--install={REPO}",
@@ -145,6 +148,7 @@ def test_remote_tpu_without_a_gcs_data_dir_says_what_to_set(kernel_env, tmp_path
   assert "Runtime: TPU" in "".join(o.get("text", "") for o in notebook.cells[2].outputs)
 
 
+@pytest.mark.notebook
 def test_without_data_the_trainer_gets_the_given_flags(kernel_env, tmp_path):
   notebook = _skip_install(write_notebook(tmp_path, f"--install={REPO}", "--",
                                           "--strategy=auto", "--epochs=20"))
@@ -165,6 +169,7 @@ def test_a_model_dir_given_with_a_space_is_the_one_used(tmp_path):
   assert model_dir == "/content/runs/colab"
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("args,fragment", [
     (["--", "--epocs=3"], "epocs"),
     (["--", "--strategy=gpus"], "--strategy=gpus"),
@@ -180,6 +185,7 @@ def test_bad_flags_fail_when_the_notebook_is_written(tmp_path, args, fragment):
   assert not (tmp_path / "x.ipynb").exists()
 
 
+@pytest.mark.multiprocess
 def test_install_is_required(tmp_path):
   result = subprocess.run([sys.executable, "-m", "launch.colab",
                            f"--out={tmp_path / 'x.ipynb'}"], cwd=REPO,

@@ -1,6 +1,6 @@
 """launch.install_deps: installs a package's requirements except TensorFlow,
-with the installed TensorFlow family pinned, in a venv that sees this
-machine's TensorFlow (pip runs for real, offline, against local wheels)."""
+with the installed TensorFlow family pinned, in a venv layered on the test
+environment (its TensorFlow included) (pip runs for real, offline, against local wheels)."""
 
 import importlib.metadata
 import os
@@ -11,7 +11,9 @@ import textwrap
 import pytest
 
 from conftest import REPO
-from system_venv import SystemVenv
+from layered_venv import LayeredVenv
+
+pytestmark = pytest.mark.install
 
 
 def _write_package(directory, name, requires):
@@ -29,7 +31,7 @@ def _write_package(directory, name, requires):
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
   root = tmp_path_factory.mktemp("install")
-  venv = SystemVenv(root / "venv")
+  venv = LayeredVenv(root / "venv")
   wheels = root / "wheels"
   # A requirement only the local wheel directory can satisfy, and a package
   # that asks for a TensorFlow older than the one installed here.
