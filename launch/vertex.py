@@ -71,78 +71,103 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_NAME = "alexnet-tf"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("project", None, "Google Cloud project id.")
-flags.DEFINE_string("region", "us-central1", "Vertex AI region.")
-flags.DEFINE_string("staging_bucket", None, "gs:// path for the package and "
-                    "Vertex's staging files (container path: default "
-                    "--base_output_dir).")
-flags.DEFINE_string("display_name", "", "Job name; default alexnet-<time>.")
-flags.DEFINE_string("machine_type", "n1-standard-8", "Machine of every replica.")
-flags.DEFINE_string("accelerator_type", "", "e.g. NVIDIA_TESLA_T4, "
-                    "NVIDIA_TESLA_V100, NVIDIA_L4, NVIDIA_TESLA_A100, "
-                    "NVIDIA_A100_80GB, NVIDIA_H100_80GB, TPU_V2, TPU_V3, "
-                    "TPU_V5_LITEPOD; empty = CPU only.")
-flags.DEFINE_integer("accelerator_count", 0, "Accelerators per replica.")
-flags.DEFINE_integer("workers", 0, "Extra machines beside the chief (0 = one "
-                     "machine).")
-flags.DEFINE_integer("data_service_workers", 0, "CPU machines (worker pool "
-                     "2) that decode and augment for the trainers through a "
-                     "tf.data service; 0 = the trainers' own CPUs do it.")
-flags.DEFINE_string("data_service_machine_type", "n1-highcpu-16", "Machine of "
-                    "each --data_service_workers replica.")
-flags.DEFINE_string("tpu_topology", "", "TPU v5e topology, e.g. 2x2 "
-                    "(default from the machine type).")
-flags.DEFINE_integer("boot_disk_gb", 100, "Boot disk per replica.")
-flags.DEFINE_string("base_output_dir", None, "gs:// dir for the model, "
-                    "checkpoints and TensorBoard logs (sets AIP_*_DIR).")
-flags.DEFINE_string("executor_image_uri", "", "Package path: the prebuilt "
-                    "training image; default Vertex's newest TensorFlow image "
-                    "for CPU or GPU.")
-flags.DEFINE_string("container_image", "", "Container path: an image built "
-                    "from this repo's Dockerfile (or Dockerfile.tpu), e.g. "
-                    "us-central1-docker.pkg.dev/P/REPO/alexnet-tf:2.21. Its "
-                    "entrypoint runs the trainer; no package is uploaded. "
-                    "Required for TPU machines.")
-flags.DEFINE_bool("spot", False, "Run on Spot VMs (cheaper, preemptible; the "
-                  "trainer checkpoints on SIGTERM and resumes).")
-flags.DEFINE_bool("restart_job_on_worker_restart", False, "Restart the whole "
-                  "job when a worker restarts.")
-flags.DEFINE_integer("timeout_hours", 0, "Cancel the job after this long (0 = "
-                     "Vertex's default, 7 days).")
-flags.DEFINE_string("service_account", "", "Service account the job runs as.")
-flags.DEFINE_string("network", "", "VPC network (projects/N/global/networks/X).")
-flags.DEFINE_list("labels", [], "key=value labels.")
-flags.DEFINE_string("tensorboard", "", "Vertex TensorBoard instance "
-                    "(projects/P/locations/L/tensorboards/ID) to stream logs to.")
-flags.DEFINE_string("api_endpoint", "", "Vertex API endpoint override (private "
-                    "endpoints; http:// endpoints use no credentials).")
-flags.DEFINE_bool("dry_run", False, "Print the job request as JSON; submit "
-                  "nothing.")
-flags.DEFINE_bool("wait", False, "Stream the job's state until it ends; exit "
-                  "non-zero unless it succeeds.")
-flags.DEFINE_integer("poll_secs", 30, "--wait polling interval.")
-flags.DEFINE_bool("tune", False, "Create a hyperparameter tuning job: trials "
-                  "of this job, each with other values of the --param flags, "
-                  "compared by --metric.")
-flags.DEFINE_string("metric", "", "--tune: what trials are compared by, as "
-                    "the trainer logs it each epoch: loss, accuracy, auc, "
-                    "val_loss, val_accuracy or val_auc.")
-flags.DEFINE_string("goal", "", "--tune: maximize or minimize --metric; "
-                    "default minimize for losses, else maximize.")
-flags.DEFINE_multi_string("param", [], "--tune: a trainer flag to tune, as "
-                          "NAME:double:MIN:MAX[:SCALE], "
-                          "NAME:integer:MIN:MAX[:SCALE], "
-                          "NAME:discrete:V1,V2,...[:SCALE] or "
-                          "NAME:categorical:V1,V2,...; SCALE linear (default), "
-                          "log or reverse_log. Repeat for each flag.")
-flags.DEFINE_integer("max_trials", 10, "--tune: trials in all.")
-flags.DEFINE_integer("parallel_trials", 1, "--tune: trials at once (fewer "
-                     "give the search more results to learn from).")
-flags.DEFINE_integer("max_failed_trials", 0, "--tune: failed trials that fail "
-                     "the job; 0 = Vertex decides.")
-flags.DEFINE_string("search_algorithm", "bayesian", "--tune: bayesian "
-                    "(Vertex's default), grid (integer, discrete and "
-                    "categorical parameters only) or random.")
+
+
+def define_flags(flag_values=FLAGS):
+  """Defines the launcher's flags on `flag_values`.
+
+  Called when this module runs as the command; `default_options` calls it
+  on a private FlagValues, so importing the module (tests, other launchers)
+  defines no global flag that could clash with another command's.
+  """
+  flags.DEFINE_string("project", None, "Google Cloud project id.", flag_values=flag_values)
+  flags.DEFINE_string("region", "us-central1", "Vertex AI region.", flag_values=flag_values)
+  flags.DEFINE_string("staging_bucket", None, "gs:// path for the package and "
+                      "Vertex's staging files (container path: default "
+                      "--base_output_dir).", flag_values=flag_values)
+  flags.DEFINE_string("display_name", "", "Job name; default alexnet-<time>.", flag_values=flag_values)
+  flags.DEFINE_string("machine_type", "n1-standard-8", "Machine of every replica.", flag_values=flag_values)
+  flags.DEFINE_string("accelerator_type", "", "e.g. NVIDIA_TESLA_T4, "
+                      "NVIDIA_TESLA_V100, NVIDIA_L4, NVIDIA_TESLA_A100, "
+                      "NVIDIA_A100_80GB, NVIDIA_H100_80GB, TPU_V2, TPU_V3, "
+                      "TPU_V5_LITEPOD; empty = CPU only.", flag_values=flag_values)
+  flags.DEFINE_integer("accelerator_count", 0, "Accelerators per replica.", flag_values=flag_values)
+  flags.DEFINE_integer("workers", 0, "Extra machines beside the chief (0 = one "
+                       "machine).", flag_values=flag_values)
+  flags.DEFINE_integer("data_service_workers", 0, "CPU machines (worker pool "
+                       "2) that decode and augment for the trainers through a "
+                       "tf.data service; 0 = the trainers' own CPUs do it.", flag_values=flag_values)
+  flags.DEFINE_string("data_service_machine_type", "n1-highcpu-16", "Machine of "
+                      "each --data_service_workers replica.", flag_values=flag_values)
+  flags.DEFINE_string("tpu_topology", "", "TPU v5e topology, e.g. 2x2 "
+                      "(default from the machine type).", flag_values=flag_values)
+  flags.DEFINE_integer("boot_disk_gb", 100, "Boot disk per replica.", flag_values=flag_values)
+  flags.DEFINE_string("base_output_dir", None, "gs:// dir for the model, "
+                      "checkpoints and TensorBoard logs (sets AIP_*_DIR).", flag_values=flag_values)
+  flags.DEFINE_string("executor_image_uri", "", "Package path: the prebuilt "
+                      "training image; default Vertex's newest TensorFlow image "
+                      "for CPU or GPU.", flag_values=flag_values)
+  flags.DEFINE_string("container_image", "", "Container path: an image built "
+                      "from this repo's Dockerfile (or Dockerfile.tpu), e.g. "
+                      "us-central1-docker.pkg.dev/P/REPO/alexnet-tf:2.21. Its "
+                      "entrypoint runs the trainer; no package is uploaded. "
+                      "Required for TPU machines.", flag_values=flag_values)
+  flags.DEFINE_bool("spot", False, "Run on Spot VMs (cheaper, preemptible; the "
+                    "trainer checkpoints on SIGTERM and resumes).", flag_values=flag_values)
+  flags.DEFINE_bool("restart_job_on_worker_restart", False, "Restart the whole "
+                    "job when a worker restarts.", flag_values=flag_values)
+  flags.DEFINE_integer("timeout_hours", 0, "Cancel the job after this long (0 = "
+                       "Vertex's default, 7 days).", flag_values=flag_values)
+  flags.DEFINE_string("service_account", "", "Service account the job runs as.", flag_values=flag_values)
+  flags.DEFINE_string("network", "", "VPC network (projects/N/global/networks/X).", flag_values=flag_values)
+  flags.DEFINE_list("labels", [], "key=value labels.", flag_values=flag_values)
+  flags.DEFINE_string("tensorboard", "", "Vertex TensorBoard instance "
+                      "(projects/P/locations/L/tensorboards/ID) to stream logs to.", flag_values=flag_values)
+  flags.DEFINE_string("api_endpoint", "", "Vertex API endpoint override (private "
+                      "endpoints; http:// endpoints use no credentials).", flag_values=flag_values)
+  flags.DEFINE_bool("dry_run", False, "Print the job request as JSON; submit "
+                    "nothing.", flag_values=flag_values)
+  flags.DEFINE_bool("wait", False, "Stream the job's state until it ends; exit "
+                    "non-zero unless it succeeds.", flag_values=flag_values)
+  flags.DEFINE_integer("poll_secs", 30, "--wait polling interval.", flag_values=flag_values)
+  flags.DEFINE_bool("tune", False, "Create a hyperparameter tuning job: trials "
+                    "of this job, each with other values of the --param flags, "
+                    "compared by --metric.", flag_values=flag_values)
+  flags.DEFINE_string("metric", "", "--tune: what trials are compared by, as "
+                      "the trainer logs it each epoch: loss, accuracy, auc, "
+                      "val_loss, val_accuracy or val_auc.", flag_values=flag_values)
+  flags.DEFINE_string("goal", "", "--tune: maximize or minimize --metric; "
+                      "default minimize for losses, else maximize.", flag_values=flag_values)
+  flags.DEFINE_multi_string("param", [], "--tune: a trainer flag to tune, as "
+                            "NAME:double:MIN:MAX[:SCALE], "
+                            "NAME:integer:MIN:MAX[:SCALE], "
+                            "NAME:discrete:V1,V2,...[:SCALE] or "
+                            "NAME:categorical:V1,V2,...; SCALE linear (default), "
+                            "log or reverse_log. Repeat for each flag.", flag_values=flag_values)
+  flags.DEFINE_integer("max_trials", 10, "--tune: trials in all.", flag_values=flag_values)
+  flags.DEFINE_integer("parallel_trials", 1, "--tune: trials at once (fewer "
+                       "give the search more results to learn from).", flag_values=flag_values)
+  flags.DEFINE_integer("max_failed_trials", 0, "--tune: failed trials that fail "
+                       "the job; 0 = Vertex decides.", flag_values=flag_values)
+  flags.DEFINE_string("search_algorithm", "bayesian", "--tune: bayesian "
+                      "(Vertex's default), grid (integer, discrete and "
+                      "categorical parameters only) or random.", flag_values=flag_values)
+
+
+def default_options(**changes):
+  """The options `main` reads from the flags, at their defaults plus
+  `changes`: for building and checking requests as functions."""
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  flag_values.mark_as_parsed()
+  options = options_from_flags(flag_values)
+  unknown = set(changes) - set(options)
+  if unknown:
+    raise ValueError(f"not launch.vertex options: {sorted(unknown)}")
+  options.update(changes)
+  return options
+
+
 TUNING_FLAGS = ("metric", "goal", "param", "max_trials", "parallel_trials",
                 "max_failed_trials", "search_algorithm")
 
@@ -559,8 +584,9 @@ def wait(job, poll_secs):
     time.sleep(poll_secs)
 
 
-def options_from_flags():
-  options = {name: FLAGS[name].value for name in (
+def options_from_flags(flag_values=FLAGS):
+  """The options every function here takes, from parsed flags."""
+  options = {name: flag_values[name].value for name in (
       "project", "region", "staging_bucket", "machine_type", "accelerator_type",
       "accelerator_count", "workers", "data_service_workers",
       "data_service_machine_type", "tpu_topology", "boot_disk_gb",
@@ -568,7 +594,8 @@ def options_from_flags():
       "restart_job_on_worker_restart", "timeout_hours", "service_account",
       "network", "labels", "tensorboard", "api_endpoint", "tune",
       *TUNING_FLAGS)}
-  options["tuning_flags_given"] = [n for n in TUNING_FLAGS if FLAGS[n].present]
+  options["tuning_flags_given"] = [n for n in TUNING_FLAGS
+                                   if flag_values[n].present]
   return options
 
 
@@ -616,4 +643,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

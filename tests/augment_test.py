@@ -269,6 +269,7 @@ ALL_ON = ["--label_smoothing=0.1", "--mixup_alpha=0.2", "--cutmix_alpha=1.0",
           "--pca_lighting=0.1"]
 
 
+@pytest.mark.multiprocess
 def test_mirrored_run_with_every_augmentation_trains_and_resumes_after_kill_9(
     run_cli, tmp_path, cache_dir):
   """Mirrored x2 with every option on. Mixup/cutmix draw from (seed, global
@@ -314,6 +315,7 @@ def test_mirrored_run_with_every_augmentation_trains_and_resumes_after_kill_9(
   assert differing(a, planted) == [name]
 
 
+@pytest.mark.multiprocess
 def test_flags_are_in_helpshort_and_bad_values_are_one_line(run_cli):
   text = run_cli("trainer.task", "--helpshort", timeout=120)
   text = text.stdout + text.stderr

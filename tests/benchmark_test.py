@@ -6,6 +6,10 @@ works on this machine, never asserts a speed."""
 import json
 import re
 
+import pytest
+
+pytestmark = pytest.mark.multiprocess
+
 
 def test_benchmark_runs_every_phase(run_cli, tmp_path):
   out = tmp_path / "bench.json"

@@ -14,6 +14,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _own_cpu_seconds():
+  """CPU seconds of this process (every thread), without its children."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  return own.ru_utime + own.ru_stime
+
+
 def _cpu_seconds():
   """CPU seconds of this process and of every child it has waited for."""
   own = resource.getrusage(resource.RUSAGE_SELF)
@@ -21,20 +27,129 @@ def _cpu_seconds():
   return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime)
 
 
+# The tiers. The default run (`python -m pytest tests`) is the fast tier:
+# in-process tests, each within FAST_CPU_SECONDS. A test that starts a
+# process or needs more carries one of these markers and runs with --all
+# (or when its marker is selected with -m), as .ci/run does.
+TIER_MARKERS = {
+    "slow": "in-process, but more than a few CPU-seconds (training, export)",
+    "multiprocess": "starts processes: the CLI as a user runs it, workers, "
+                    "probes needing a fresh TensorFlow",
+    "install": "builds virtualenvs or packages and runs pip",
+    "notebook": "executes a generated notebook in a Jupyter kernel",
+}
+# CPU seconds (user + system, every thread of this process; setup, call and
+# teardown) an unmarked test may use. CPU time, not wall time: it does not
+# move with the load other jobs put on a shared machine.
+FAST_CPU_SECONDS = 8.0
+
+
+def pytest_addoption(parser):
+  parser.addoption("--all", action="store_true", help="Run every tier: the "
+                   f"fast tier and the tests marked {', '.join(TIER_MARKERS)}.")
+
+
+def pytest_configure(config):
+  for name, meaning in TIER_MARKERS.items():
+    config.addinivalue_line("markers", f"{name}: {meaning}")
+  config.addinivalue_line(
+      "markers", "cpu_budget(seconds): an unmarked test's own CPU-second "
+      "limit instead of FAST_CPU_SECONDS (the fast tier's one training run)")
+
+
+def _tier_markers(item):
+  return [name for name in TIER_MARKERS if item.get_closest_marker(name)]
+
+
+def pytest_collection_modifyitems(config, items):
+  """Without --all or -m, deselects every test of the slower tiers."""
+  if config.getoption("--all") or config.getoption("markexpr"):
+    return
+  fast = [item for item in items if not _tier_markers(item)]
+  if len(fast) < len(items):
+    config.hook.pytest_deselected(
+        items=[item for item in items if _tier_markers(item)])
+    items[:] = fast
+
+
+class _ProcessCounter:
+  """Counts the processes this interpreter starts, by every route the
+  standard library offers (subprocess, os.fork/spawn/system, multiprocessing)."""
+
+  _PATCHED = ((subprocess.Popen, "_execute_child"), (os, "fork"),
+              (os, "posix_spawn"), (os, "posix_spawnp"), (os, "system"))
+
+  def __init__(self):
+    self.started = []
+
+  def __enter__(self):
+    self._saved = []
+    for owner, name in self._PATCHED:
+      original = getattr(owner, name, None)
+      if original is None:
+        continue
+      self._saved.append((owner, name, original))
+      setattr(owner, name, self._counting(name, original))
+    return self
+
+  def _counting(self, name, original):
+    def counted(*args, **kwargs):
+      self.started.append(name)
+      return original(*args, **kwargs)
+    return counted
+
+  def __exit__(self, *exc):
+    for owner, name, original in self._saved:
+      setattr(owner, name, original)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-  """With ALEXNET_TEST_COST=FILE, appends each test's wall and CPU seconds
+  """Measures each test from setup to teardown: processes started, CPU.
+
+  With ALEXNET_TEST_COST=FILE, appends each test's wall and CPU seconds
   (setup, call and teardown; its subprocesses' CPU included) as a JSON line:
   CPU seconds compare two suites on a shared machine where wall time can't."""
   del nextitem
   path = os.environ.get("ALEXNET_TEST_COST")
   cpu, wall = _cpu_seconds(), time.time()
-  yield
+  with _ProcessCounter() as processes:
+    item.stash[_COST] = (processes, _own_cpu_seconds())
+    yield
   if path:
     with open(path, "a") as f:
       f.write(json.dumps({"test": item.nodeid,
                           "cpu_secs": round(_cpu_seconds() - cpu, 2),
-                          "wall_secs": round(time.time() - wall, 2)}) + "\n")
+                          "wall_secs": round(time.time() - wall, 2),
+                          "processes": len(processes.started)}) + "\n")
+
+
+_COST = pytest.StashKey()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """An unmarked test that started a process or used more CPU seconds than
+  its budget fails at teardown, naming the markers that would place it."""
+  outcome = yield
+  report = outcome.get_result()
+  if call.when != "teardown" or _tier_markers(item) or not report.passed:
+    return
+  processes, own_cpu = item.stash[_COST]
+  own_cpu = _own_cpu_seconds() - own_cpu
+  budget = item.get_closest_marker("cpu_budget")
+  budget = budget.args[0] if budget else FAST_CPU_SECONDS
+  if processes.started:
+    problem = (f"started {len(processes.started)} process(es) "
+               f"({', '.join(sorted(set(processes.started)))})")
+  elif own_cpu > budget:
+    problem = f"used {own_cpu:.1f} CPU-seconds (fast-tier budget {budget:g})"
+  else:
+    return
+  report.outcome = "failed"
+  report.longrepr = (f"{item.nodeid} is in the fast tier but {problem}: "
+                     "mark it " + " or ".join(
+                         f"@pytest.mark.{m}" for m in TIER_MARKERS))
 
 
 # pytest.ini runs the suite in two processes, a module's tests in one
@@ -77,10 +192,20 @@ def pytest_runtest_setup(item):
   failed test's report reaches the terminal from an xdist worker, an error
   during a worker's collection does not)."""
   module = _module_of(item.nodeid)
-  if ("tiny_run" in getattr(item, "fixturenames", ())
+  if ("tiny_runs" in getattr(item, "fixturenames", ())
       and SHARED_PROCESS.get(module) != "tiny_run"):
     pytest.fail(f"{module} uses the tiny_run fixture: add it to "
                 "SHARED_PROCESS in tests/conftest.py", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _keep_keras_dtype_policy():
+  """A test that trains in-process sets Keras' global dtype policy (the
+  run's precision); the next test in this process starts from float32."""
+  yield
+  keras = sys.modules.get("keras")
+  if keras is not None:
+    keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +224,9 @@ def cli_env(cache_dir, **extra):
               "CLOUD_ML_HP_METRIC_FILE"):
     env.pop(key, None)
   env.update(extra)
-  return env
+  # None unsets: e.g. TF_CPP_MIN_LOG_LEVEL=None runs a command at its own
+  # default log level, as a user does.
+  return {key: value for key, value in env.items() if value is not None}
 
 
 @pytest.fixture
@@ -117,27 +244,44 @@ def run_cli(cache_dir):
   return run
 
 
-# One finished tiny run, shared by every test that only reads what a run
-# wrote (outputs, first-run output, evaluate, predict, plots, serving, TFLite
-# export): training it once instead of per module saves minutes per suite.
+# Finished tiny runs, shared by every test that only reads what a run wrote
+# (outputs, first-run output, evaluate, predict, plots, serving, TFLite
+# export): training each once instead of per module saves minutes per suite.
+# The precision is always given: `auto` picks bfloat16 on CPUs with
+# AVX512_BF16 or AMX and float32 elsewhere, and a test must mean the same on
+# both.
 TINY_RUN_ARGS = ("--config=tiny", "--profile_steps=4,8")
 TinyRun = collections.namedtuple("TinyRun", "model_dir args stdout stderr")
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, cache_dir):
-  """`python -m trainer.task --config=tiny` (3 epochs, steps 4-8 profiled),
-  run as a user runs it: the CLI's own log level. Read-only: tests that
-  write into a run take `copy_run(tiny_run.model_dir, ...)`."""
-  model_dir = tmp_path_factory.mktemp("tiny_run") / "run"
-  args = (*TINY_RUN_ARGS, f"--model_dir={model_dir}")
-  env = cli_env(cache_dir)
-  env.pop("TF_CPP_MIN_LOG_LEVEL")
-  result = subprocess.run([sys.executable, "-m", "trainer.task", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  return TinyRun(model_dir, args, result.stdout, result.stderr)
+def tiny_runs(tmp_path_factory, cache_dir):
+  """tiny_runs(precision) -> TinyRun: `python -m trainer.task --config=tiny
+  --precision=PRECISION` (3 epochs, steps 4-8 profiled), run as a user runs
+  it (the CLI's own log level), once per session and precision. Read-only:
+  tests that write into a run take `copy_run(run.model_dir, ...)`."""
+  runs = {}
+
+  def get(precision):
+    if precision not in runs:
+      model_dir = tmp_path_factory.mktemp(f"tiny_run_{precision}") / "run"
+      args = (*TINY_RUN_ARGS, f"--precision={precision}",
+              f"--model_dir={model_dir}")
+      env = cli_env(cache_dir, TF_CPP_MIN_LOG_LEVEL=None)
+      result = subprocess.run([sys.executable, "-m", "trainer.task", *args],
+                              cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)
+      assert result.returncode == 0, (result.stdout[-3000:] +
+                                      result.stderr[-3000:])
+      runs[precision] = TinyRun(model_dir, args, result.stdout, result.stderr)
+    return runs[precision]
+  return get
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_runs):
+  """The float32 tiny run."""
+  return tiny_runs("float32")
 
 
 def copy_run(source, destination):
@@ -169,7 +313,9 @@ import configs
 from trainer import train as train_lib
 
 def tiny(**changes):
+  # float32 unless a probe says otherwise: `auto` differs between CPU kinds.
   values = dict(model_dir=os.environ["MODEL_DIR"], export=False,
+                precision="float32",
                 synthetic_dir=os.path.join(os.environ["XDG_CACHE_HOME"],
                                            "alexnet_tf", "synthetic"))
   values.update(changes)

@@ -1,7 +1,11 @@
 """tf.data service on loopback: a dispatcher and two workers in their own
 processes do the decoding; training reaches the same accuracy as without."""
 
+import pytest
+
 from conftest import read_jsonl
+
+pytestmark = pytest.mark.multiprocess
 
 
 def test_training_through_data_service_matches_local_input(run_cli, tmp_path):

@@ -144,6 +144,7 @@ def test_tpu_image_matches_the_tpu_vm_recipe():
   assert f"/usr/local/lib/python{python}/site-packages/libtpu/libtpu.so" in env
 
 
+@pytest.mark.multiprocess
 def test_entrypoint_module_starts():
   result = subprocess.run([sys.executable, "-m", "trainer.task", "--helpshort"],
                           cwd=REPO, env=cli_env("/tmp"), capture_output=True,

@@ -8,6 +8,8 @@ import pytest
 
 import gcs_emulator
 
+pytestmark = pytest.mark.multiprocess
+
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):

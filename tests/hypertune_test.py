@@ -70,6 +70,7 @@ def test_a_trial_without_the_library_says_so(metric_file, monkeypatch):
     assert "\n" not in message
 
 
+@pytest.mark.multiprocess
 def test_the_trainer_stops_at_once_in_a_trial_without_the_library(tmp_path):
   code = ("import sys, runpy; sys.modules['hypertune'] = None; "
           "sys.argv = ['trainer.task', '--config=tiny', '--hypertune_metric=val_accuracy']; "
@@ -118,6 +119,7 @@ def _trial_flags(tmp_path):
   return pool["pythonPackageSpec"]["args"]
 
 
+@pytest.mark.multiprocess
 def test_a_trial_run_writes_the_metric_file_vertex_reads(run_cli, tmp_path):
   args = _trial_flags(tmp_path)
   assert args == ["--config=tiny", "--epochs=2", "--global_batch_size=32",
@@ -157,6 +159,7 @@ def test_a_trial_run_writes_the_metric_file_vertex_reads(run_cli, tmp_path):
   assert not metric_file.exists()
 
 
+@pytest.mark.multiprocess
 def test_helpshort_lists_the_metric_flag(run_cli):
   result = run_cli("trainer.task", "--helpshort", timeout=120)
   text = result.stdout + result.stderr
@@ -172,6 +175,7 @@ emit(status=summary["status"])
 """
 
 
+@pytest.mark.multiprocess
 def test_only_the_chief_of_a_multi_worker_trial_reports(cache_dir, tmp_path):
   files = [tmp_path / f"worker{i}" / "output.metrics" for i in range(2)]
   results = run_workers(MULTI_WORKER_TRIAL, cache_dir, tmp_path / "trial",

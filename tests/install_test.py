@@ -27,11 +27,11 @@ from conftest import REPO
 
 OLDEST_TF_PYTHON = os.environ.get("ALEXNET_OLDEST_TF_PYTHON", "")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.install, pytest.mark.skipif(
     not OLDEST_TF_PYTHON,
     reason="needs ALEXNET_OLDEST_TF_PYTHON: the python of an environment "
            "holding only the oldest supported TensorFlow and its Keras "
-           "(.ci/run creates one)")
+           "(.ci/run creates one)")]
 
 # What the platform's image owns: the TensorFlow build, its Keras, and the
 # CUDA/TPU libraries it was built against.

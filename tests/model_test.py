@@ -164,6 +164,7 @@ emit(mean=per_replica(strategy, layer.moving_mean)[0].tolist(),
 """
 
 
+@pytest.mark.multiprocess
 def test_cross_replica_batch_norm_statistics_are_the_global_batchs(cache_dir, tmp_path):
   from conftest import run_probe
   one = run_probe(CROSS_REPLICA_BATCH_NORM, cache_dir, tmp_path, REPLICAS="1")
@@ -204,6 +205,7 @@ emit(equal=bool(np.array_equal(first, second)), kept=float(first.mean()),
 """
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("xla", ["0", "1"])
 def test_replicas_draw_different_dropout_masks(cache_dir, tmp_path, xla):
   from conftest import run_probe

@@ -4,6 +4,7 @@ import math
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from trainer import optimization
@@ -86,6 +87,7 @@ print(repr(float(variable.numpy())))
 """
 
 
+@pytest.mark.multiprocess
 def test_gradients_are_summed_across_replicas_in_the_chosen_dtype():
   import subprocess, sys
   from conftest import REPO, cli_env

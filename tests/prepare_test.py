@@ -12,10 +12,13 @@ import time
 
 import numpy as np
 from PIL import Image
+import pytest
 import tensorflow as tf
 
 from conftest import REPO, cli_env
 from trainer import data
+
+pytestmark = pytest.mark.multiprocess
 
 
 def _image_bytes(fmt, mode="RGB", size=(60, 40), value=120):

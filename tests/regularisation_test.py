@@ -9,6 +9,8 @@ import pytest
 from conftest import run_probe, run_workers
 from resilience_test import _final_state, kill_9_after_checkpoint
 
+pytestmark = pytest.mark.multiprocess
+
 TINY = ["--config=tiny"]
 
 # Helpers shared by the probes: the local copies of Keras variables.

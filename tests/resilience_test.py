@@ -54,6 +54,7 @@ def _wait_for_line(process, pattern, timeout):
   raise AssertionError(f"no line matching {pattern!r}:\n{''.join(lines[-50:])}")
 
 
+@pytest.mark.multiprocess
 def test_two_workers_end_with_identical_weights(run_cli, tmp_path):
   model_dir = tmp_path / "mw"
   result = run_cli("launch.local", "--workers=2", "--", *TINY,
@@ -74,6 +75,7 @@ def test_two_workers_end_with_identical_weights(run_cli, tmp_path):
   assert (model_dir / "export" / "model.keras").exists()
 
 
+@pytest.mark.multiprocess
 def test_killing_a_worker_stops_the_job_promptly(tmp_path, cache_dir):
   launcher = _popen("launch.local", ["--workers=2", "--grace_secs=5", "--", *TINY,
                                      "--epochs=1000", f"--model_dir={tmp_path / 'k'}"],
@@ -90,6 +92,7 @@ def test_killing_a_worker_stops_the_job_promptly(tmp_path, cache_dir):
   assert elapsed < 60, elapsed
 
 
+@pytest.mark.multiprocess
 def test_sigterm_saves_exits_preempted_and_resumes(tmp_path, cache_dir):
   model_dir = tmp_path / "pre"
   args = [*TINY, "--epochs=1000", f"--model_dir={model_dir}"]
@@ -128,6 +131,7 @@ def _final_state(model_dir):
           if np.issubdtype(value.dtype, np.number)}
 
 
+@pytest.mark.multiprocess
 def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cli):
   common = [*TINY, "--deterministic", "--epochs=3", "--checkpoint_every_steps=4",
             "--steps_per_call=2", "--precision=float32", "--export"]
@@ -171,7 +175,7 @@ def _checkpoints_are_finite(directory):
   assert checked, f"no weights found in {directory}"
 
 
-def _nan_config(policy, model_dir, cache_dir, precision="auto", **changes):
+def _nan_config(policy, model_dir, cache_dir, precision="float32", **changes):
   import configs
   return configs.get_config("tiny").replace(
       epochs=2, nan_policy=policy, model_dir=str(model_dir),
@@ -180,7 +184,7 @@ def _nan_config(policy, model_dir, cache_dir, precision="auto", **changes):
       lr_schedule="cosine", precision=precision, **changes)
 
 
-def _trainer_with_nan_at(policy, model_dir, cache_dir, step, precision="auto",
+def _trainer_with_nan_at(policy, model_dir, cache_dir, step, precision="float32",
                          **changes):
   """A real NaN in the network before the call at `step`, through the Python API."""
   from trainer import train as train_lib
@@ -207,7 +211,8 @@ def test_nan_loss_stops_with_the_step(tmp_path, cache_dir):
 
 # float16 wraps the optimizer in loss scaling, whose step counter differs
 # between Keras versions.
-@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+@pytest.mark.parametrize("precision", [
+    "float32", pytest.param("mixed_float16", marks=pytest.mark.slow)])
 def test_nan_loss_rolls_back_and_keeps_the_schedule_on_the_step(
     tmp_path, cache_dir, precision):
   import math

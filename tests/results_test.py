@@ -14,6 +14,8 @@ from trainer import data
 from trainer import records
 from trainer import synthetic
 
+pytestmark = pytest.mark.multiprocess
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_run, tmp_path_factory):

@@ -94,6 +94,7 @@ def test_step_schedule_is_the_peak_times_a_tenth_per_boundary():
                              [.005, .025, .05, .005], rtol=1e-6)
 
 
+@pytest.mark.multiprocess
 def test_bad_flags_are_one_line_errors(run_cli):
   for args, message in (
       (["--lr_schedule=step", "--lr_boundaries=30,20"],
@@ -110,6 +111,7 @@ def test_bad_flags_are_one_line_errors(run_cli):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.multiprocess
 def test_val_best_metric_without_validation_data_is_an_error(
     run_cli, five_class_data, tmp_path):
   result = run_cli("trainer.task", *FIVE_CLASS, "--best_metric=val_loss",
@@ -122,6 +124,7 @@ def test_val_best_metric_without_validation_data_is_an_error(
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.multiprocess
 def test_mirrored_step_schedule_top5_best_metric_and_step_curves(
     run_cli, five_class_data, tmp_path):
   """One mirrored x2 run: top-5 everywhere, 'step' rates, best/ by val_loss,
@@ -183,6 +186,7 @@ def test_mirrored_step_schedule_top5_best_metric_and_step_curves(
   assert "top-5 accuracy" in evaluated.stdout
 
 
+@pytest.mark.multiprocess
 def test_plateau_state_is_identical_on_two_workers(five_class_data, cache_dir,
                                                    tmp_path):
   code = f"""
@@ -218,6 +222,7 @@ emit(factor=float(state.plateau_factor.numpy()),
   assert control[1]["factor"] == 1.0 and control[0] != control[1]
 
 
+@pytest.mark.multiprocess
 def test_plateau_reduction_survives_kill_9(five_class_data, cache_dir,
                                            tmp_path):
   model_dir = tmp_path / "k"
@@ -242,6 +247,7 @@ def test_plateau_reduction_survives_kill_9(five_class_data, cache_dir,
                              [3e-3, 3e-3, 3e-4, 3e-5], rtol=1e-5)
 
 
+@pytest.mark.multiprocess
 def test_nan_rollback_multiplier_composes_with_plateau(five_class_data,
                                                        cache_dir, tmp_path):
   code = f"""

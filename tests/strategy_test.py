@@ -80,6 +80,7 @@ def plain_machine(cache_dir):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multiprocess
 def test_auto_on_this_machine_is_one_cpu_device(plain_machine):
   got = plain_machine["auto"]
   assert got["name"] == "one_device" and got["type"] == "OneDeviceStrategy"
@@ -88,12 +89,14 @@ def test_auto_on_this_machine_is_one_cpu_device(plain_machine):
   assert got["precision"] == expected
 
 
+@pytest.mark.multiprocess
 def test_auto_with_logical_cpus_is_mirrored(cache_dir):
   got = probe(cache_dir, cpu_devices=2)
   assert got["name"] == "mirrored" and got["replicas"] == 2
   assert got["type"] == "MirroredStrategy"
 
 
+@pytest.mark.multiprocess
 def test_auto_with_multi_task_tf_config_picks_multi_worker(cache_dir, tmp_path):
   from conftest import run_workers
   code = ("from trainer import strategy as s\n"
@@ -107,6 +110,7 @@ def test_auto_with_multi_task_tf_config_picks_multi_worker(cache_dir, tmp_path):
                    "replicas": 2}, got
 
 
+@pytest.mark.multiprocess
 def test_mirrored_without_gpus_says_it_uses_the_cpu(plain_machine):
   got = plain_machine["mirrored"]
   assert got["replicas"] == 1
@@ -132,12 +136,14 @@ def test_vertex_cluster_spec_becomes_tf_config(monkeypatch):
                  "task": {"type": "worker", "index": 1}}
 
 
+@pytest.mark.multiprocess
 def test_mirrored_with_device_list(cache_dir):
   got = probe(cache_dir, strategy="mirrored", cpu_devices=2,
               devices="/cpu:0,/cpu:1")
   assert got["replicas"] == 2
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("precision,compute", [
     ("float32", "float32"), ("mixed_bfloat16", "bfloat16"),
     ("mixed_float16", "float16")])
@@ -173,6 +179,7 @@ def _build_summary():
   return "a CPU-only build"
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("accelerator,missing", [("gpu", "no GPU"),
                                                  ("tpu", "no TPU")])
 def test_required_accelerator_missing_exits_at_once_with_one_line(
@@ -232,6 +239,7 @@ print(same(direct, through_tf), same(direct, other_epoch))
 """
 
 
+@pytest.mark.multiprocess
 def test_one_cpu_device_gets_the_same_batches_without_tf_data_warning(
     cache_dir):
   env = cli_env(cache_dir)

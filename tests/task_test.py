@@ -19,6 +19,7 @@ NO_GPU_NOISE = ("absl::InitializeLog", "Could not find cuda drivers",
                 "failed call to cuInit", "GeneratorDatasetOp")
 
 
+@pytest.mark.multiprocess
 def test_tiny_run_writes_every_output(tiny_run):
   model_dir = tiny_run.model_dir
   # The banner names strategy, replicas, batch sizes, precision and versions.
@@ -58,6 +59,7 @@ def test_tiny_run_writes_every_output(tiny_run):
                              atol=1e-5)
 
 
+@pytest.mark.multiprocess
 def test_first_run_output_is_clean_and_ends_with_a_summary_line(tiny_run):
   # The shared run is a user's first: the CLI's own log level, three epochs
   # (the tf.data warning came with each new training iterator).
@@ -79,6 +81,7 @@ def test_first_run_output_is_clean_and_ends_with_a_summary_line(tiny_run):
 
 
 # float16 takes the loss-scaling path (one shared skip decision per step).
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path, precision):
   model_dir = tmp_path / "mirrored"
@@ -98,6 +101,7 @@ def test_mirrored_on_two_logical_cpus_learns(run_cli, tmp_path, precision):
   assert rows[-1]["val_accuracy"] >= 0.8, rows
 
 
+@pytest.mark.multiprocess
 def test_second_run_of_a_finished_dir_trains_nothing(tiny_run, run_cli, tmp_path):
   model_dir = copy_run(tiny_run.model_dir, tmp_path / "again")
   rows = (model_dir / "metrics.jsonl").read_text()
@@ -108,6 +112,7 @@ def test_second_run_of_a_finished_dir_trains_nothing(tiny_run, run_cli, tmp_path
   assert (model_dir / "metrics.jsonl").read_text() == rows
 
 
+@pytest.mark.multiprocess
 def test_resuming_with_another_checkpoint_layout_is_one_line(tiny_run, run_cli,
                                                              tmp_path):
   # Weight averages would load into the optimizer's slots by position.
@@ -141,6 +146,7 @@ def test_every_checkpoint_layout_option_is_checked_on_resume():
     assert message and message.startswith(flag + "="), (changes, message)
 
 
+@pytest.mark.multiprocess
 def test_early_stopping_stops_and_a_rerun_trains_nothing(run_cli, tmp_path):
   model_dir = tmp_path / "early"
   # Validation accuracy reaches its ceiling (1.0) within a few epochs, after
@@ -158,6 +164,7 @@ def test_early_stopping_stops_and_a_rerun_trains_nothing(run_cli, tmp_path):
   assert json.loads((model_dir / "status.json").read_text())["status"] == "early_stopped"
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("flag,fragment", [
     ("--strategy=gpus", "auto|one_device|mirrored|multi_worker|tpu"),
     ("--precision=fp8", "auto|float32|mixed_bfloat16|mixed_float16"),
@@ -172,6 +179,7 @@ def test_bad_flag_is_usage_error_listing_valid_values(run_cli, flag, fragment):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("args,fragment", [
     (["--strategy=mirrored", "--cpu_devices=3", "--global_batch_size=32"],
      "--global_batch_size=32 is not divisible by the 3 replicas"),
@@ -198,6 +206,7 @@ def test_runtime_errors_are_one_line(run_cli, args, fragment):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.multiprocess
 def test_unwritable_model_dir_names_the_path(run_cli, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
@@ -207,6 +216,7 @@ def test_unwritable_model_dir_names_the_path(run_cli, tmp_path):
   assert f"--model_dir={blocker}/run: not writable" in result.stderr
 
 
+@pytest.mark.multiprocess
 def test_helpshort_reads_like_a_manual(run_cli):
   result = run_cli("trainer.task", "--helpshort", timeout=120)
   text = result.stdout + result.stderr
@@ -216,6 +226,7 @@ def test_helpshort_reads_like_a_manual(run_cli):
   assert "[Distribution]" in text and "when 'auto'" not in text
 
 
+@pytest.mark.multiprocess
 def test_named_config_sets_defaults_and_flags_override(run_cli):
   result = run_cli("trainer.task", "--config=cats_vs_dogs", "--helpshort",
                    timeout=120)
@@ -223,6 +234,7 @@ def test_named_config_sets_defaults_and_flags_override(run_cli):
   assert "(default: '128')" in text  # cats_vs_dogs global batch
 
 
+@pytest.mark.multiprocess
 def test_vertex_output_dirs_are_used_without_model_dir(run_cli, tmp_path):
   """Vertex AI sets AIP_*_DIR from the job's base output dir."""
   env = {"AIP_MODEL_DIR": str(tmp_path / "model"),
@@ -241,6 +253,7 @@ def test_vertex_output_dirs_are_used_without_model_dir(run_cli, tmp_path):
   assert report["weights"].startswith(str(tmp_path / "checkpoints" / "best"))
 
 
+@pytest.mark.multiprocess
 def test_skip_corrupt_reports_skipped_records_per_epoch(run_cli, tmp_path):
   import io
   from PIL import Image
@@ -271,6 +284,7 @@ def test_skip_corrupt_reports_skipped_records_per_epoch(run_cli, tmp_path):
   assert "skipped 2" in lenient.stdout
 
 
+@pytest.mark.multiprocess
 def test_remote_tpu_found_by_auto_rejects_local_paths(run_cli):
   result = run_cli("trainer.task", *TINY, "--train_data=gs://b/train-*",
                    "--model_dir=/tmp/never-written",
@@ -280,6 +294,7 @@ def test_remote_tpu_found_by_auto_rejects_local_paths(run_cli):
           "--tpu=grpc://127.0.0.1:1 is a remote TPU") in result.stderr
 
 
+@pytest.mark.multiprocess
 def test_label_out_of_range_is_one_line_even_with_skip_corrupt(run_cli, tmp_path):
   from trainer import records
   from trainer import synthetic
@@ -306,6 +321,7 @@ def _run_config(model_dir):
   return values
 
 
+@pytest.mark.multiprocess
 def test_config_json_of_a_run_reruns_it_exactly(run_cli, tmp_path):
   first = tmp_path / "first"
   run_cli("trainer.task", *TINY, "--epochs=1", "--steps_per_epoch=2",
@@ -329,6 +345,7 @@ def test_config_json_of_a_run_reruns_it_exactly(run_cli, tmp_path):
   assert differing == {"learning_rate", "model_dir"}
 
 
+@pytest.mark.multiprocess
 def test_python_config_module(run_cli, tmp_path):
   module = tmp_path / "short_tiny.py"
   module.write_text(
@@ -347,6 +364,7 @@ def test_python_config_module(run_cli, tmp_path):
   assert read_jsonl(model_dir / "metrics.jsonl")[-1]["step"] == 2
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("name,content,fragment", [
     ("missing.json", None, "No such file"),
     ("missing.py", None, "No such file"),

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import run_probe, run_workers
 
+pytestmark = pytest.mark.multiprocess
+
 # A Trainer whose chosen replica (of worker 1) gets an infinite gradient
 # while the loss scale is at its initial value (so until the first skip): what
 # a float16 overflow does to one replica.

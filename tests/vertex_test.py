@@ -11,6 +11,8 @@ import gcs_emulator
 from conftest import REPO, cli_env
 from fake_vertex import FakeVertex
 
+pytestmark = pytest.mark.multiprocess
+
 BASE = ["--project=proj", "--region=us-central1", "--staging_bucket=gs://bkt/staging",
         "--base_output_dir=gs://bkt/runs/1", "--display_name=job1"]
 

@@ -104,6 +104,7 @@ def fine_tuned(tmp_path_factory, cache_dir, source_run, four_classes):
   return run_dir, result
 
 
+@pytest.mark.multiprocess
 def test_fine_tune_loads_matching_layers_resets_head_keeps_frozen_fixed(
     source_run, fine_tuned):
   run_dir, result = fine_tuned
@@ -135,6 +136,7 @@ def test_fine_tune_loads_matching_layers_resets_head_keeps_frozen_fixed(
   assert not np.array_equal(end["bn2"][2], start["bn2"][2])
 
 
+@pytest.mark.multiprocess
 def test_resume_ignores_init_from(run_cli, tmp_path, fine_tuned,
                                   four_classes):
   run_dir = str(tmp_path / "run")
@@ -156,6 +158,7 @@ def test_resume_ignores_init_from(run_cli, tmp_path, fine_tuned,
   assert not same(end["conv2"], before["conv2"])
 
 
+@pytest.mark.multiprocess
 def test_keras_file_under_mirrored(run_cli, tmp_path, source_run, four_classes):
   keras_file = os.path.join(source_run, "export", "model.keras")
   source = layer_weights(keras.models.load_model(keras_file, compile=False))
@@ -197,6 +200,7 @@ emit(loaded=loaded, other=outputs.weights_digest(trainer.model),
 """
 
 
+@pytest.mark.multiprocess
 def test_workers_load_the_same_weights(cache_dir, tmp_path, source_run):
   final = prefix(source_run, "checkpoints", 2)
   first = prefix(source_run, "checkpoints", 0)
@@ -209,6 +213,7 @@ def test_workers_load_the_same_weights(cache_dir, tmp_path, source_run):
   assert workers[1]["other"] != workers[0]["other"]  # The control.
 
 
+@pytest.mark.multiprocess
 def test_unknown_layer_is_one_line_exit_2(run_cli, tmp_path):
   result = run_cli("trainer.task", *TINY, "--num_classes=2",
                    "--freeze=conv1,conv9", f"--model_dir={tmp_path / 'run'}",
@@ -239,6 +244,7 @@ def test_bad_init_from_names_the_path(tmp_path, name, fragment):
   assert "\n" not in message and not isinstance(raised.value, UsageError)
 
 
+@pytest.mark.multiprocess
 def test_flags_in_helpshort_and_format_errors_exit_2(run_cli, tmp_path):
   text = run_cli("trainer.task", "--helpshort", timeout=120).stdout
   for flag in ("--init_from", "--freeze", "--train_from"):
@@ -301,6 +307,7 @@ emit(run=read(remote), local_run=read(local),
 """
 
 
+@pytest.mark.multiprocess
 def test_init_from_gcs(cache_dir, tmp_path, source_run):
   import gcs_emulator  # pylint: disable=g-import-not-at-top
   with gcs_emulator.running(str(tmp_path / "gcs")) as gcs:

@@ -1,0 +1,101 @@
+"""The launchers' request building, called as functions (no process, no
+network): what launch.vertex would submit and what it refuses.
+
+tests/vertex_test.py runs the same command end to end against a fake Vertex
+server and fake-gcs-server; these are its fast counterparts."""
+
+import pytest
+
+from launch import tuning
+from launch import vertex
+
+REQUIRED = dict(project="proj", staging_bucket="gs://bkt/staging",
+                base_output_dir="gs://bkt/runs/1")
+
+
+def _request(trainer_args, **options):
+  options = vertex.default_options(**{**REQUIRED, **options})
+  trainer = vertex.validate(options, trainer_args)
+  return vertex.job_request(options, trainer_args, "job1", trainer)
+
+
+def test_gpu_job_runs_the_trainer_and_requires_the_gpu():
+  request = _request(["--strategy=mirrored", "--epochs=20"],
+                     machine_type="n1-standard-16",
+                     accelerator_type="NVIDIA_TESLA_V100", accelerator_count=4,
+                     spot=True, labels=["team=vision"])
+  (pool,) = request["jobSpec"]["workerPoolSpecs"]
+  assert pool["machineSpec"] == {"machineType": "n1-standard-16",
+                                 "acceleratorType": "NVIDIA_TESLA_V100",
+                                 "acceleratorCount": 4}
+  program = pool["pythonPackageSpec"]
+  assert program["pythonModule"] == "trainer.task"
+  assert program["args"] == ["--strategy=mirrored", "--epochs=20",
+                             "--require_accelerator=gpu"]
+  assert request["jobSpec"]["scheduling"] == {"strategy": "SPOT"}
+  assert request["jobSpec"]["baseOutputDirectory"] == {
+      "outputUriPrefix": "gs://bkt/runs/1"}
+  assert request["labels"] == {"team": "vision"}
+
+
+def test_workers_and_data_service_get_their_own_pools():
+  request = _request([], workers=2, data_service_workers=3)
+  chief, workers, input_pool = request["jobSpec"]["workerPoolSpecs"]
+  assert chief["replicaCount"] == "1" and workers["replicaCount"] == "2"
+  assert workers["pythonPackageSpec"] == chief["pythonPackageSpec"]
+  assert input_pool["replicaCount"] == "3"
+  assert input_pool["pythonPackageSpec"]["pythonModule"] == (
+      "trainer.data_service")
+  assert input_pool["machineSpec"] == {"machineType": "n1-highcpu-16"}
+
+
+def test_tuning_request_wraps_the_custom_job():
+  options = vertex.default_options(**REQUIRED, tune=True,
+                                   metric="val_accuracy", max_trials=4,
+                                   param=["learning_rate:double:1e-4:1e-2:log"],
+                                   tuning_flags_given=["metric", "param",
+                                                       "max_trials"])
+  trainer_args = ["--epochs=3"]
+  trainer = vertex.validate(options, trainer_args)
+  parameters = tuning.validate(options, trainer_args, trainer)
+  trial = vertex.job_request(
+      options, tuning.trial_trainer_args(options, trainer_args), "job1",
+      trainer)
+  request = tuning.job_request(options, parameters, trial)
+  assert request["maxTrialCount"] == 4
+  (metric,) = request["studySpec"]["metrics"]
+  assert metric == {"metricId": "val_accuracy", "goal": "MAXIMIZE"}
+  (parameter,) = request["studySpec"]["parameters"]
+  assert parameter["parameterId"] == "learning_rate"
+  assert parameter["scaleType"] == "UNIT_LOG_SCALE"
+  args = request["trialJobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"][
+      "args"]
+  assert "--hypertune_metric=val_accuracy" in args
+
+
+@pytest.mark.parametrize("trainer_args,options,fragment", [
+    (["--epocs=3"], {}, "epocs"),
+    (["--strategy=gpus"], {}, "--strategy"),
+    (["--train_data=/local/train-*"], {}, "is a local path"),
+    (["--strategy=mirrored"], dict(workers=2), "contradicts"),
+    (["--require_accelerator=gpu"], {}, "the job has no GPU"),
+    ([], dict(accelerator_type="NVIDIA_TESLA_T4"), "--accelerator_count >= 1"),
+    ([], dict(accelerator_type="TPU_V3", accelerator_count=8,
+              machine_type="cloud-tpu"), "needs --container_image"),
+    ([], dict(labels=["Team=x"]), "--labels"),
+])
+def test_bad_values_are_one_line_before_anything_is_built(trainer_args, options,
+                                                          fragment):
+  with pytest.raises(vertex.LaunchError) as raised:
+    vertex.validate(vertex.default_options(**{**REQUIRED, **options}),
+                    trainer_args)
+  message = str(raised.value)
+  assert fragment in message and "\n" not in message, message
+
+
+def test_default_options_are_the_flags_defaults():
+  options = vertex.default_options()
+  assert options["region"] == "us-central1" and options["project"] is None
+  assert options["max_trials"] == 10 and options["labels"] == []
+  with pytest.raises(ValueError, match="epochs"):
+    vertex.default_options(epochs=3)  # A trainer flag, not the launcher's.
