@@ -32,7 +32,8 @@ class Flag:
   Attributes:
     name: the field, and the flag without its dashes.
     type_name: "str", "int", "float" or "bool".
-    default: the value of `Config()`, the defaults before --config applies.
+    default: the value of `Config()`, the defaults before --config applies
+      (for `config` itself, the named config the flag defaults to).
     help: the field's help text.
     choices: the valid values, or None.
     minimum: the smallest valid value, or None.
@@ -50,6 +51,9 @@ class Flag:
 def config_flags():
   """Every Config field as a `Flag`, in the order Config declares them."""
   defaults = config_lib.Config()
+  # Config() leaves `config` empty (a Config built in code); the flag
+  # defaults to configs.DEFAULT, so the page says what a user gets.
+  defaults = defaults.replace(config=configs.DEFAULT)
   return [Flag(name=field.name,
                type_name=getattr(field.type, "__name__", str(field.type)),
                default=getattr(defaults, field.name),
@@ -126,9 +130,11 @@ def render(flags, changes):
       "",
       "Every field of `Config` (`trainer/config.py`) is a flag of "
       "`python -m trainer.task`, and a key of the `config.json` a run writes. "
-      "The defaults below are `Config()`'s; `--config=NAME` replaces them with "
-      "the named config's values (the last column; the configs are described "
-      "in [Configs and training recipes](../configs.md)), and a flag given on "
+      "The defaults below are `Config()`'s, which every named config starts "
+      "from; the named config `--config` picks (`" + configs.DEFAULT + "` "
+      "when none is given) replaces them with its values (the last column; "
+      "the configs are described in "
+      "[Configs and training recipes](../configs.md)), and a flag given on "
       "the command line replaces both. `python -m trainer.task --helpshort` "
       "prints the same flags with the defaults of the `--config` given.",
       "",
