@@ -42,6 +42,8 @@ setuptools.setup(
         # trainer.export runs .tflite files with LiteRT's interpreter
         # (TensorFlow deprecates tf.lite.Interpreter in its favour).
         "tflite": ["ai-edge-litert>=2.3"],
+        # The docs site: mkdocs build --strict (mkdocs.yml at the root).
+        "docs": ["mkdocs>=1.6.1", "mkdocs-material>=9.8.2"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",

@@ -4,8 +4,9 @@ The images are not built here. These tests check that each file parses into
 known instructions, that every path it copies exists and together they hold
 every package setup.py ships, that the install keeps the base image's
 TensorFlow (`--no-deps` + launch.install_deps), that the entrypoint module
-starts, and that the versions agree with setup.py and the README. Each check
-is also shown catching a planted mistake.
+starts, and that the versions agree with setup.py and the TPU VM recipe
+(docs/platforms/tpu-vm.md). Each check is also shown catching a planted
+mistake.
 """
 
 import ast
@@ -136,8 +137,9 @@ def test_tpu_image_matches_the_tpu_vm_recipe():
   dockerfile = _read("Dockerfile.tpu")
   instructions = parse_dockerfile(dockerfile)
   pin = re.search(r"'?tensorflow-tpu==([\d.*]+)'?", dockerfile).group(1)
-  readme_pins = re.findall(r"tensorflow-tpu==([\d.*]+)", _read("README.md"))
-  assert readme_pins and set(readme_pins) == {pin}
+  recipe_pins = re.findall(r"tensorflow-tpu==([\d.*]+)",
+                           _read("docs/platforms/tpu-vm.md"))
+  assert recipe_pins and set(recipe_pins) == {pin}
   # The PJRT plugin path names the base image's Python.
   python = re.fullmatch(r"python:(\d+\.\d+)-slim", instructions[0][1]).group(1)
   env = " ".join(a for k, a in instructions if k == "ENV")
