@@ -44,6 +44,8 @@ setuptools.setup(
         "tflite": ["ai-edge-litert>=2.3"],
         # The docs site: mkdocs build --strict (mkdocs.yml at the root).
         "docs": ["mkdocs>=1.6.1", "mkdocs-material>=9.8.2"],
+        # Lint, format and types (configured in pyproject.toml).
+        "lint": ["ruff>=0.17.6", "mypy>=2.4"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",

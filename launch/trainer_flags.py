@@ -9,6 +9,9 @@ trainer will really run (`--strategy tpu` and `--strategy=tpu` alike).
 Never imports TensorFlow.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 import dataclasses
 
 from absl import flags
@@ -40,7 +43,7 @@ def _parse(flag_values, args, known_only=False):
     raise UserError(f"trainer flags: {' '.join(str(e).split())}") from None
 
 
-def parse(args):
+def parse(args: Sequence[str]) -> TrainerFlags:
   """Parses trainer command-line flags into the trainer's `Config`.
 
   Args:

@@ -17,6 +17,10 @@ anything is uploaded.
 Never imports TensorFlow; google-cloud-aiplatform only for `sdk_parameters`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 import dataclasses
 import difflib
 
@@ -287,7 +291,8 @@ def study_spec(options, parameters):
   return study
 
 
-def job_request(options, parameters, trial_job_request):
+def job_request(options: dict[str, Any], parameters: Sequence[Parameter],
+                trial_job_request: dict[str, Any]) -> dict[str, Any]:
   """The HyperparameterTuningJob as Vertex AI's REST API receives it.
 
   Args:

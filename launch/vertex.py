@@ -50,6 +50,10 @@ are checked before anything is built or uploaded. Submitting never imports
 TensorFlow; google-cloud-aiplatform is imported only to submit.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 import datetime
 import glob
 import json
@@ -154,7 +158,7 @@ def define_flags(flag_values=FLAGS):
                       "categorical parameters only) or random.", flag_values=flag_values)
 
 
-def default_options(**changes):
+def default_options(**changes: Any) -> dict[str, Any]:
   """The options `main` reads from the flags, at their defaults plus
   `changes`: for building and checking requests as functions."""
   flag_values = flags.FlagValues()
@@ -202,7 +206,7 @@ class LaunchError(Exception):
   """A flag value Vertex would reject; one line."""
 
 
-def accelerator_kind(accelerator_type):
+def accelerator_kind(accelerator_type: str) -> str:
   """'gpu', 'tpu' or 'none': the trainer's --require_accelerator value."""
   if accelerator_type in GPU_MACHINES:
     return "gpu"
@@ -211,7 +215,8 @@ def accelerator_kind(accelerator_type):
   return "none"
 
 
-def validate(options, trainer_args):
+def validate(options: dict[str, Any],
+             trainer_args: Sequence[str]) -> trainer_flags.TrainerFlags:
   """Checks every value before anything is built, uploaded or submitted.
 
   Args:
@@ -402,7 +407,9 @@ def program_spec(options, display_name, module, args, accelerator=None):
   }}
 
 
-def job_request(options, trainer_args, display_name, trainer):
+def job_request(options: dict[str, Any], trainer_args: Sequence[str],
+                display_name: str,
+                trainer: trainer_flags.TrainerFlags) -> dict[str, Any]:
   """The CustomJob as Vertex AI's REST API receives it (camelCase JSON)."""
   machine_spec = {"machineType": options["machine_type"]}
   if options["accelerator_type"]:
@@ -440,7 +447,7 @@ def job_request(options, trainer_args, display_name, trainer):
     job_spec["network"] = options["network"]
   if options["tensorboard"]:
     job_spec["tensorboard"] = options["tensorboard"]
-  scheduling = {}
+  scheduling: dict[str, Any] = {}
   if options["timeout_hours"]:
     scheduling["timeout"] = f"{options['timeout_hours'] * 3600}s"
   if options["restart_job_on_worker_restart"]:
@@ -584,7 +591,8 @@ def wait(job, poll_secs):
     time.sleep(poll_secs)
 
 
-def options_from_flags(flag_values=FLAGS):
+def options_from_flags(flag_values: flags.FlagValues = FLAGS
+                       ) -> dict[str, Any]:
   """The options every function here takes, from parsed flags."""
   options = {name: flag_values[name].value for name in (
       "project", "region", "staging_bucket", "machine_type", "accelerator_type",

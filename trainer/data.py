@@ -12,6 +12,8 @@ randomness from (seed, epoch, position, pipeline). With --deterministic the orde
 fixed too, so skipping the records already consumed resumes a run exactly.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
@@ -21,6 +23,7 @@ import os
 import tensorflow as tf
 
 from trainer import augment as augment_lib
+from trainer import config as config_lib
 from trainer import records
 from trainer import synthetic
 from trainer.errors import UserError
@@ -58,7 +61,7 @@ class InputSpec:
   pca_lighting: float = 0.0    # std of the paper's colour augmentation
 
 
-def list_files(pattern, flag_name):
+def list_files(pattern: str, flag_name: str) -> tuple[str, ...]:
   """Expands a pattern or directory (local or gs://) to sorted shard files.
 
   Raises:
@@ -144,8 +147,10 @@ def class_names(files, num_classes):
   return tuple(str(i) for i in range(max(2, num_classes)))
 
 
-def make_input_spec(pattern, flag_name, config, image_size, num_examples=0,
-                    counts_path=None, remember_counts=False):
+def make_input_spec(pattern: str, flag_name: str, config: config_lib.Config,
+                    image_size: int, num_examples: int = 0,
+                    counts_path: str | None = None,
+                    remember_counts: bool = False) -> InputSpec:
   """The InputSpec of `pattern`; `num_examples` 0 = count (see count_examples)."""
   files = list_files(pattern, flag_name)
   schema = config.schema if config.schema != "auto" else detect_schema(files[0])
@@ -163,8 +168,10 @@ def make_input_spec(pattern, flag_name, config, image_size, num_examples=0,
                    pca_lighting=config.pca_lighting)
 
 
-def resolve_input_specs(config, image_size, counts_path=None,
-                        remember_counts=False):
+def resolve_input_specs(config: config_lib.Config, image_size: int,
+                        counts_path: str | None = None,
+                        remember_counts: bool = False
+                        ) -> tuple[InputSpec, InputSpec | None]:
   """(train InputSpec, eval InputSpec or None); the synthetic set by default.
 
   counts_path, remember_counts: where example counts are remembered (see
@@ -180,16 +187,18 @@ def resolve_input_specs(config, image_size, counts_path=None,
         synthetic_eval if config.synthetic_eval_examples else "")
     log.info("No --train_data: using the built-in synthetic two-class set "
              "(%s).", os.path.dirname(train_pattern))
-  counting = dict(counts_path=counts_path, remember_counts=remember_counts)
   train_spec = make_input_spec(train_pattern, "train_data", config, image_size,
-                               config.train_examples, **counting)
+                               config.train_examples, counts_path,
+                               remember_counts)
   eval_spec = (make_input_spec(eval_pattern, "eval_data", config, image_size,
-                               config.eval_examples, **counting)
+                               config.eval_examples, counts_path,
+                               remember_counts)
                if eval_pattern else None)
   return train_spec, eval_spec
 
 
-def resolve_eval_spec(config, image_size, counts_path=None):
+def resolve_eval_spec(config: config_lib.Config, image_size: int,
+                      counts_path: str | None = None) -> InputSpec:
   """The validation InputSpec of a run: its --eval_data, else the synthetic
   validation split when it trained on the synthetic set.
 
@@ -394,8 +403,10 @@ def _records_with_source(files, num_pipelines, pipeline_id, by_file):
   return read
 
 
-def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
-                       skip_records=0):
+def make_train_dataset(spec: InputSpec,
+                       input_context: tf.distribute.InputContext,
+                       global_batch_size: int, epoch: int = 0,
+                       skip_records: int = 0) -> tf.data.Dataset:
   """One epoch's training stream for this input pipeline, repeated.
 
   Args:
@@ -477,7 +488,8 @@ def make_train_dataset(spec, input_context, global_batch_size, epoch=0,
       _options(spec.deterministic))
 
 
-def eval_steps(num_examples, num_pipelines, num_replicas, per_replica_batch_size):
+def eval_steps(num_examples: int, num_pipelines: int, num_replicas: int,
+               per_replica_batch_size: int) -> int:
   """Steps that cover every pipeline's share of an eval set exactly once."""
   per_pipeline = -(-num_examples // num_pipelines)
   replicas_per_pipeline = num_replicas // num_pipelines
@@ -485,7 +497,9 @@ def eval_steps(num_examples, num_pipelines, num_replicas, per_replica_batch_size
   return -(-batches // replicas_per_pipeline)
 
 
-def make_eval_dataset(spec, input_context, global_batch_size, steps):
+def make_eval_dataset(spec: InputSpec,
+                      input_context: tf.distribute.InputContext,
+                      global_batch_size: int, steps: int) -> tf.data.Dataset:
   """Every example of `spec` exactly once, padded with weight-0 examples.
 
   Records are sharded by position over all files read in a fixed order, so

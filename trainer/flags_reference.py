@@ -43,7 +43,7 @@ class Flag:
   type_name: str
   default: object
   help: str
-  choices: tuple = None
+  choices: tuple | None = None
   minimum: object = None
   section: str = "Training"
 

@@ -21,6 +21,8 @@ saving (TF requires it): their checkpoints go to a local temporary directory
 that is removed at the end.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
@@ -87,7 +89,7 @@ class RunDir:
   log_dir: str
 
   @classmethod
-  def for_training(cls, model_dir, config_name):
+  def for_training(cls, model_dir: str, config_name: str) -> RunDir:
     """--model_dir, else Vertex AI's AIP_* dirs when set, else runs/NAME."""
     if model_dir:
       return cls(model_dir, model_dir, os.path.join(model_dir, "logs"))
@@ -97,7 +99,7 @@ class RunDir:
                os.path.join(root, "logs"))
 
   @classmethod
-  def of(cls, model_dir):
+  def of(cls, model_dir: str) -> RunDir:
     """A finished (or running) run's layout, read from its config.json."""
     recorded = {}
     if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
@@ -121,7 +123,7 @@ class RunDir:
   export_class_names = property(
       lambda self: self._at("export", "class_names.txt"))
 
-  def tflite(self, quantize):
+  def tflite(self, quantize: str) -> str:
     """export/model.tflite, or model-QUANTIZE.tflite (trainer.export)."""
     suffix = "" if quantize == "none" else f"-{quantize}"
     return self._at("export", f"model{suffix}.tflite")
@@ -131,10 +133,10 @@ class RunDir:
   best = property(lambda self: os.path.join(self.checkpoint_root, "best"))
   profile = property(lambda self: os.path.join(self.log_dir, "profile"))
 
-  def summaries(self, split):
+  def summaries(self, split: str) -> str:
     return os.path.join(self.log_dir, split)
 
-  def recorded(self):
+  def recorded(self) -> dict[str, str]:
     """What config.json keeps so `RunDir.of` finds the rest."""
     return {"checkpoint_root": self.checkpoint_root, "log_dir": self.log_dir}
 

@@ -5,6 +5,9 @@ before anything else initialises TensorFlow's runtime (logical CPU devices can
 only be set up before that), then `get_strategy`, then `choose_precision`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 import ctypes
 import dataclasses
 import glob
@@ -33,11 +36,11 @@ class StrategyInfo:
   num_input_pipelines: int = 1  # one per worker (or per TPU host)
 
   @property
-  def num_replicas(self):
+  def num_replicas(self) -> int:
     return self.strategy.num_replicas_in_sync
 
 
-def configure_devices(cpu_devices=0):
+def configure_devices(cpu_devices: int = 0) -> None:
   """Splits the host CPU into logical devices; must run before TF initialises.
 
   Raises:
@@ -369,8 +372,10 @@ def _multi_worker(tf_config, collective_timeout_secs):
   return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
-def get_strategy(strategy="auto", devices="", tpu="", collective_timeout_secs=600,
-                 remote_tpu_paths=None):
+def get_strategy(strategy: str = "auto", devices: str = "", tpu: str = "",
+                 collective_timeout_secs: int = 600,
+                 remote_tpu_paths: Sequence[str] | None = None
+                 ) -> StrategyInfo:
   """Builds the requested strategy.
 
   Args:
@@ -494,7 +499,7 @@ def _cpu_has_fast_bfloat16():
   return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def choose_precision(requested, strategy_name):
+def choose_precision(requested: str, strategy_name: str) -> tuple[str, str]:
   """Resolves --precision=auto to a Keras dtype policy name.
 
   Returns:
@@ -565,12 +570,13 @@ class Runtime:
   image_size: int
   per_replica_batch_size: int
 
-  def banner(self, global_batch_size):
+  def banner(self, global_batch_size: int) -> str:
     return banner(self.info, self.precision, self.precision_reason,
                   global_batch_size, self.all_reduce_dtype)
 
 
-def set_up(config, remote_tpu_paths=None):
+def set_up(config: config_lib.Config,
+           remote_tpu_paths: Sequence[str] | None = None) -> Runtime:
   """Devices, strategy, batch split, precision and image size for `config`.
 
   The one setup the trainer, evaluation and the benchmark share. Call before

@@ -7,6 +7,9 @@ several steps per call) -> outputs in the model dir. Keras `fit` is not used:
 it fails under MultiWorkerMirroredStrategy with Keras 3.
 """
 
+from __future__ import annotations
+
+from typing import Any
 import dataclasses
 import hashlib
 import os
@@ -762,7 +765,8 @@ def _signed(metric, value):
   return float(value) if "loss" in metric else -float(value)
 
 
-def train(config, config_name="custom"):
+def train(config: config_lib.Config,
+          config_name: str = "custom") -> dict[str, Any]:
   """Trains `config` and returns a summary dict (status, epoch, step, ...).
 
   Raises:
