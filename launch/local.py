@@ -26,23 +26,29 @@ from absl import app
 from absl import flags
 
 from launch import cluster
+from launch import trainer_flags as trainer_flags_lib
 
 # The trainer's exit code for a preempted run that can resume (no TensorFlow).
 from trainer.errors import PREEMPTED_EXIT_CODE
+from trainer.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("workers", 2, "Worker processes to start.")
-flags.DEFINE_enum("devices", "auto", ["auto", "gpu", "cpu"],
-                  "'gpu': one GPU per worker; 'cpu': no GPUs; 'auto': gpu if "
-                  "there are at least --workers GPUs, else cpu.")
-flags.DEFINE_integer("threads_per_worker", 0, "CPU threads per worker "
-                     "(0 = the cores divided among the workers).")
-flags.DEFINE_integer("data_service_workers", 0, "Also start a tf.data service "
-                     "dispatcher and this many workers on 127.0.0.1, and "
-                     "point the trainers at it (--data_service).")
-flags.DEFINE_integer("grace_secs", 20, "After a failure or Ctrl-C, seconds "
-                     "between SIGTERM and SIGKILL for the remaining workers.")
 
+
+def define_flags(flag_values=FLAGS):
+  """Defines the launcher's flags on `flag_values`, when it runs as the
+  command: importing the module defines no global flag."""
+  flags.DEFINE_integer("workers", 2, "Worker processes to start.", flag_values=flag_values)
+  flags.DEFINE_enum("devices", "auto", ["auto", "gpu", "cpu"],
+                    "'gpu': one GPU per worker; 'cpu': no GPUs; 'auto': gpu if "
+                    "there are at least --workers GPUs, else cpu.", flag_values=flag_values)
+  flags.DEFINE_integer("threads_per_worker", 0, "CPU threads per worker "
+                       "(0 = the cores divided among the workers).", flag_values=flag_values)
+  flags.DEFINE_integer("data_service_workers", 0, "Also start a tf.data service "
+                       "dispatcher and this many workers on 127.0.0.1, and "
+                       "point the trainers at it (--data_service).", flag_values=flag_values)
+  flags.DEFINE_integer("grace_secs", 20, "After a failure or Ctrl-C, seconds "
+                       "between SIGTERM and SIGKILL for the remaining workers.", flag_values=flag_values)
 
 
 def _pump(stream, prefix, lock):
@@ -131,6 +137,25 @@ def _signal_group(process, signum):
     pass
 
 
+def check_trainer_flags(trainer_args, num_workers, devices):
+  """The trainer flags, parsed as every worker will, against the workers
+  this launcher starts (`devices`: 'gpu' or 'cpu').
+
+  Raises:
+    UserError: one line naming the trainer flag that cannot work here.
+  """
+  config = trainer_flags_lib.parse(trainer_args).config
+  workers = "one worker" if num_workers == 1 else (
+      f"{num_workers} workers as one multi_worker cluster")
+  if config.strategy not in ("auto", "multi_worker"):
+    raise UserError(f"trainer flag --strategy={config.strategy}: launch.local "
+                    f"runs {workers}; use --strategy=multi_worker or auto")
+  required = config.require_accelerator
+  if required != "none" and required != devices:
+    raise UserError(f"trainer flag --require_accelerator={required}: the "
+                    f"workers run on {devices.upper()}s (--devices)")
+
+
 def main(argv):
   trainer_flags = argv[1:]
   if FLAGS.workers < 1:
@@ -138,6 +163,11 @@ def main(argv):
                          exitcode=2)
   envs, devices = cluster.worker_envs(FLAGS.workers, FLAGS.devices,
                               FLAGS.threads_per_worker)
+  try:
+    check_trainer_flags(trainer_flags, FLAGS.workers, devices)
+  except UserError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 2
   helpers = []
   if FLAGS.data_service_workers:
     ports = cluster.free_ports(1 + FLAGS.data_service_workers)
@@ -160,4 +190,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -311,6 +311,10 @@ def validate(options: dict[str, Any],
                       f"trainer flag --strategy={strategy} contradicts it")
   if accelerator in TPU_MACHINES and strategy not in ("auto", "tpu"):
     raise LaunchError(f"a TPU job needs --strategy=tpu or auto, got {strategy}")
+  if strategy == "tpu" and accelerator not in TPU_MACHINES:
+    raise LaunchError("trainer flag --strategy=tpu: the job has no TPU "
+                      f"(--accelerator_type={accelerator or 'none'}); ask for "
+                      "a TPU machine or use --strategy=auto")
   if config.data_service == "vertex" and not options["data_service_workers"]:
     raise LaunchError("trainer flag --data_service=vertex needs "
                       "--data_service_workers >= 1 (the job's input pool)")

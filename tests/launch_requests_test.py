@@ -1,13 +1,16 @@
 """The launchers' request building, called as functions (no process, no
-network): what launch.vertex would submit and what it refuses.
+network): what launch.vertex would submit, and what it and launch.local
+refuse before anything starts.
 
 tests/vertex_test.py runs the same command end to end against a fake Vertex
 server and fake-gcs-server; these are its fast counterparts."""
 
 import pytest
 
+from launch import local
 from launch import tuning
 from launch import vertex
+from trainer.errors import UserError
 
 REQUIRED = dict(project="proj", staging_bucket="gs://bkt/staging",
                 base_output_dir="gs://bkt/runs/1")
@@ -83,6 +86,9 @@ def test_tuning_request_wraps_the_custom_job():
     ([], dict(accelerator_type="TPU_V3", accelerator_count=8,
               machine_type="cloud-tpu"), "needs --container_image"),
     ([], dict(labels=["Team=x"]), "--labels"),
+    (["--strategy=tpu"], dict(accelerator_type="NVIDIA_TESLA_T4",
+                              accelerator_count=1), "the job has no TPU"),
+    (["--strategy", "tpu"], {}, "the job has no TPU"),
 ])
 def test_bad_values_are_one_line_before_anything_is_built(trainer_args, options,
                                                           fragment):
@@ -99,3 +105,23 @@ def test_default_options_are_the_flags_defaults():
   assert options["max_trials"] == 10 and options["labels"] == []
   with pytest.raises(ValueError, match="epochs"):
     vertex.default_options(epochs=3)  # A trainer flag, not the launcher's.
+
+
+@pytest.mark.parametrize("trainer_args,num_workers,devices,fragment", [
+    (["--strategy=tpu"], 2, "cpu", "2 workers as one multi_worker cluster"),
+    (["--strategy=mirrored"], 1, "gpu", "runs one worker"),
+    (["--require_accelerator=gpu"], 2, "cpu", "the workers run on CPUs"),
+    (["--require_accelerator=tpu"], 2, "gpu", "the workers run on GPUs"),
+    (["--epocs=3"], 2, "cpu", "epocs"),
+])
+def test_local_refuses_trainer_flags_its_workers_cannot_run(
+    trainer_args, num_workers, devices, fragment):
+  with pytest.raises(UserError) as raised:
+    local.check_trainer_flags(trainer_args, num_workers, devices)
+  assert fragment in str(raised.value)
+
+
+def test_local_accepts_what_its_workers_run():
+  for args in ([], ["--strategy=multi_worker"], ["--strategy", "auto"]):
+    local.check_trainer_flags(args, 2, "cpu")
+  local.check_trainer_flags(["--require_accelerator=gpu"], 2, "gpu")
