@@ -32,6 +32,7 @@ from absl import flags
 import nbformat
 from nbformat import v4
 
+from launch import platforms
 from launch import trainer_flags
 from trainer.errors import UserError
 
@@ -73,14 +74,57 @@ def run(args):
 
 
 def install_source(install, editable):
-  """Python source of the install cell.
+  """Python source of the install cell (it runs after the runtime cell).
 
-  The package goes in without dependencies, then launch.install_deps adds the
+  TPU runtimes bring no TensorFlow any more (launch/platforms.py): the cell
+  installs tensorflow-tpu with the libtpu of its release. CPU and GPU
+  runtimes keep Colab's TensorFlow when it is in this package's range and
+  say which they found; else the cell installs one that is. Then the
+  package goes in without dependencies, and launch.install_deps adds the
   others with the runtime's TensorFlow family pinned: pip never replaces
-  Colab's TensorFlow (or tensorflow-tpu) and its CUDA libraries.
+  that TensorFlow (or tensorflow-tpu) and its CUDA libraries.
   """
-  lines = ["# Install alexnet-tf, keeping this runtime's TensorFlow.",
-           RUN_HELPER, f"INSTALL = {install!r}"]
+  tpu, colab = platforms.TPU_STACK, platforms.COLAB_RUNTIMES["tpu"]
+  low, high = platforms.SUPPORTED_TENSORFLOW
+  major, minor = high.split(".")
+  in_range = f"tensorflow>={low},<{major}.{int(minor) + 1}"
+  lines = ["# Install alexnet-tf on this runtime's TensorFlow.",
+           RUN_HELPER,
+           "import importlib.metadata",
+           "def installed(name):",
+           "    try:",
+           "        return importlib.metadata.version(name)",
+           "    except importlib.metadata.PackageNotFoundError:",
+           "        return None",
+           f"# Facts of {platforms.CHECKED} (launch/platforms.py): Colab's "
+           "TPU runtimes",
+           f"# no longer bring TensorFlow ({colab.source}).",
+           f"TPU_PACKAGES = ['tensorflow-tpu=={tpu.tensorflow_tpu}', "
+           f"'libtpu=={tpu.libtpu}']",
+           f"TENSORFLOW_RANGE = {in_range!r}",
+           "if ACCELERATOR == 'tpu':",
+           "    if installed('tensorflow-tpu') is None:",
+           "        print('This TPU runtime has no TensorFlow: installing', "
+           "' '.join(TPU_PACKAGES))",
+           "        run([sys.executable, '-m', 'pip', 'install', '-q', "
+           "*TPU_PACKAGES])",
+           "    print('TensorFlow: tensorflow-tpu', "
+           "installed('tensorflow-tpu'))",
+           "else:",
+           "    found = installed('tensorflow')",
+           f"    low, high = {tuple(int(p) for p in low.split('.'))!r}, "
+           f"{tuple(int(p) for p in high.split('.'))!r}",
+           "    if found and low <= tuple(int(p) for p in "
+           "found.split('.')[:2]) <= high:",
+           "        print(\"TensorFlow: this runtime's\", found, '(kept)')",
+           "    else:",
+           "        want = TENSORFLOW_RANGE.replace('tensorflow', "
+           "'tensorflow[and-cuda]' if ACCELERATOR == 'gpu' else "
+           "'tensorflow', 1)",
+           "        print('TensorFlow: this runtime has', found or 'none', "
+           "'- installing', want)",
+           "        run([sys.executable, '-m', 'pip', 'install', '-q', want])",
+           f"INSTALL = {install!r}"]
   if install.startswith("gs://"):
     lines += ["local_sdist = '/content/' + INSTALL.rsplit('/', 1)[-1]",
               "run(['gcloud', 'storage', 'cp', INSTALL, local_sdist])",
@@ -94,7 +138,7 @@ def install_source(install, editable):
 
 
 RUNTIME_SOURCE = '''# Runtime: which accelerator this notebook got.
-import glob, os, shutil, subprocess
+import glob, os, shutil, subprocess, sys
 # A TPU VM runtime has /dev/accel*; the older remote TPUs set COLAB_TPU_ADDR.
 REMOTE_TPU = bool(os.environ.get('COLAB_TPU_ADDR'))
 if glob.glob('/dev/accel*') or REMOTE_TPU:
@@ -212,16 +256,17 @@ def build_notebook(trainer_args, install, editable=False,
   if (gcs_data_dir or prepare_flags) and not data:
     raise UserError("--gcs_data_dir and --prepare_flag need --data")
   trainer_args, model_dir = notebook_trainer_args(trainer_args, data, model_dir)
-  intro = ("# Train AlexNet\n\nInstalls `alexnet-tf` (keeping the runtime's "
-           "TensorFlow), detects the runtime (TPU, GPU or CPU), ")
+  intro = ("# Train AlexNet\n\nDetects the runtime (TPU, GPU or CPU), "
+           "installs `alexnet-tf` (keeping the runtime's TensorFlow; "
+           "tensorflow-tpu on TPU runtimes, which have none), ")
   if data:
     intro += "writes TFRecord shards from `" + data.replace("`", "'") + "`, "
   intro += ("trains with `python -m trainer.task`, then shows the training "
             "curves and TensorBoard.\n\nTrainer flags: `" +
             " ".join(trainer_args).replace("`", "'") + "`")
   cells = [v4.new_markdown_cell(intro),
-           v4.new_code_cell(install_source(install, editable)),
-           v4.new_code_cell(RUNTIME_SOURCE)]
+           v4.new_code_cell(RUNTIME_SOURCE),
+           v4.new_code_cell(install_source(install, editable))]
   if data:
     cells.append(v4.new_code_cell(data_source(data, data_dir, gcs_data_dir,
                                               prepare_flags)))

@@ -67,6 +67,7 @@ import time
 from absl import app
 from absl import flags
 
+from launch import platforms
 from launch import trainer_flags
 from launch import tuning
 from trainer.errors import UserError
@@ -108,12 +109,14 @@ def define_flags(flag_values=FLAGS):
   flags.DEFINE_integer("boot_disk_gb", 100, "Boot disk per replica.", flag_values=flag_values)
   flags.DEFINE_string("base_output_dir", None, "gs:// dir for the model, "
                       "checkpoints and TensorBoard logs (sets AIP_*_DIR).", flag_values=flag_values)
-  flags.DEFINE_string("executor_image_uri", "", "Package path: the prebuilt "
-                      "training image; default Vertex's newest TensorFlow image "
-                      "for CPU or GPU.", flag_values=flag_values)
+  flags.DEFINE_string("executor_image_uri", "", "Package path: a prebuilt "
+                      "training image with TensorFlow 2.17-2.21 to install "
+                      "the package on. Vertex AI's own (tf-cpu/tf-gpu.2-17 "
+                      "and older) are past their end of availability and "
+                      "refused (launch/platforms.py).", flag_values=flag_values)
   flags.DEFINE_string("container_image", "", "Container path: an image built "
                       "from this repo's Dockerfile (or Dockerfile.tpu), e.g. "
-                      "us-central1-docker.pkg.dev/P/REPO/alexnet-tf:2.21. Its "
+                      "us-central1-docker.pkg.dev/P/REPO/alexnet-tf:2.21.0. Its "
                       "entrypoint runs the trainer; no package is uploaded. "
                       "Required for TPU machines.", flag_values=flag_values)
   flags.DEFINE_bool("spot", False, "Run on Spot VMs (cheaper, preemptible; the "
@@ -187,11 +190,6 @@ TPU_MACHINES = {"TPU_V2": "cloud-tpu", "TPU_V3": "cloud-tpu",
                 "TPU_V5_LITEPOD": "ct5lp-hightpu-"}
 TPU_MACHINE_PREFIXES = ("cloud-tpu", "ct5lp")
 V5E_TOPOLOGY = {"1t": "1x1", "4t": "2x2", "8t": "2x4"}
-# Newest prebuilt TensorFlow training images (2.17, CPU and GPU). Vertex's
-# newest TPU image is TF 2.15 (none for v5e), below this package's range, and
-# installing the package there would put the CPU/GPU wheel over
-# tensorflow-tpu: TPU jobs use the container path.
-IMAGE = "{region}-docker.pkg.dev/vertex-ai/training/tf-{kind}.2-17.py310:latest"
 # Where Vertex mounts Cloud Storage buckets (Cloud Storage FUSE).
 CLOUD_STORAGE_PATH = re.compile(r"(gs://|/gcs/)[^/]+")
 OUTPUT_DIR_HELP = {
@@ -215,13 +213,15 @@ def accelerator_kind(accelerator_type: str) -> str:
   return "none"
 
 
-def validate(options: dict[str, Any],
-             trainer_args: Sequence[str]) -> trainer_flags.TrainerFlags:
+def validate(options: dict[str, Any], trainer_args: Sequence[str],
+             today: datetime.date | None = None
+             ) -> trainer_flags.TrainerFlags:
   """Checks every value before anything is built, uploaded or submitted.
 
   Args:
     options: the launcher's flag values (`options_from_flags()`).
     trainer_args: the flags after `--`.
+    today: the date images' end of availability is compared with.
 
   Returns:
     The trainer flags as the trainer will parse them (`TrainerFlags`).
@@ -302,7 +302,7 @@ def validate(options: dict[str, Any],
           f"--accelerator_type={accelerator} needs --container_image: Vertex "
           "AI has no prebuilt TensorFlow TPU training image in this package's "
           "TensorFlow range, and pip would replace tensorflow-tpu; build one "
-          "from Dockerfile.tpu (README: Run on Vertex AI)")
+          "from Dockerfile.tpu (docs: Docker)")
   elif machine.startswith(TPU_MACHINE_PREFIXES):
     raise LaunchError(f"--machine_type={machine} needs a TPU --accelerator_type")
   strategy = config.strategy
@@ -335,19 +335,71 @@ def validate(options: dict[str, Any],
     if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}=[a-z0-9_-]{0,63}", label):
       raise LaunchError(f"--labels: {label!r} is not key=value in lowercase "
                         "letters, digits, - and _")
+  check_images(options, today)
   return trainer
 
 
-def executor_image(options, accelerator=None):
-  """The prebuilt image for `accelerator` (default: the trainers')."""
-  if accelerator is None:
-    accelerator = options["accelerator_type"]
-    if options["executor_image_uri"]:
-      return options["executor_image_uri"]
-  region = options["region"].split("-")[0]
-  region = {"us": "us", "europe": "europe", "asia": "asia"}.get(region, "us")
-  kind = "gpu" if accelerator in GPU_MACHINES else "cpu"
-  return IMAGE.format(region=region, kind=kind)
+def build_commands(options):
+  """The commands that build this package's image and submit with it, for
+  the pools `options` ask for (Dockerfile, or Dockerfile.tpu on TPUs)."""
+  tpu = options["accelerator_type"] in TPU_MACHINES
+  region = options["region"]
+  image = (f"{region}-docker.pkg.dev/{options['project'] or 'PROJECT'}/REPO/"
+           f"alexnet-tf{'-tpu' if tpu else ''}:"
+           f"{platforms.TPU_STACK.tensorflow_tpu if tpu else platforms.GPU_IMAGE.tensorflow}")
+  build = (f"docker build -f Dockerfile.tpu -t {image} . && docker push {image}"
+           if tpu else f"gcloud builds submit --tag={image} .")
+  return build, f"python -m launch.vertex --container_image={image} ..."
+
+
+def check_images(options, today=None):
+  """Refuses a job whose image cannot start: none given (every prebuilt
+  TensorFlow training image is past its end of availability), or a
+  prebuilt one past its date (launch.platforms).
+
+  Raises:
+    LaunchError: one line with the date, its source and the commands to use
+      this package's own image instead.
+  """
+  today = today or datetime.date.today()
+  build, submit = build_commands(options)
+  instead = f"build this package's image and use it: {build}, then {submit}"
+  uri = options["executor_image_uri"]
+  if options["container_image"]:
+    return
+  if not uri:
+    newest = max((i for i in platforms.VERTEX_TRAINING_IMAGES
+                  if i.accelerator == "gpu"),
+                 key=lambda i: tuple(map(int, i.tensorflow.split("."))))
+    if newest.expired(today):
+      raise LaunchError(
+          "Vertex AI's prebuilt TensorFlow training images are past their end "
+          f"of availability (the newest, {_image_name(newest.uri)}, on "
+          f"{newest.end_of_availability}: {newest.source}); {instead}")
+    raise LaunchError("--container_image or --executor_image_uri is "
+                      f"required; {instead}")
+  image = platforms.vertex_image(uri)
+  if image and image.expired(today):
+    raise LaunchError(
+        f"--executor_image_uri={uri}: end of availability "
+        f"{image.end_of_availability} ({image.source}); {instead}")
+  if image and image.tensorflow and not platforms.in_supported_range(
+      image.tensorflow):
+    raise LaunchError(
+        f"--executor_image_uri={uri} brings TensorFlow {image.tensorflow}, "
+        f"outside this package's {'-'.join(platforms.SUPPORTED_TENSORFLOW)}; "
+        f"{instead}")
+
+
+def _image_name(uri):
+  """us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest ->
+  tf-gpu.2-17.py310"""
+  return uri.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def executor_image(options):
+  """The prebuilt image the package is installed on."""
+  return options["executor_image_uri"]
 
 
 def package_uri(options, display_name):
@@ -391,7 +443,7 @@ def trainer_args_for(options, trainer_args, trainer):
   return args
 
 
-def program_spec(options, display_name, module, args, accelerator=None):
+def program_spec(options, display_name, module, args):
   """The pool's code: {"pythonPackageSpec": ...} or {"containerSpec": ...}.
 
   The container's entrypoint is the trainer; other modules override it.
@@ -404,7 +456,7 @@ def program_spec(options, display_name, module, args, accelerator=None):
     spec["args"] = args
     return {"containerSpec": spec}
   return {"pythonPackageSpec": {
-      "executorImageUri": executor_image(options, accelerator),
+      "executorImageUri": executor_image(options),
       "packageUris": [package_uri(options, display_name)],
       "pythonModule": module,
       "args": args,
@@ -441,7 +493,7 @@ def job_request(options: dict[str, Any], trainer_args: Sequence[str],
         "replicaCount": str(options["data_service_workers"]),
         "diskSpec": pool["diskSpec"],
         **program_spec(options, display_name, "trainer.data_service",
-                       ["--role=vertex"], accelerator=""),
+                       ["--role=vertex"]),
     })
   job_spec = {"workerPoolSpecs": pools,
               "baseOutputDirectory": {"outputUriPrefix": options["base_output_dir"]}}

@@ -99,6 +99,8 @@ def test_notebook_installs_prepares_data_and_trains_end_to_end(kernel_env, tmp_p
   assert "tensorboard --logdir" in text
   # The install went into the venv and left the runtime's TensorFlow alone.
   import importlib.metadata
+  assert (f"TensorFlow: this runtime's {importlib.metadata.version('tensorflow')}"
+          " (kept)") in text
   keeping = next(l for l in text.splitlines() if l.startswith("Keeping "))
   assert f"tensorflow {importlib.metadata.version('tensorflow')}" in keeping
   assert [n for n in os.listdir(kernel_env.site_packages) if n.startswith("alexnet")]
@@ -145,7 +147,8 @@ def test_remote_tpu_without_a_gcs_data_dir_says_what_to_set(kernel_env, tmp_path
   from nbclient.exceptions import CellExecutionError
   with pytest.raises(CellExecutionError, match="set GCS_DATA_DIR"):
     execute(notebook, tmp_path, upto="# Trainer flags.")
-  assert "Runtime: TPU" in "".join(o.get("text", "") for o in notebook.cells[2].outputs)
+  runtime = next(c for c in notebook.cells if c.source.startswith("# Runtime"))
+  assert "Runtime: TPU" in "".join(o.get("text", "") for o in runtime.outputs)
 
 
 @pytest.mark.notebook
@@ -191,3 +194,56 @@ def test_install_is_required(tmp_path):
                            f"--out={tmp_path / 'x.ipynb'}"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 2 and "--install is required" in result.stderr
+
+
+@pytest.fixture
+def fake_pip(tmp_path, monkeypatch):
+  """`python -m pip` in the kernel records its arguments (one JSON list a
+  line) and installs nothing; returns the log's path."""
+  package = tmp_path / "fake_pip" / "pip"
+  package.mkdir(parents=True)
+  (package / "__init__.py").write_text("")
+  (package / "__main__.py").write_text(
+      "import json, os, sys\n"
+      "with open(os.environ['FAKE_PIP_LOG'], 'a') as f:\n"
+      "  f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
+  log = tmp_path / "pip.log"
+  monkeypatch.setenv("FAKE_PIP_LOG", str(log))
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      [str(package.parent), os.environ.get("PYTHONPATH", "")]))
+  return log
+
+
+@pytest.mark.notebook
+def test_tpu_runtime_installs_the_pinned_tensorflow_tpu_first(
+    kernel_env, tmp_path, monkeypatch, fake_pip):
+  """Colab's TPU runtimes bring no TensorFlow: the install cell asks pip for
+  the table's tensorflow-tpu and libtpu, before the package."""
+  from launch import platforms
+  monkeypatch.setenv("COLAB_TPU_ADDR", "10.0.0.2:8470")
+  notebook = write_notebook(tmp_path, f"--install={REPO}", "--",
+                            "--strategy=tpu")
+  text = execute(notebook, tmp_path, upto="# Trainer flags.")
+  stack = platforms.TPU_STACK
+  assert (f"This TPU runtime has no TensorFlow: installing tensorflow-tpu=="
+          f"{stack.tensorflow_tpu} libtpu=={stack.libtpu}") in text
+  calls = [json.loads(l) for l in fake_pip.read_text().splitlines()]
+  assert calls[0] == ["install", "-q", f"tensorflow-tpu=={stack.tensorflow_tpu}",
+                      f"libtpu=={stack.libtpu}"]
+  assert calls[1] == ["install", "-q", "--no-deps", REPO]
+
+
+@pytest.mark.notebook
+def test_a_runtime_tensorflow_outside_the_range_is_replaced(
+    kernel_env, tmp_path, fake_pip):
+  """A CPU runtime whose TensorFlow is outside 2.17-2.21 gets one inside;
+  the negative control of "kept" in the end-to-end test above."""
+  notebook = write_notebook(tmp_path, f"--install={REPO}")
+  install = next(c for c in notebook.cells if c.source.startswith("# Install"))
+  install.source = install.source.replace(
+      "found = installed('tensorflow')", "found = '2.16.2'")
+  text = execute(notebook, tmp_path, upto="# Trainer flags.")
+  assert ("TensorFlow: this runtime has 2.16.2 - installing "
+          "tensorflow>=2.17,<2.22") in text
+  calls = [json.loads(l) for l in fake_pip.read_text().splitlines()]
+  assert calls[0] == ["install", "-q", "tensorflow>=2.17,<2.22"]

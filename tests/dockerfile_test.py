@@ -2,13 +2,16 @@
 
 The images are not built here. These tests check that each file parses into
 known instructions, that every path it copies exists and together they hold
-every package setup.py ships, that the install keeps the base image's
-TensorFlow (`--no-deps` + launch.install_deps), that the entrypoint module
-starts, and that the versions agree with setup.py and the TPU VM recipe
-(docs/platforms/tpu-vm.md). Each check is also shown catching a planted
-mistake.
+every package setup.py ships, that the install keeps the image's TensorFlow
+(`--no-deps` + launch.install_deps), that the entrypoint module starts, and
+that every image and version they name is the one launch/platforms.py
+records (with its source and date): the GPU image's CUDA and cuDNN wheels
+satisfy what its TensorFlow was built for - resolved for real with pip
+(`--dry-run --report`, the install tier) - and the TPU image pins
+tensorflow-tpu with the libtpu released with it. Each check is also shown
+catching a planted mistake (the official tensorflow/tensorflow:2.21.0-gpu
+base, with its system cuDNN 8.9, among them).
 """
-
 import ast
 import json
 import os
@@ -16,10 +19,12 @@ import re
 import subprocess
 import sys
 
-import pytest
 from packaging.requirements import Requirement
+import pytest
+import tensorflow as tf
 
 from conftest import REPO, cli_env
+from launch import platforms
 
 INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY",
                 "ENTRYPOINT", "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD",
@@ -108,17 +113,40 @@ def install_problems(instructions):
   return problems
 
 
-def gpu_base_problems(instructions, setup_text):
-  """The base is the official TensorFlow GPU image of setup.py's newest TF."""
+def _pins(text):
+  """{name: version} of every `name==version` requirement in `text`."""
+  return {m.group(1).split("[")[0].lower(): m.group(2) for m in re.finditer(
+      r"'?([A-Za-z0-9_.\-]+(?:\[[a-z-]+\])?)==([0-9][0-9.]*)'?", text)}
+
+
+def gpu_image_problems(instructions, setup_text):
+  """The GPU image is launch/platforms.GPU_IMAGE: its base, the newest
+  TensorFlow setup.py allows, with the CUDA/cuDNN wheels TensorFlow was
+  built for."""
+  image = platforms.GPU_IMAGE
   _, tensorflow = setup_packages_and_tensorflow(setup_text)
+  problems = []
   base = next(a for k, a in instructions if k == "FROM")
-  match = re.fullmatch(r"tensorflow/tensorflow:(\d+\.\d+)\.(\d+)-gpu", base)
-  if not match:
-    return [f"FROM {base} is not tensorflow/tensorflow:X.Y.Z-gpu"]
-  if match.group(1) != newest_minor(tensorflow):
-    return [f"FROM {base}: setup.py's newest TensorFlow is "
-            f"{newest_minor(tensorflow)} ({tensorflow})"]
-  return []
+  if base != image.base:
+    problems.append(f"FROM {base}, not {image.base} (launch/platforms.py)")
+  runs = " ".join(a for k, a in instructions if k == "RUN")
+  pins = _pins(runs)
+  if "tensorflow[and-cuda]==" not in runs:
+    problems.append("TensorFlow is not installed with its and-cuda wheels")
+  if pins.get("tensorflow") != image.tensorflow:
+    problems.append(f"tensorflow=={pins.get('tensorflow')}, not "
+                    f"{image.tensorflow} (launch/platforms.py)")
+  if not image.tensorflow.startswith(newest_minor(tensorflow) + "."):
+    problems.append(f"TensorFlow {image.tensorflow}: setup.py's newest is "
+                    f"{newest_minor(tensorflow)} ({tensorflow})")
+  for name, version in image.cuda_wheels.items():
+    if pins.get(name) != version:
+      problems.append(f"{name}=={pins.get(name)}, not {version} "
+                      "(launch/platforms.py)")
+  build = platforms.TENSORFLOW_CUDA_BUILDS[image.tensorflow.rsplit(".", 1)[0]]
+  problems += platforms.cuda_stack_problems(
+      build, platforms.wheel_libraries(pins))
+  return problems
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.tpu"])
@@ -129,21 +157,79 @@ def test_dockerfile_parses_copies_existing_paths_and_keeps_the_base_tensorflow(n
   assert install_problems(instructions) == []
 
 
-def test_gpu_image_is_the_official_image_of_the_newest_supported_tensorflow():
-  assert gpu_base_problems(parse_dockerfile(_read("Dockerfile")), _read("setup.py")) == []
+def test_gpu_image_carries_the_cuda_and_cudnn_its_tensorflow_was_built_for():
+  assert gpu_image_problems(parse_dockerfile(_read("Dockerfile")),
+                            _read("setup.py")) == []
 
 
-def test_tpu_image_matches_the_tpu_vm_recipe():
+def test_the_table_knows_the_installed_tensorflows_cuda_build():
+  """The table's row for the TensorFlow installed here is what the wheel
+  says it was built with (tf.sysconfig); the other rows come from
+  TensorFlow's tested-builds page (launch/platforms.py)."""
+  info = tf.sysconfig.get_build_info()
+  if not info.get("is_cuda_build"):
+    pytest.skip("this TensorFlow wheel is not a CUDA build")
+  row = platforms.TENSORFLOW_CUDA_BUILDS[".".join(tf.__version__.split(".")[:2])]
+  assert info["cuda_version"].startswith(row.cuda + ".")
+  assert row.cudnn.split(".")[0] == str(info["cudnn_version"]).split(".")[0]
+
+
+def test_tpu_image_pins_tensorflow_tpu_with_its_libtpu_where_vertex_looks():
+  stack = platforms.TPU_STACK
   dockerfile = _read("Dockerfile.tpu")
   instructions = parse_dockerfile(dockerfile)
-  pin = re.search(r"'?tensorflow-tpu==([\d.*]+)'?", dockerfile).group(1)
-  recipe_pins = re.findall(r"tensorflow-tpu==([\d.*]+)",
-                           _read("docs/platforms/tpu-vm.md"))
-  assert recipe_pins and set(recipe_pins) == {pin}
-  # The PJRT plugin path names the base image's Python.
-  python = re.fullmatch(r"python:(\d+\.\d+)-slim", instructions[0][1]).group(1)
+  pins = _pins(" ".join(a for k, a in instructions if k == "RUN"))
+  assert pins["tensorflow-tpu"] == stack.tensorflow_tpu
+  assert pins["libtpu"] == stack.libtpu
+  assert instructions[0][1] == f"python:{stack.python}-slim-bookworm"
+  runs = " ".join(a for k, a in instructions if k == "RUN")
+  assert f'/libtpu.so" {stack.libtpu_path}' in runs
   env = " ".join(a for k, a in instructions if k == "ENV")
-  assert f"/usr/local/lib/python{python}/site-packages/libtpu/libtpu.so" in env
+  assert f"TF_PLUGGABLE_DEVICE_LIBRARY_PATH={stack.libtpu_path}" in env
+
+
+@pytest.mark.install
+def test_pip_resolves_the_gpu_images_install_line_to_its_cuda_build(tmp_path):
+  """pip itself resolves the Dockerfile's install line for the image's
+  Python and platform (metadata only, nothing is installed): the CUDA
+  runtime and cuDNN it brings satisfy the TensorFlow build. Negative
+  control: what `pip install tensorflow` (the official image's line, no
+  and-cuda extra) brings leaves the libraries to the official base image,
+  whose cuDNN 8.9 fails the same check."""
+  image = platforms.GPU_IMAGE
+  instructions = parse_dockerfile(_read("Dockerfile"))
+  line = next(a for k, a in instructions
+              if k == "RUN" and "tensorflow[and-cuda]" in a)
+  requirements = [token.strip("'") for token in line.split()[4:]]
+  report = tmp_path / "report.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet",
+       "--disable-pip-version-check", "--ignore-installed",
+       "--report", str(report), "--target", str(tmp_path / "never"),
+       "--python-version", image.python, "--implementation", "cp",
+       "--only-binary=:all:", "--platform", "manylinux_2_27_x86_64",
+       "--platform", "manylinux_2_17_x86_64", "--platform",
+       "manylinux2014_x86_64", *requirements],
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+              for item in json.loads(report.read_text())["install"]}
+  assert resolved["tensorflow"] == image.tensorflow
+  for name, version in image.cuda_wheels.items():
+    assert resolved[name] == version, name
+  build = platforms.TENSORFLOW_CUDA_BUILDS[image.tensorflow.rsplit(".", 1)[0]]
+  assert platforms.cuda_stack_problems(
+      build, platforms.wheel_libraries(resolved)) == []
+  # Without the extra, TensorFlow's own requirements bring no CUDA wheel.
+  tensorflow = next(item for item in json.loads(report.read_text())["install"]
+                    if item["metadata"]["name"].lower() == "tensorflow")
+  plain = [Requirement(r) for r in tensorflow["metadata"]["requires_dist"]]
+  assert not [r for r in plain if r.name.startswith("nvidia")
+              and (r.marker is None or r.marker.evaluate({"extra": ""}))]
+  official = platforms.cuda_stack_problems(
+      build, platforms.OFFICIAL_TF_GPU_IMAGE_LIBRARIES)
+  assert f"cuDNN 8.9.6.50: TensorFlow {build.tensorflow} was built for " \
+      f"cuDNN {build.cudnn}" in official, official
 
 
 @pytest.mark.multiprocess
@@ -177,4 +263,15 @@ def test_checks_catch_planted_mistakes(tmp_path):
     install_problems(shell_form)
   newer_setup = re.sub(r'"tensorflow[=<>!~][^"]*"', '"tensorflow>=2.17,<2.23"', _read("setup.py"))
   assert newer_setup != _read("setup.py")
-  assert gpu_base_problems(parse_dockerfile(good), newer_setup)
+  assert gpu_image_problems(parse_dockerfile(good), newer_setup)
+  # Yesterday's base: the official image, plain TensorFlow, no CUDA wheels.
+  official = re.sub(r"FROM .*", "FROM tensorflow/tensorflow:2.21.0-gpu", good)
+  official = re.sub(r"'tensorflow\[and-cuda\]==2.21.0'(.|\n)*?nvjitlink-cu12==[\d.]+",
+                    "tensorflow==2.21.0", official)
+  problems = gpu_image_problems(parse_dockerfile(official), _read("setup.py"))
+  assert any("FROM tensorflow/tensorflow:2.21.0-gpu" in p for p in problems)
+  assert any(p.startswith("cuDNN missing") for p in problems), problems
+  older_cudnn = good.replace("nvidia-cudnn-cu12==9.3.0.75",
+                             "nvidia-cudnn-cu12==8.9.7.29")
+  assert "nvidia-cudnn-cu12==8.9.7.29, not 9.3.0.75 (launch/platforms.py)" in (
+      gpu_image_problems(parse_dockerfile(older_cudnn), _read("setup.py")))

@@ -5,15 +5,23 @@ refuse before anything starts.
 tests/vertex_test.py runs the same command end to end against a fake Vertex
 server and fake-gcs-server; these are its fast counterparts."""
 
+import datetime
+
 import pytest
 
 from launch import local
+from launch import platforms
 from launch import tuning
 from launch import vertex
 from trainer.errors import UserError
 
+# An image of the user's own (not one of Vertex's prebuilt ones, which are
+# past their end of availability).
+OWN_IMAGE = "us-central1-docker.pkg.dev/proj/repo/tf-2-21:1"
 REQUIRED = dict(project="proj", staging_bucket="gs://bkt/staging",
-                base_output_dir="gs://bkt/runs/1")
+                base_output_dir="gs://bkt/runs/1",
+                executor_image_uri=OWN_IMAGE)
+PREBUILT = "us-docker.pkg.dev/vertex-ai/training/tf-{kind}.2-{minor}.py310:latest"
 
 
 def _request(trainer_args, **options):
@@ -32,6 +40,7 @@ def test_gpu_job_runs_the_trainer_and_requires_the_gpu():
                                  "acceleratorType": "NVIDIA_TESLA_V100",
                                  "acceleratorCount": 4}
   program = pool["pythonPackageSpec"]
+  assert program["executorImageUri"] == OWN_IMAGE
   assert program["pythonModule"] == "trainer.task"
   assert program["args"] == ["--strategy=mirrored", "--epochs=20",
                              "--require_accelerator=gpu"]
@@ -125,3 +134,37 @@ def test_local_accepts_what_its_workers_run():
   for args in ([], ["--strategy=multi_worker"], ["--strategy", "auto"]):
     local.check_trainer_flags(args, 2, "cpu")
   local.check_trainer_flags(["--require_accelerator=gpu"], 2, "gpu")
+
+
+def test_without_an_image_the_job_is_refused_with_the_date_and_the_way_out():
+  options = vertex.default_options(**{**REQUIRED, "executor_image_uri": ""},
+                                   accelerator_type="NVIDIA_TESLA_T4",
+                                   accelerator_count=1)
+  with pytest.raises(vertex.LaunchError) as raised:
+    vertex.validate(options, ["--config=cats_vs_dogs"])
+  message = str(raised.value)
+  assert "tf-gpu.2-17.py310, on 2026-07-11" in message, message
+  assert platforms.VERTEX_TRAINING_CONTAINERS in message
+  assert ("gcloud builds submit --tag=us-central1-docker.pkg.dev/proj/REPO/"
+          "alexnet-tf:2.21.0 .") in message
+  assert "--container_image=us-central1-docker.pkg.dev/proj/REPO/" in message
+  # TPU pools build Dockerfile.tpu.
+  options.update(accelerator_type="TPU_V3", accelerator_count=8,
+                 machine_type="cloud-tpu", container_image="")
+  build, _ = vertex.build_commands(options)
+  assert build.startswith("docker build -f Dockerfile.tpu") and (
+      "alexnet-tf-tpu:2.20.0" in build)
+
+
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_prebuilt_images_are_refused_from_their_end_of_availability(kind):
+  uri = PREBUILT.format(kind=kind, minor=17)
+  options = vertex.default_options(**{**REQUIRED, "executor_image_uri": uri})
+  with pytest.raises(vertex.LaunchError, match="end of availability 2026-07-11"):
+    vertex.validate(options, [], today=datetime.date(2026, 7, 11))
+  # Negative control: the day before, the same image is accepted.
+  vertex.validate(options, [], today=datetime.date(2026, 7, 10))
+  # And one outside the package's TensorFlow range is refused even then.
+  options["executor_image_uri"] = PREBUILT.format(kind=kind, minor=16)
+  with pytest.raises(vertex.LaunchError, match="TensorFlow 2.16, outside"):
+    vertex.validate(options, [], today=datetime.date(2026, 1, 1))

@@ -26,7 +26,21 @@ def _as_named_json(body, kind="CustomJob"):
   return json_format.MessageToDict(message_class.pb(message))
 
 
+# The package path needs an image: Vertex AI's prebuilt TensorFlow images
+# are past their end of availability, so jobs here name one of the user's own
+# unless a test passes --container_image or --executor_image_uri itself.
+OWN_IMAGE = "us-central1-docker.pkg.dev/proj/repo/tf-2-21:1"
+
+
+def _with_an_image(args):
+  if any(a.startswith(("--container_image", "--executor_image_uri"))
+         for a in args):
+    return list(args)
+  return [f"--executor_image_uri={OWN_IMAGE}", *args]
+
+
 def launch(*args, env=None, timeout=300):
+  args = _with_an_image(args)
   return subprocess.run([sys.executable, "-m", "launch.vertex", *args], cwd=REPO,
                         env={**cli_env("/tmp"), **(env or {})}, capture_output=True,
                         text=True, timeout=timeout)
@@ -130,7 +144,8 @@ def test_data_service_pool_goes_through_the_real_client(gcs):
   assert service["machineSpec"] == {"machineType": "n2-highcpu-32"}
   assert service["pythonPackageSpec"]["pythonModule"] == "trainer.data_service"
   assert service["pythonPackageSpec"]["args"] == ["--role=vertex"]
-  assert "tf-cpu" in service["pythonPackageSpec"]["executorImageUri"]
+  # The input pool runs the trainers' image (on a CPU machine).
+  assert service["pythonPackageSpec"]["executorImageUri"] == OWN_IMAGE
   assert service["pythonPackageSpec"]["packageUris"] == chief["pythonPackageSpec"]["packageUris"]
 
 
@@ -141,7 +156,7 @@ def test_data_service_pool_follows_the_worker_pool():
   assert result.returncode == 0, result.stderr
   pools = json.loads(result.stdout)["jobSpec"]["workerPoolSpecs"]
   assert [p["replicaCount"] for p in pools] == ["1", "2", "4"]
-  assert "tf-gpu" in pools[1]["pythonPackageSpec"]["executorImageUri"]
+  assert pools[1]["pythonPackageSpec"]["executorImageUri"] == OWN_IMAGE
   assert "accelerator_type" not in json.dumps(pools[2]["machineSpec"]).lower()
 
 
@@ -527,11 +542,36 @@ def test_tuning_flags_need_each_other(args, message):
 def test_submitting_never_imports_tensorflow(extra):
   code = ("import sys, runpy; sys.argv = ['launch.vertex'] + %r; "
           "import launch.vertex as v; from absl import app\n"
+          "v.define_flags()\n"
           "try:\n  app.run(v.main)\nexcept SystemExit:\n  pass\n"
           "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')"
-          % (BASE + extra + ["--dry_run"]))
+          % (_with_an_image(BASE + extra) + ["--dry_run"]))
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env("/tmp"),
                           capture_output=True, text=True, timeout=120)
   assert "NO_TF" in result.stdout, result.stdout + result.stderr
   assert '"workerPoolSpecs"' in result.stdout  # It got as far as the request.
   assert ('"studySpec"' in result.stdout) == bool(extra)
+
+
+def test_without_an_image_nothing_is_submitted_and_one_line_says_why(gcs):
+  """No prebuilt TensorFlow training image is available any more: a job
+  without an image would never start, so none is sent."""
+  env = {"STORAGE_EMULATOR_HOST": gcs.url}
+  with FakeVertex() as vertex:
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.vertex", *BASE,
+         "--accelerator_type=NVIDIA_TESLA_T4", "--accelerator_count=1",
+         f"--api_endpoint={vertex.url}", "--", "--config=cats_vs_dogs"],
+        cwd=REPO, env={**cli_env("/tmp"), **env}, capture_output=True,
+        text=True, timeout=300)
+    assert vertex.requests == []
+  assert result.returncode == 2
+  (line,) = result.stderr.splitlines()
+  assert line.startswith("Error: Vertex AI's prebuilt TensorFlow training "
+                         "images are past their end of availability")
+  assert "2026-07-11" in line and "gcloud builds submit --tag=" in line
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+  client = storage.Client(project="proj", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": gcs.url})
+  assert not [b.name for b in client.list_blobs("bkt", prefix="staging/")]
