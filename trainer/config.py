@@ -43,6 +43,11 @@ BEST_METRICS = ("val_accuracy", "val_top5_accuracy", "val_loss", "val_auc",
 
 # The key of config.json that records the run's layout (outputs.RunDir).
 RUN_DIR_KEY = "run_dir"
+# The key of config.json that records what `auto` resolved to on the machine
+# that wrote the checkpoints (the precision: mixed_float16 adds a
+# LossScaleOptimizer's variables, and any other change breaks a bit-exact
+# resume).
+RESOLVED_KEY = "resolved"
 
 
 def _option(default, help, choices=None, section="Training", minimum=None):
@@ -444,6 +449,30 @@ CHECKPOINT_LAYOUT = ("model", "num_classes", "optimizer", "freeze",
                      "train_from")
 
 
+def load_resolved(path):
+  """What a run's config.json records `auto` resolved to ({} for runs that
+  predate the record), e.g. {"precision": "mixed_bfloat16"}."""
+  if "://" in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f).get(RESOLVED_KEY, {})
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get(RESOLVED_KEY, {})
+
+
+def precision_conflict(recorded, resolved, given):
+  """Why a run that resolved its precision to `resolved` (from --precision=
+  `given`) cannot resume checkpoints written in `recorded`, or None."""
+  if not recorded or recorded == resolved:
+    return None
+  how = (f"--precision=auto resolves to {resolved} on this machine"
+         if given == "auto" else f"--precision={given}")
+  return (f"{how}, but this model dir's checkpoints were written in "
+          f"{recorded}; resuming would load them into the wrong variables or "
+          f"change the run's numbers: use --precision={recorded}, or a new "
+          "--model_dir")
+
+
 def resume_conflict(saved, config):
   """Why `config` cannot resume checkpoints written under `saved` (one
   line), or None."""
@@ -505,8 +534,10 @@ def load(path, strict=False):
     raise UserError(f"{path}: {e.strerror or e}") from None
   if not isinstance(values, dict):
     raise UserError(f"{path}: not a JSON object of options")
-  # Where the run put its files: recorded beside the options, not one.
+  # Where the run put its files and what it resolved: recorded beside the
+  # options, not options.
   values.pop(RUN_DIR_KEY, None)
+  values.pop(RESOLVED_KEY, None)
   known = {f.name: f for f in fields()}
   if not strict:
     return Config(**{k: v for k, v in values.items() if k in known})

@@ -38,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer import faults
 from trainer import records
 
 # The trainer's one output channel: the `trainer` logger (train, data,
@@ -122,6 +123,9 @@ class RunDir:
   saved_model = property(lambda self: self._at("export", "saved_model"))
   export_class_names = property(
       lambda self: self._at("export", "class_names.txt"))
+  # Written last: an export without it is partial (a run killed while
+  # exporting), and the next run of the same command completes it.
+  export_complete = property(lambda self: self._at("export", "COMPLETE"))
 
   def tflite(self, quantize: str) -> str:
     """export/model.tflite, or model-QUANTIZE.tflite (trainer.export)."""
@@ -172,10 +176,13 @@ class CheckpointSet:
     return path
 
   def save(self, step):
+    faults.point("checkpoint_save:before")
     self.latest.save(checkpoint_number=step)
+    faults.point("checkpoint_save:after")
 
   def save_best(self, step):
     self.best.save(checkpoint_number=step)
+    faults.point("best_save:after")
 
   def cleanup(self):
     if self._scratch:
@@ -194,10 +201,13 @@ class RunWriter:
         self._summaries[split] = tf.summary.create_file_writer(
             run_dir.summaries(split))
 
-  def write_config(self, config, class_names):
+  def write_config(self, config, class_names, resolved):
+    """config.json: the options, where the run's files went and `resolved`
+    (what `auto` resolved to here, e.g. {"precision": ...})."""
     if self.is_chief:
       values = {**json.loads(config.to_json()),
-                config_lib.RUN_DIR_KEY: self.run_dir.recorded()}
+                config_lib.RUN_DIR_KEY: self.run_dir.recorded(),
+                config_lib.RESOLVED_KEY: resolved}
       records.write_text_atomically(
           self.run_dir.config, json.dumps(values, indent=2, sort_keys=True) + "\n")
       records.write_text_atomically(self.run_dir.class_names,
@@ -225,15 +235,21 @@ class RunWriter:
     self._summaries["train"].flush()
 
   def append_metrics(self, record):
+    """Appends the epoch's `record`, replacing any line of that epoch or a
+    later one: those came from a run killed before its epoch checkpoint,
+    and this run trained the epoch again."""
     if not self.is_chief:
       return
     path = self.run_dir.metrics
     # gs:// objects can't be appended to: rewrite the whole (small) file.
-    existing = ""
+    kept = []
     if tf.io.gfile.exists(path):
       with tf.io.gfile.GFile(path) as f:
-        existing = f.read()
-    records.write_text_atomically(path, existing + json.dumps(record) + "\n")
+        kept = [line for line in f.read().splitlines() if line.strip() and
+                json.loads(line)["epoch"] < record["epoch"]]
+    records.write_text_atomically(
+        path, "".join(f"{line}\n" for line in kept) + json.dumps(record) +
+        "\n")
     step = record["step"]
     with self._summaries["train"].as_default():
       for key in ("loss", "accuracy", "top5_accuracy", "auc", "learning_rate",

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from trainer import data
+from trainer import faults
 
 
 BYTES_SIGNATURE = "serving_default"
@@ -79,6 +80,7 @@ def export(model, run_dir, image_size, augment, class_names):
     shutil.rmtree(staging, ignore_errors=True)
   else:
     model.save(keras_path)
+  faults.point("export:keras_written")
   archive = keras.export.ExportArchive()
   archive.track(model)
   archive.add_endpoint(BYTES_SIGNATURE,
@@ -91,6 +93,7 @@ def export(model, run_dir, image_size, augment, class_names):
     archive.write_out(run_dir.saved_model, verbose=False)
   else:
     archive.write_out(run_dir.saved_model)
+  faults.point("export:saved_model_written")
   with tf.io.gfile.GFile(run_dir.export_class_names, "w") as f:
     f.write("\n".join(class_names) + "\n")
   return run_dir.export

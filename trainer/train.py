@@ -27,12 +27,14 @@ from trainer import augment
 from trainer import config as config_lib
 from trainer import data
 from trainer import evaluation
+from trainer import faults
 from trainer import hypertune
 from trainer import metrics
 from trainer import model as model_lib
 from trainer import optimization
 from trainer import outputs
 from trainer import plots
+from trainer import records
 from trainer import serving
 from trainer import strategy as strategy_lib
 from trainer import warm_start
@@ -121,6 +123,11 @@ class _TrainState:
     self.plateau_best = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
     self.plateau_epochs_without_improvement = tf.Variable(0, dtype=tf.int64,
                                                           trainable=False)
+    # Steps' worth of this epoch's input that rollbacks consumed without
+    # training on them: the input resumes after them, so a resumed run reads
+    # the batches the uninterrupted one reads.
+    self.rolled_back_steps_in_epoch = tf.Variable(0, dtype=tf.int64,
+                                                  trainable=False)
     # The current epoch's summed training statistics so far: a run resumed
     # mid-epoch reports (and early-stops on) the whole epoch, not only the
     # steps after the restart.
@@ -365,6 +372,12 @@ class Trainer:
   def _make_train_call(self):
     size = self.stats_layout.size
     strategy = self.strategy
+    # What a checkpoint saves and must never hold as NaN/Inf: the weights
+    # and every floating-point optimizer variable (an Adam second moment can
+    # overflow while the weights are still finite).
+    checked = [*self.model.weights,
+               *(v for v in self.optimizer.variables
+                 if tf.as_dtype(v.dtype).is_floating)]
 
     @tf.function
     def train_call(iterator, num_steps, control):
@@ -381,13 +394,14 @@ class Trainer:
       # Agree on stop/save across workers: any worker's request counts.
       agreed = strategy.reduce("SUM", strategy.run(lambda: tf.identity(control)),
                                axis=None)
-      # The last update can break the weights while every loss was finite:
-      # such weights must never reach a checkpoint. Each replica checks its
-      # own copy on its device; all agree on the answer.
+      # The last update can break the weights or the optimizer's state
+      # while every loss was finite: such state must never reach a
+      # checkpoint. Each replica checks its own copy on its device; all
+      # agree on the answer.
       broken = strategy.reduce("SUM", strategy.run(lambda: tf.cast(
           tf.logical_not(tf.reduce_all([
               tf.reduce_all(tf.math.is_finite(tf.cast(w, tf.float32)))
-              for w in self.model.weights])), tf.float32)), axis=None)
+              for w in checked])), tf.float32)), axis=None)
       return totals, step_losses.stack(), agreed, tf.equal(broken, 0.0)
 
     return train_call
@@ -463,10 +477,24 @@ class Trainer:
             f"{int(state.step.numpy())}.")
     # A completed run trains on when asked for more epochs; an early-stopped
     # one stays stopped (re-running its command must not train again).
+    # The early-stop decision is re-derived from the restored state too: a
+    # run killed after its last checkpoint but before status.json said so
+    # stays stopped.
+    early_stopped = (previous_status == "early_stopped" or
+                     self._patience_exhausted())
     finished = self._any_worker(
-        int(state.epoch.numpy()) >= config.epochs or
-        previous_status == "early_stopped")
+        int(state.epoch.numpy()) >= config.epochs or early_stopped)
     if finished:
+      previous_status = previous_status if previous_status in (
+          "completed", "early_stopped") else (
+              "early_stopped" if early_stopped else "completed")
+      # A run killed while exporting left no whole export: finish it.
+      if self.config.export and self._any_worker(
+          self.is_chief and
+          not tf.io.gfile.exists(self.run_dir.export_complete)):
+        log.info(f"This model dir finished training ({int(state.epoch.numpy())}"
+                 " epochs) but holds no whole export: exporting it now.")
+        return self._finish(previous_status)
       log.info(f"Nothing to train: this model dir already finished "
             f"({int(state.epoch.numpy())} epochs, {previous_status or 'completed'}"
             "). Use a new --model_dir to retrain.")
@@ -479,7 +507,8 @@ class Trainer:
       self.checkpoints.save(0)
       if self.is_chief:
         self.writer.write_input_images(self._sample_inputs())
-    self.writer.write_config(config, self.class_names)
+    self.writer.write_config(config, self.class_names,
+                             {"precision": self.precision})
     self.writer.write_status("running", state)
     log.info(f"Training {self.steps_per_epoch} steps/epoch for up to "
           f"{config.epochs} epochs; the first step compiles, may be slow.")
@@ -489,7 +518,9 @@ class Trainer:
         if not self._run_epoch(sigterm):
           status = "preempted"
           break
-        if self._should_stop_early():
+        stop = self._should_stop_early()
+        faults.point("early_stop:decided")
+        if stop:
           status = "early_stopped"
           break
     return self._finish(status)
@@ -500,7 +531,10 @@ class Trainer:
     if (tf.train.latest_checkpoint(self.run_dir.checkpoints) and
         tf.io.gfile.exists(self.run_dir.config)):
       conflict = config_lib.resume_conflict(
-          config_lib.load(self.run_dir.config), self.config)
+          config_lib.load(self.run_dir.config), self.config) or (
+              config_lib.precision_conflict(
+                  config_lib.load_resolved(self.run_dir.config).get(
+                      "precision"), self.precision, self.config.precision))
       if conflict:
         raise UserError(conflict)
 
@@ -508,7 +542,9 @@ class Trainer:
     """One epoch (or its remainder). Returns False if preempted."""
     config, state, clock = self.config, self.state, self.clock
     epoch = int(state.epoch.numpy())
-    iterator = self.train_iterator(epoch, int(state.step_in_epoch.numpy()))
+    iterator = self.train_iterator(
+        epoch, int(state.step_in_epoch.numpy()) +
+        int(state.rolled_back_steps_in_epoch.numpy()))
     progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
                                 self.is_chief)
     totals = state.epoch_totals.numpy().copy()  # Zero unless resumed.
@@ -517,13 +553,20 @@ class Trainer:
       step = int(state.step.numpy())
       num_steps = clock.steps_this_call(step, int(state.step_in_epoch.numpy()))
       votes = requests_vector(stop=sigterm.requested, save=clock.time_to_save())
+      # The optimizer's own count before the call: what a rollback restores
+      # (under float16 it excludes overflow-skipped steps, so the run's step
+      # is not it).
+      counter = int(optimization.step_counter(self.optimizer).numpy())
+      faults.plant_nan(step, self.model)
       clock.before_call(step)
       call_totals, step_losses, agreed, weights_finite = self.train_steps(
           iterator, tf.constant(num_steps), votes)
       profiled = clock.after_call(step + num_steps)
       if profiled:
         log.info(profiled)
-      if self._rolled_back(step, step_losses.numpy(), bool(weights_finite)):
+      if self._rolled_back(step, step_losses.numpy(), bool(weights_finite),
+                           counter):
+        state.rolled_back_steps_in_epoch.assign_add(num_steps)
         continue
       state.step.assign_add(num_steps)
       state.step_in_epoch.assign_add(num_steps)
@@ -569,16 +612,19 @@ class Trainer:
     self.writer.write_step_figures(step, figures)
     self._pending_log = None
 
-  def _rolled_back(self, step, step_losses, weights_finite):
-    """False if the call that started at `step` left everything finite; else
-    raises or rolls back (--nan_policy) and returns True."""
+  def _rolled_back(self, step, step_losses, weights_finite, counter):
+    """False if the call that started at `step` (the optimizer's count then:
+    `counter`) left everything finite; else raises or rolls back
+    (--nan_policy) and returns True."""
     if not np.all(np.isfinite(step_losses)):
       bad_step = step + int(np.argmin(np.isfinite(step_losses))) + 1
-      self._recover_from_nan(f"loss became NaN/Inf at step {bad_step}")
+      self._recover_from_nan(f"loss became NaN/Inf at step {bad_step}",
+                             counter)
       return True
     if not weights_finite:
       bad_step = step + len(step_losses)
-      self._recover_from_nan(f"weights became NaN/Inf at step {bad_step}")
+      self._recover_from_nan("weights or optimizer state became NaN/Inf at "
+                             f"step {bad_step}", counter)
       return True
     return False
 
@@ -593,13 +639,16 @@ class Trainer:
     images, _, _ = next(iter(dataset))
     return images
 
-  def _recover_from_nan(self, what):
+  def _recover_from_nan(self, what, counter):
     """Raises, or rolls back to the last checkpoint with a lower rate.
 
     The step counter, the data position and the early-stopping history are
-    kept (the batches that blew up are skipped); weights, optimizer slots and
-    dropout state come from the checkpoint. The schedule's position is set
-    back to the run's step, so the rate used and the rate logged agree.
+    kept (the batches that blew up are skipped, and the input position
+    records them); weights, optimizer slots and dropout state come from the
+    checkpoint. The schedule's position is the optimizer's count before the
+    failed call (`counter`), as if those batches had been skipped, so the
+    rate used and the rate logged agree - and under float16 the count keeps
+    excluding overflow-skipped steps.
     """
     config, state = self.config, self.state
     if config.nan_policy == "error":
@@ -611,7 +660,8 @@ class Trainer:
     kept = ("step", "epoch", "step_in_epoch", "rollbacks", "best_val_accuracy",
             "best_monitor", "epochs_without_improvement", "best_metric_value",
             "plateau_factor", "plateau_best",
-            "plateau_epochs_without_improvement", "epoch_totals")
+            "plateau_epochs_without_improvement", "epoch_totals",
+            "rolled_back_steps_in_epoch")
     position = {k: getattr(state, k).numpy() for k in kept}
     multiplier = float(state.lr_multiplier.numpy())
     restored = self.checkpoints.restore_latest()
@@ -619,12 +669,13 @@ class Trainer:
       raise TrainingError(f"{what} and there is no checkpoint to roll back to")
     for name, value in position.items():
       getattr(state, name).assign(value)
-    optimization.step_counter(self.optimizer).assign(int(position["step"]))
+    optimization.step_counter(self.optimizer).assign(counter)
     state.rollbacks.assign_add(1)
     state.lr_multiplier.assign(multiplier * 0.5)
     log.info(f"{what[0].upper()}{what[1:]}: rolled back to {restored}, "
           f"learning rate x{multiplier * 0.5:g} (rollback "
           f"{int(state.rollbacks.numpy())}/{config.max_rollbacks}).")
+    faults.point("rollback:after")
 
   def _end_epoch(self, epoch, train_figures, val_figures, images_per_sec):
     config, state = self.config, self.state
@@ -661,16 +712,23 @@ class Trainer:
       self._update_plateau(record)
     state.epoch.assign_add(1)
     state.step_in_epoch.assign(0)
+    state.rolled_back_steps_in_epoch.assign(0)
     state.epoch_totals.assign(tf.zeros_like(state.epoch_totals))
-    # best/ first: a kill between the two saves must not leave a latest
-    # checkpoint whose best value no best/ checkpoint holds.
+    # The latest checkpoint last: a run killed before it trains this epoch
+    # again and rewrites what the epoch wrote (best/, its metrics line)
+    # with the same values; after it, both are already there. So no latest
+    # checkpoint has a best value that no best/ checkpoint holds, or an
+    # epoch missing from metrics.jsonl.
+    faults.point("epoch_end:before")
     if new_best:
       # best/ holds the averaged weights as the model's (what the export and
       # trainer.evaluate read); the raw ones sit in its optimizer's slots.
       with self.averaged_weights.swapped_in():
         self.checkpoints.save_best(int(state.step.numpy()))
-    self.checkpoints.save(int(state.step.numpy()))
     self.writer.append_metrics(record)
+    faults.point("metrics:after")
+    self.checkpoints.save(int(state.step.numpy()))
+    faults.point("epoch_checkpoint:after")
     if self.is_chief:
       hypertune.report(config.hypertune_metric, record)
       log.info(outputs.epoch_line(record, config.epochs))
@@ -708,11 +766,15 @@ class Trainer:
                f"{config.plateau_patience} epochs; learning rate x"
                f"{float(state.plateau_factor.numpy()):g} of --learning_rate.")
 
-  def _should_stop_early(self):
+  def _patience_exhausted(self):
     patience = self.config.early_stopping_patience
-    if patience and int(self.state.epochs_without_improvement.numpy()) >= patience:
+    return bool(patience) and (
+        int(self.state.epochs_without_improvement.numpy()) >= patience)
+
+  def _should_stop_early(self):
+    if self._patience_exhausted():
       log.info(f"Early stopping: {self.config.early_stopping_monitor} has not "
-            f"improved for {patience} epochs.")
+            f"improved for {self.config.early_stopping_patience} epochs.")
       return True
     return False
 
@@ -728,16 +790,24 @@ class Trainer:
         self.image_size, self.config.dropout_rate,
         "float32" if self.config.export_precision == "float32"
         else self.precision)
+    faults.point("export:before")
+    if self.is_chief and tf.io.gfile.exists(target.export):
+      tf.io.gfile.rmtree(target.export)  # A partial export of a killed run.
     serving.export(portable, target, self.image_size, self.config.augment,
                    self.class_names)
     if not self.is_chief:
       shutil.rmtree(target.root, ignore_errors=True)
       return None
+    faults.point("export:before_marker")
+    records.write_text_atomically(target.export_complete,
+                                  f"step {int(self.state.step.numpy())}\n")
+    faults.point("export:after")
     return target.export
 
   def _finish(self, status, export=True):
     state = self.state
     self.writer.write_status(status, state)
+    faults.point("status:after")
     summary = {"status": status, "epoch": int(state.epoch.numpy()),
                "step": int(state.step.numpy()), "model_dir": self.model_dir,
                "best_val_accuracy": float(state.best_val_accuracy.numpy()),
@@ -754,8 +824,11 @@ class Trainer:
         and self.config.export):
       self.checkpoints.restore_best()
       summary["exported"] = self._export()
+    if self.is_chief:
+      plots.plot_run(self.model_dir)  # A killed run's last epoch included.
     self.writer.close()
     self.checkpoints.cleanup()
+    faults.point("finish:after")
     return summary
 
 
