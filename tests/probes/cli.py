@@ -1,8 +1,11 @@
-"""Probes that run a command (`python -m MODULE`) in a changed process:
-without one of its packages."""
+"""Probes that run a command (`python -m MODULE`) and look at what it did:
+without one of its packages, or at what it imported."""
 
+import importlib
 import runpy
 import sys
+
+from absl import app
 
 
 def without_package(package, module, *args):
@@ -18,3 +21,14 @@ def without_package(package, module, *args):
   sys.argv = [module, *args]
   runpy.run_module(module, run_name="__main__")
 
+
+def imports_tensorflow(module, *args):
+  """Runs MODULE's main with ARGS under absl's app.run, then prints whether
+  anything imported TensorFlow: TF_IMPORTED or NO_TF."""
+  sys.argv = [module, *args]
+  command = importlib.import_module(module)
+  try:
+    app.run(command.main)
+  except SystemExit:
+    pass
+  print("TF_IMPORTED" if "tensorflow" in sys.modules else "NO_TF")
