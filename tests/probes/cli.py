@@ -1,11 +1,8 @@
 """Probes that run a command (`python -m MODULE`) and look at what it did:
 without one of its packages, or at what it imported."""
 
-import importlib
 import runpy
 import sys
-
-from absl import app
 
 
 def without_package(package, module, *args):
@@ -23,12 +20,12 @@ def without_package(package, module, *args):
 
 
 def imports_tensorflow(module, *args):
-  """Runs MODULE's main with ARGS under absl's app.run, then prints whether
-  anything imported TensorFlow: TF_IMPORTED or NO_TF."""
+  """Runs `python -m MODULE ARGS...`, then prints whether anything imported
+  TensorFlow: TF_IMPORTED or NO_TF."""
   sys.argv = [module, *args]
-  command = importlib.import_module(module)
   try:
-    app.run(command.main)
-  except SystemExit:
+    # As `python -m` runs it: a command may define its flags only there.
+    runpy.run_module(module, run_name="__main__")
+  except SystemExit:  # absl's app.run ends every command with one.
     pass
   print("TF_IMPORTED" if "tensorflow" in sys.modules else "NO_TF")
