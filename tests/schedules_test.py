@@ -54,6 +54,11 @@ def _data_flags(data):
   return [f"--train_data={data[0]}", f"--eval_data={data[1]}"]
 
 
+def _data_env(data):
+  """The variables tests/probes/schedules.py reads the data's paths from."""
+  return {"TRAIN_DATA": data[0], "EVAL_DATA": data[1]}
+
+
 def _scalars(log_dir):
   """{tag: [(step, value), ...]} of every scalar in a TensorBoard log dir."""
   import tensorflow as tf
@@ -189,9 +194,9 @@ def test_mirrored_step_schedule_top5_best_metric_and_step_curves(
 @pytest.mark.multiprocess
 def test_plateau_state_is_identical_on_two_workers(five_class_data, cache_dir,
                                                    tmp_path):
-  data = {"TRAIN_DATA": five_class_data[0], "EVAL_DATA": five_class_data[1]}
   workers = run_workers("schedules:plateau_on_workers", cache_dir,
-                        tmp_path / "mw", timeout=400, EPOCHS="3", **data)
+                        tmp_path / "mw", timeout=400, EPOCHS="3",
+                        **_data_env(five_class_data))
   assert workers[0] == workers[1]
   # Epoch 1 sets the best; epochs 2 and 3 improve by less than 100: x0.1 each.
   assert workers[0]["factor"] == pytest.approx(0.01)
@@ -205,7 +210,7 @@ def test_plateau_state_is_identical_on_two_workers(five_class_data, cache_dir,
   control = run_workers("schedules:plateau_on_workers", cache_dir,
                         tmp_path / "control", timeout=400,
                         env_per_worker=[{}, {"PATIENCE": "100"}], EPOCHS="2",
-                        **data)
+                        **_data_env(five_class_data))
   assert control[0]["factor"] == pytest.approx(0.1)
   assert control[1]["factor"] == 1.0 and control[0] != control[1]
 
@@ -239,8 +244,7 @@ def test_plateau_reduction_survives_kill_9(five_class_data, cache_dir,
 def test_nan_rollback_multiplier_composes_with_plateau(five_class_data,
                                                        cache_dir, tmp_path):
   result = run_probe("schedules:nan_rollback_with_plateau", cache_dir,
-                     tmp_path / "nan", TRAIN_DATA=five_class_data[0],
-                     EVAL_DATA=five_class_data[1])
+                     tmp_path / "nan", **_data_env(five_class_data))
   assert result == {"status": "completed", "multiplier": 0.5, "factor":
                     pytest.approx(0.01)}
   rows = read_jsonl(tmp_path / "nan" / "metrics.jsonl")
