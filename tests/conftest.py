@@ -304,29 +304,15 @@ def read_jsonl(path):
     return [json.loads(line) for line in f if line.strip()]
 
 
-# Python prelude for probes: small trainer configs and per-replica reads.
-PROBE_PRELUDE = """
-import json, os, sys
-import numpy as np
-import tensorflow as tf
-import configs
-from trainer import train as train_lib
+# Code that needs a fresh interpreter (logical devices, a cluster, a module
+# made unimportable) lives in tests/probes/, one module per topic; each probe
+# is a function, named "module:function" and run by tests/probes/run.py.
+PROBE_RUNNER = os.path.join(REPO, "tests", "probes", "run.py")
 
-def tiny(**changes):
-  # float32 unless a probe says otherwise: `auto` differs between CPU kinds.
-  values = dict(model_dir=os.environ["MODEL_DIR"], export=False,
-                precision="float32",
-                synthetic_dir=os.path.join(os.environ["XDG_CACHE_HOME"],
-                                           "alexnet_tf", "synthetic"))
-  values.update(changes)
-  return configs.get_config("tiny").replace(**values)
 
-def per_replica(strategy, variable):
-  return [np.asarray(v) for v in strategy.experimental_local_results(variable)]
-
-def emit(**values):
-  print("PROBE " + json.dumps(values), flush=True)
-"""
+def probe_command(name, *args):
+  """The command line that runs probe `name` ("module:function") with `args`."""
+  return [sys.executable, PROBE_RUNNER, name, *(str(arg) for arg in args)]
 
 
 def probe_result(stdout):
@@ -335,21 +321,25 @@ def probe_result(stdout):
   return json.loads(lines[-1][len("PROBE "):])
 
 
-def run_probe(code, cache_dir, model_dir, timeout=300, **env):
-  """Runs PROBE_PRELUDE + code in a fresh interpreter; returns what it emit()s."""
+def run_probe(name, cache_dir, model_dir, timeout=300, **env):
+  """Runs probe `name` in a fresh interpreter; returns what it emit()s.
+
+  Its parameters come as environment variables (`env`, MODEL_DIR)."""
   result = subprocess.run(
-      [sys.executable, "-c", PROBE_PRELUDE + code], cwd=REPO,
+      probe_command(name), cwd=REPO,
       env=cli_env(cache_dir, MODEL_DIR=str(model_dir), **env),
       capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   return probe_result(result.stdout)
 
 
-def run_workers(code, cache_dir, model_dir, num_workers=2, timeout=300,
-                env_per_worker=None):
-  """Runs PROBE_PRELUDE + code as a multi-worker cluster on 127.0.0.1.
+def run_workers(name, cache_dir, model_dir, num_workers=2, timeout=300,
+                env_per_worker=None, **env):
+  """Runs probe `name` as a multi-worker cluster on 127.0.0.1.
 
-  Returns each worker's emit()ted dict, or raises with every worker's output.
+  Every worker's environment has `env` (and MODEL_DIR, TF_CONFIG,
+  WORKER_INDEX), then its own entry of `env_per_worker`. Returns each
+  worker's emit()ted dict, or raises with every worker's output.
   """
   from launch import cluster  # Ports on 127.0.0.1, as launch.local picks them.
   ports = cluster.free_ports(num_workers)
@@ -360,9 +350,9 @@ def run_workers(code, cache_dir, model_dir, num_workers=2, timeout=300,
                             "task": {"type": "worker", "index": index}})
     extra = (env_per_worker or [{}] * num_workers)[index]
     processes.append(subprocess.Popen(
-        [sys.executable, "-c", PROBE_PRELUDE + code], cwd=REPO,
+        probe_command(name), cwd=REPO,
         env=cli_env(cache_dir, MODEL_DIR=str(model_dir), TF_CONFIG=tf_config,
-                    WORKER_INDEX=str(index), **extra),
+                    WORKER_INDEX=str(index), **{**env, **extra}),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   outputs = []
   try:

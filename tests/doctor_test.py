@@ -46,11 +46,10 @@ def report(cache_dir):
 def _table_of(report, cache_dir):
   """doctor.format_table(report), in its own process (doctor's flags would
   clash with other modules' in this one)."""
-  import subprocess, sys
-  from conftest import REPO, cli_env
-  code = ("import json, sys; from trainer import doctor; "
-          "print(doctor.format_table(json.load(sys.stdin)))")
-  result = subprocess.run([sys.executable, "-c", code], input=json.dumps(report),
+  import subprocess
+  from conftest import REPO, cli_env, probe_command
+  result = subprocess.run(probe_command("doctor:table_of_stdin"),
+                          input=json.dumps(report),
                           cwd=REPO, env=cli_env(cache_dir), capture_output=True,
                           text=True, timeout=60, check=True)
   return result.stdout

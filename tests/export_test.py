@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, cli_env, copy_run
+from conftest import REPO, cli_env, copy_run, probe_command
 from trainer import data
 
 pytestmark = pytest.mark.multiprocess
@@ -227,12 +227,11 @@ def test_int8_without_validation_data_says_so(trained, run_cli, tmp_path):
 
 def test_missing_litert_says_how_to_install(trained, cache_dir):
   # As on a machine without the package: Python refuses the import.
-  code = ("import runpy, sys; sys.modules['ai_edge_litert'] = None; "
-          f"sys.argv = ['export', '--model_dir={trained}', '--quantize=none']; "
-          "runpy.run_module('trainer.export', run_name='__main__')")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
-                          env=cli_env(cache_dir), capture_output=True,
-                          text=True, timeout=120)
+  command = probe_command("cli:without_package", "ai_edge_litert",
+                          "trainer.export", f"--model_dir={trained}",
+                          "--quantize=none")
+  result = subprocess.run(command, cwd=REPO, env=cli_env(cache_dir),
+                          capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
   lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
   assert len(lines) == 1 and "pip install" in lines[0] and (

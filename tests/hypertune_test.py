@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, cli_env, read_jsonl, run_workers
+from conftest import REPO, cli_env, probe_command, read_jsonl, run_workers
 from launch import trainer_flags
 from trainer import hypertune
 from trainer.errors import UserError
@@ -72,11 +72,10 @@ def test_a_trial_without_the_library_says_so(metric_file, monkeypatch):
 
 @pytest.mark.multiprocess
 def test_the_trainer_stops_at_once_in_a_trial_without_the_library(tmp_path):
-  code = ("import sys, runpy; sys.modules['hypertune'] = None; "
-          "sys.argv = ['trainer.task', '--config=tiny', '--hypertune_metric=val_accuracy']; "
-          "runpy.run_module('trainer.task', run_name='__main__')")
   result = subprocess.run(
-      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+      probe_command("cli:without_package", "hypertune", "trainer.task",
+                    "--config=tiny", "--hypertune_metric=val_accuracy"),
+      cwd=REPO, capture_output=True, text=True, timeout=120,
       env=cli_env(str(tmp_path), CLOUD_ML_TRIAL_ID="5",
                   AIP_MODEL_DIR=str(tmp_path / "model")))
   assert result.returncode == 1
@@ -166,19 +165,10 @@ def test_helpshort_lists_the_metric_flag(run_cli):
   assert "--hypertune_metric: [Outputs] Vertex AI hyperparameter tuning" in text
 
 
-# Both workers of a 2-worker trial run with the trial's id; only the chief
-# reports (the record it reports is the cluster's).
-MULTI_WORKER_TRIAL = """
-summary = train_lib.train(tiny(strategy="multi_worker", epochs=2, steps_per_epoch=4,
-                               hypertune_metric="val_loss"))
-emit(status=summary["status"])
-"""
-
-
 @pytest.mark.multiprocess
 def test_only_the_chief_of_a_multi_worker_trial_reports(cache_dir, tmp_path):
   files = [tmp_path / f"worker{i}" / "output.metrics" for i in range(2)]
-  results = run_workers(MULTI_WORKER_TRIAL, cache_dir, tmp_path / "trial",
+  results = run_workers("tuning:multi_worker_trial", cache_dir, tmp_path / "trial",
                         timeout=300, env_per_worker=[
                             {"CLOUD_ML_TRIAL_ID": "3", "CLOUD_ML_HP_METRIC_FILE": str(f)}
                             for f in files])

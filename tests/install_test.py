@@ -23,7 +23,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 import pytest
 
-from conftest import REPO
+from conftest import PROBE_RUNNER, REPO
 
 OLDEST_TF_PYTHON = os.environ.get("ALEXNET_OLDEST_TF_PYTHON", "")
 
@@ -39,14 +39,6 @@ _FRAMEWORK = {"tensorflow", "tensorflow-cpu", "tensorflow-gpu",
               "tensorflow-tpu", "tensorflow-intel", "keras", "libtpu",
               "libtpu-nightly"}
 
-_LIST_DISTRIBUTIONS = """
-import importlib.metadata, json
-print(json.dumps({d.metadata["Name"]: {"version": d.version,
-                                       "requires": d.requires or []}
-                  for d in importlib.metadata.distributions()}))
-"""
-
-
 def _is_framework(name):
   name = canonicalize_name(name)
   return name in _FRAMEWORK or name.startswith("nvidia-")
@@ -54,9 +46,11 @@ def _is_framework(name):
 
 def installed_distributions(python):
   """{canonical name: {"version", "requires"}} of an interpreter's packages."""
-  # -I: not this checkout's egg-info (the current directory is on sys.path).
-  result = subprocess.run([python, "-I", "-c", _LIST_DISTRIBUTIONS],
-                          capture_output=True, text=True, check=True)
+  # -I: that environment's packages only, not this checkout's egg-info
+  # (PYTHONPATH or the current directory may name the checkout).
+  result = subprocess.run(
+      [python, "-I", PROBE_RUNNER, "install:list_distributions"],
+      capture_output=True, text=True, check=True)
   return {canonicalize_name(name): info
           for name, info in json.loads(result.stdout).items()}
 

@@ -140,76 +140,22 @@ def test_portable_copy_has_only_builtin_layers_and_same_outputs():
   np.testing.assert_allclose(copy(x), model(x), rtol=1e-6)
 
 
-CROSS_REPLICA_BATCH_NORM = """
-from trainer import model as model_lib
-from trainer import strategy as strategy_lib
-strategy_lib.configure_devices(int(os.environ["REPLICAS"]))
-strategy = strategy_lib.get_strategy("mirrored").strategy
-rng = np.random.default_rng(0)
-# Deliberately different halves: the replicas' means differ by 4 std devs.
-halves = [rng.normal(0.0, 1.0, (4, 5, 5, 3)), rng.normal(4.0, 2.0, (4, 5, 5, 3))]
-halves = [h.astype(np.float32) for h in halves]
-with strategy.scope():
-  layer = model_lib.FusedBatchNormalization(momentum=0.0)
-  layer.build((None, 5, 5, 3))
-replicas = strategy.num_replicas_in_sync
-inputs = strategy.experimental_distribute_values_from_function(
-    lambda ctx: halves[ctx.replica_id_in_sync_group] if replicas == 2
-    else np.concatenate(halves))
-strategy.run(tf.function(lambda x: layer(x, training=True)), args=(inputs,))
-emit(mean=per_replica(strategy, layer.moving_mean)[0].tolist(),
-     variance=per_replica(strategy, layer.moving_variance)[0].tolist(),
-     replicas_agree=all(np.array_equal(a, b) for v in (layer.moving_mean, layer.moving_variance)
-                        for a, b in zip(per_replica(strategy, v), per_replica(strategy, v)[1:])))
-"""
-
-
 @pytest.mark.multiprocess
 def test_cross_replica_batch_norm_statistics_are_the_global_batchs(cache_dir, tmp_path):
   from conftest import run_probe
-  one = run_probe(CROSS_REPLICA_BATCH_NORM, cache_dir, tmp_path, REPLICAS="1")
-  two = run_probe(CROSS_REPLICA_BATCH_NORM, cache_dir, tmp_path, REPLICAS="2")
+  probe = "model:cross_replica_batch_norm"
+  one = run_probe(probe, cache_dir, tmp_path, REPLICAS="1")
+  two = run_probe(probe, cache_dir, tmp_path, REPLICAS="2")
   assert two["replicas_agree"]
   np.testing.assert_allclose(two["mean"], one["mean"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(two["variance"], one["variance"], rtol=1e-5)
-
-
-DROPOUT_PER_REPLICA = """
-import keras
-from trainer import model as model_lib
-from trainer import strategy as strategy_lib
-strategy_lib.configure_devices(2)
-strategy = strategy_lib.get_strategy("mirrored").strategy
-with strategy.scope():
-  model = model_lib.build_model("tiny", 1, 32, dropout_rate=0.5)
-  builtin = keras.layers.Dropout(0.5, seed=1)  # The control: Keras' own.
-
-def masks_of(layer):
-  def mask():
-    return tf.cast(layer(tf.ones([4, 64]), training=True) > 0, tf.int32)
-
-  def mask_compiled_by_xla():
-    # XLA compiles for one device: each replica traces its own function on
-    # its own device (a TPU compiles the whole replicated step at once).
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    with tf.device(strategy.extended.worker_devices[replica]):
-      return tf.function(mask, jit_compile=True)()
-
-  masks = strategy.run(mask_compiled_by_xla if os.environ["XLA"] == "1"
-                       else tf.function(mask))
-  return [np.asarray(m) for m in strategy.experimental_local_results(masks)]
-
-first, second = masks_of(model.get_layer("dropout6"))
-emit(equal=bool(np.array_equal(first, second)), kept=float(first.mean()),
-     builtin_equal=bool(np.array_equal(*masks_of(builtin))))
-"""
 
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("xla", ["0", "1"])
 def test_replicas_draw_different_dropout_masks(cache_dir, tmp_path, xla):
   from conftest import run_probe
-  got = run_probe(DROPOUT_PER_REPLICA, cache_dir, tmp_path, XLA=xla)
+  got = run_probe("model:dropout_per_replica", cache_dir, tmp_path, XLA=xla)
   assert got["builtin_equal"], got  # What ReplicaDropout exists to avoid.
   assert not got["equal"], got
   assert 0.3 < got["kept"] < 0.7, got

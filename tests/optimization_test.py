@@ -57,43 +57,13 @@ def test_cosine_with_warmup():
   assert float(schedule(100)) < 1e-8
 
 
-ALL_REDUCE_PROBE = """
-import sys
-import tensorflow as tf
-from trainer import optimization
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-strategy = tf.distribute.MirroredStrategy(
-    ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
-with strategy.scope():
-  variable = tf.Variable(0.0)
-  optimizer = optimization.SGD(1.0)
-  if sys.argv[1] != "float32":
-    optimizer.all_reduce_dtype = tf.as_dtype(sys.argv[1])
-  optimizer.build([variable])
-
-@tf.function
-def step():
-  def replica_step():
-    # Each replica's gradient is 1 + 2**-10: float32 holds it, bfloat16
-    # (7 fraction bits) rounds it to 1.
-    with tf.GradientTape() as tape:
-      loss = variable * (1.0 + 2.0 ** -10)
-    optimizer.apply_gradients([(tape.gradient(loss, variable), variable)])
-  strategy.run(replica_step)
-
-step()
-print(repr(float(variable.numpy())))
-"""
-
-
 @pytest.mark.multiprocess
 def test_gradients_are_summed_across_replicas_in_the_chosen_dtype():
-  import subprocess, sys
-  from conftest import REPO, cli_env
+  import subprocess
+  from conftest import REPO, cli_env, probe_command
 
   def updated(dtype):
-    result = subprocess.run([sys.executable, "-c", ALL_REDUCE_PROBE, dtype],
+    result = subprocess.run(probe_command("optimization:all_reduce", dtype),
                             cwd=REPO, env=cli_env("/tmp"), capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, probe_command
 from trainer import data
 
 pytestmark = pytest.mark.multiprocess
@@ -191,75 +190,17 @@ def test_killed_run_leaves_no_whole_looking_shard_and_rerun_finishes(tmp_path, c
   assert len(read_all(str(out / "train-*"))) == 2048
 
 
-# trainer.prepare defines absl flags when imported; other test modules import
-# launchers that define some of the same names, so it runs in its own process.
-TFDS_PROBE = """
-import json, sys
-import tensorflow_datasets as tfds
-from trainer import prepare
-with tfds.testing.mock_data(num_examples=12,
-                            policy=tfds.testing.MockPolicy.USE_CODE):
-  manifest = prepare.prepare("tfds:cats_vs_dogs", sys.argv[1], num_shards=2)
-print(json.dumps(manifest))
-"""
-
-
 def test_tfds_source_with_seed_split(tmp_path, cache_dir):
-  result = subprocess.run([sys.executable, "-c", TFDS_PROBE, str(tmp_path / "cvd")],
-                          cwd=REPO, env=cli_env(cache_dir), capture_output=True,
-                          text=True, timeout=300)
+  # trainer.prepare's flags would clash with other modules' in this process.
+  command = probe_command("prepare:tfds_cats_vs_dogs", tmp_path / "cvd")
+  result = subprocess.run(command, cwd=REPO, env=cli_env(cache_dir),
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   manifest = json.loads(result.stdout.strip().splitlines()[-1])
   assert manifest["class_names"] == ["cat", "dog"]
   assert set(manifest["splits"]) == {"train", "validation"}
   assert manifest["splits"]["train"]["num_examples"] == 12
   assert len(read_all(str(tmp_path / "cvd" / "train-*"))) == 12
-
-
-# Mocks TFDS with large, cheap-to-convert images (uncompressed 512x512 PNGs,
-# 768 KB each), so holding a split in memory shows in the peak RSS.
-_TFDS_PREPARE = textwrap.dedent("""
-    import io, sys
-    import numpy as np
-    from PIL import Image
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    from absl import app
-    from trainer import prepare
-
-    num_examples, out = int(sys.argv[1]), sys.argv[2]
-
-    def png(seed, side=512):
-      yy, xx = np.mgrid[0:side, 0:side]
-      pixels = np.stack([xx + seed, yy, xx + yy + 3 * seed], -1) % 256
-      buffer = io.BytesIO()
-      Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG",
-                                                    compress_level=0)
-      return buffer.getvalue()
-
-    images = [png(seed) for seed in range(8)]
-
-    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-      with_id = bool(read_config and read_config.add_tfds_id)
-      def examples():
-        for i in range(num_examples):
-          example = {"image": images[i % len(images)], "label": i % 2}
-          if with_id:
-            example["tfds_id"] = f"fake-{split}__{i}"
-          yield example
-      signature = {"image": tf.TensorSpec([], tf.string),
-                   "label": tf.TensorSpec([], tf.int64)}
-      if with_id:
-        signature["tfds_id"] = tf.TensorSpec([], tf.string)
-      dataset = tf.data.Dataset.from_generator(examples,
-                                               output_signature=signature)
-      return dataset.apply(tf.data.experimental.assert_cardinality(num_examples))
-
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                                as_dataset_fn=as_dataset):
-      app.run(prepare.main, argv=["prepare", "--source=tfds:cats_vs_dogs",
-                                  f"--out={out}"])
-    """)
 
 
 def _run_measuring_peak_rss_mb(args, log_path, cache_dir, timeout=180):
@@ -287,8 +228,8 @@ def test_tfds_source_streams_in_bounded_memory(tmp_path, cache_dir):
     out = tmp_path / f"n{num_examples}"
     log = tmp_path / f"n{num_examples}.log"
     code, peak_mb[num_examples] = _run_measuring_peak_rss_mb(
-        [sys.executable, "-c", _TFDS_PREPARE, str(num_examples), str(out)],
-        log, cache_dir)
+        probe_command("prepare:tfds_large_images", num_examples, out), log,
+        cache_dir)
     assert code == 0, log.read_text()[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     for split in ("train", "validation"):
@@ -297,16 +238,8 @@ def test_tfds_source_streams_in_bounded_memory(tmp_path, cache_dir):
   assert peak_mb[200] <= 1.2 * peak_mb[50], peak_mb
 
 
-SHARD_RULE_PROBE = """
-from trainer.prepare import choose_num_shards
-print(choose_num_shards(1_000_000, 110_000, readers=1),
-      choose_num_shards(23_000, 30_000, readers=4),
-      choose_num_shards(5, 30_000, readers=4))
-"""
-
-
 def test_shard_count_rule(cache_dir):
-  result = subprocess.run([sys.executable, "-c", SHARD_RULE_PROBE], cwd=REPO,
+  result = subprocess.run(probe_command("prepare:shard_counts"), cwd=REPO,
                           env=cli_env(cache_dir), capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

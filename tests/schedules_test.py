@@ -54,6 +54,11 @@ def _data_flags(data):
   return [f"--train_data={data[0]}", f"--eval_data={data[1]}"]
 
 
+def _data_env(data):
+  """The variables tests/probes/schedules.py reads the data's paths from."""
+  return {"TRAIN_DATA": data[0], "EVAL_DATA": data[1]}
+
+
 def _scalars(log_dir):
   """{tag: [(step, value), ...]} of every scalar in a TensorBoard log dir."""
   import tensorflow as tf
@@ -189,22 +194,9 @@ def test_mirrored_step_schedule_top5_best_metric_and_step_curves(
 @pytest.mark.multiprocess
 def test_plateau_state_is_identical_on_two_workers(five_class_data, cache_dir,
                                                    tmp_path):
-  code = f"""
-config = tiny(num_classes=5, train_data={five_class_data[0]!r},
-              eval_data={five_class_data[1]!r}, train_examples=256,
-              eval_examples=80, epochs=3, strategy="multi_worker",
-              lr_schedule="plateau", plateau_monitor="val_loss",
-              plateau_patience=int(os.environ.get("PATIENCE", "1")),
-              plateau_min_delta=100.0)
-trainer = train_lib.Trainer(config)
-summary = trainer.run()
-state = trainer.state
-emit(factor=float(state.plateau_factor.numpy()),
-     best=float(state.plateau_best.numpy()),
-     waiting=int(state.plateau_epochs_without_improvement.numpy()),
-     digest=summary["weights_sha256"])
-"""
-  workers = run_workers(code, cache_dir, tmp_path / "mw", timeout=400)
+  workers = run_workers("schedules:plateau_on_workers", cache_dir,
+                        tmp_path / "mw", timeout=400, EPOCHS="3",
+                        **_data_env(five_class_data))
   assert workers[0] == workers[1]
   # Epoch 1 sets the best; epochs 2 and 3 improve by less than 100: x0.1 each.
   assert workers[0]["factor"] == pytest.approx(0.01)
@@ -215,9 +207,10 @@ emit(factor=float(state.plateau_factor.numpy()),
   # Negative control: worker 1 alone waits 100 epochs before lowering the
   # rate (its own --plateau_patience): the workers' states differ and the
   # comparison above would see it.
-  control = run_workers(code.replace("epochs=3", "epochs=2"), cache_dir,
+  control = run_workers("schedules:plateau_on_workers", cache_dir,
                         tmp_path / "control", timeout=400,
-                        env_per_worker=[{}, {"PATIENCE": "100"}])
+                        env_per_worker=[{}, {"PATIENCE": "100"}], EPOCHS="2",
+                        **_data_env(five_class_data))
   assert control[0]["factor"] == pytest.approx(0.1)
   assert control[1]["factor"] == 1.0 and control[0] != control[1]
 
@@ -250,27 +243,8 @@ def test_plateau_reduction_survives_kill_9(five_class_data, cache_dir,
 @pytest.mark.multiprocess
 def test_nan_rollback_multiplier_composes_with_plateau(five_class_data,
                                                        cache_dir, tmp_path):
-  code = f"""
-config = tiny(num_classes=5, train_data={five_class_data[0]!r},
-              eval_data={five_class_data[1]!r}, train_examples=256,
-              eval_examples=80, epochs=3, lr_schedule="plateau",
-              plateau_monitor="loss", plateau_patience=1,
-              plateau_min_delta=100.0, nan_policy="rollback",
-              checkpoint_every_steps=4)
-trainer = train_lib.Trainer(config)
-real_call, calls = trainer.train_steps, []
-def call(iterator, num_steps, control):
-  calls.append(int(trainer.state.step.numpy()))
-  if calls[-1] == 20 and calls.count(20) == 1:  # Mid-epoch 3.
-    kernel = trainer.model.get_layer("predictions").kernel
-    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
-  return real_call(iterator, num_steps, control)
-trainer.train_steps = call
-summary = trainer.run()
-emit(status=summary["status"], multiplier=float(trainer.state.lr_multiplier.numpy()),
-     factor=float(trainer.state.plateau_factor.numpy()))
-"""
-  result = run_probe(code, cache_dir, tmp_path / "nan")
+  result = run_probe("schedules:nan_rollback_with_plateau", cache_dir,
+                     tmp_path / "nan", **_data_env(five_class_data))
   assert result == {"status": "completed", "multiplier": 0.5, "factor":
                     pytest.approx(0.01)}
   rows = read_jsonl(tmp_path / "nan" / "metrics.jsonl")

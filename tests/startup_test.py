@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, probe_command
 from trainer import startup
 
 NO_DRIVER = ("I0000 00:00:1795693628.887148   16000 cudart_stub.cc:31] Could not "
@@ -68,13 +68,12 @@ def test_lines_reach_stderr_when_the_block_fails(capfd):
   assert lines == [REAL, "from python", "after"]
 
 
-def _start(cache_dir, code, onednn):
+def _start(cache_dir, probe, onednn):
+  """The stderr of `probe`, run as a user runs a command."""
   env = cli_env(cache_dir, TF_ENABLE_ONEDNN_OPTS=onednn)
   env.pop("TF_CPP_MIN_LOG_LEVEL")  # The CLI's own default, as a user runs it.
-  result = subprocess.run(
-      [sys.executable, "-c", "import os\n"
-       "os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')\n" + code],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(probe_command(probe), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   return result.stderr
 
@@ -86,13 +85,10 @@ def _start(cache_dir, code, onednn):
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_start_tensorflow_prints_nothing_on_a_machine_without_a_gpu(
     cache_dir, onednn):
-  plain = _start(cache_dir, "import tensorflow as tf\n"
-                 "tf.config.list_physical_devices()\n", onednn)
+  plain = _start(cache_dir, "startup:plain", onednn)
   if "Could not find cuda drivers" not in plain:
     pytest.skip("this TensorFlow finds a CUDA driver or probes silently")
   assert "failed call to cuInit" in plain  # What the filter must remove.
   assert ("oneDNN custom operations are on" in plain) == (onednn == "1")
-  quiet = _start(cache_dir, "from trainer import startup\n"
-                 "tf = startup.start_tensorflow()\n"
-                 "tf.config.list_physical_devices()\n", onednn)
+  quiet = _start(cache_dir, "startup:quiet", onednn)
   assert quiet == ""

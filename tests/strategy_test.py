@@ -10,36 +10,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import REPO, cli_env
-
-# What a probe reports of the strategy it got (both probes below).
-DESCRIBE_STRATEGY = """
-import json
-from trainer import strategy as s
-
-def describe(info):
-  precision, why = s.choose_precision("auto", info.name)
-  return {"name": info.name, "reason": info.reason,
-          "replicas": info.num_replicas, "type": type(info.strategy).__name__,
-          "precision": precision, "why": why, "chief": info.is_chief}
-"""
-
-PROBE = """
-s.configure_devices({cpu_devices})
-print(json.dumps(describe(s.get_strategy({strategy!r}, {devices!r}, ""))))
-"""
+from conftest import REPO, cli_env, probe_command
 
 
 def probe(cache_dir, strategy="auto", cpu_devices=0, devices=""):
-  code = DESCRIBE_STRATEGY + PROBE.format(
-      strategy=strategy, cpu_devices=cpu_devices, devices=devices)
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
-                          env=cli_env(cache_dir),
+  """What tests/probes/strategy.py's describe() says of this set-up."""
+  command = probe_command("strategy:describe_strategy", strategy, cpu_devices,
+                          devices)
+  result = subprocess.run(command, cwd=REPO, env=cli_env(cache_dir),
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -50,30 +32,11 @@ def _cpu_has_bf16():
     return any(flag in f.read().split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-# What a process that splits nothing sees, asked once: "auto", "mirrored" and
-# each precision need no device set-up of their own, so one interpreter
-# answers them all (a fresh one per question would only repeat TensorFlow's
-# start-up).
-PLAIN_MACHINE_PROBE = DESCRIBE_STRATEGY + """
-from trainer import model as model_lib
-s.configure_devices(0)
-answers = {strategy: describe(s.get_strategy(strategy, "", ""))
-           for strategy in ("auto", "mirrored")}
-# float32 last: it must undo the mixed policies before it.
-for precision in ("mixed_bfloat16", "mixed_float16", "float32"):
-  chosen, why = s.choose_precision(precision, "one_device")
-  s.set_precision(chosen)
-  model = model_lib.build_model("tiny", 1, 32)
-  answers[precision] = {"why": why, "conv": model.get_layer("conv1").compute_dtype,
-                        "variables": model.get_layer("conv1").kernel.dtype,
-                        "output": model.get_layer("predictions").compute_dtype}
-print(json.dumps(answers))
-"""
-
-
 @pytest.fixture(scope="module")
 def plain_machine(cache_dir):
-  result = subprocess.run([sys.executable, "-c", PLAIN_MACHINE_PROBE], cwd=REPO,
+  """What a process that splits nothing sees, asked once (one interpreter
+  answers every question that needs no device set-up of its own)."""
+  result = subprocess.run(probe_command("strategy:plain_machine"), cwd=REPO,
                           env=cli_env(cache_dir), capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -99,11 +62,8 @@ def test_auto_with_logical_cpus_is_mirrored(cache_dir):
 @pytest.mark.multiprocess
 def test_auto_with_multi_task_tf_config_picks_multi_worker(cache_dir, tmp_path):
   from conftest import run_workers
-  code = ("from trainer import strategy as s\n"
-          "info = s.get_strategy('auto')\n"
-          "emit(name=info.name, reason=info.reason, chief=info.is_chief,\n"
-          "     type=type(info.strategy).__name__, replicas=info.num_replicas)\n")
-  results = run_workers(code, cache_dir, tmp_path, timeout=120)
+  results = run_workers("strategy:auto_on_workers", cache_dir, tmp_path,
+                        timeout=120)
   for index, got in enumerate(results):
     assert got == {"name": "multi_worker", "reason": "auto: TF_CONFIG names 2 tasks",
                    "chief": index == 0, "type": "CollectiveAllReduceStrategy",
@@ -210,43 +170,15 @@ def test_required_accelerator_missing_exits_at_once_with_one_line(
   assert elapsed < 60, elapsed
 
 
-FEED_PROBE = """
-import sys
-import numpy as np
-import configs
-from trainer import data
-from trainer import strategy as s
-config = configs.get_config("tiny").replace(
-    synthetic_dir={synthetic_dir!r}, deterministic=True)
-train_spec, _ = data.resolve_input_specs(config, 32)
-info = s.get_strategy("one_device")
-
-def batches(dataset, count=6):
-  iterator = iter(dataset)
-  return [np.concatenate([np.asarray(x).ravel() for x in next(iterator)])
-          for _ in range(count)]
-
-def make(epoch):
-  return lambda ctx: data.make_train_dataset(train_spec, ctx, 32, epoch)
-
-# Ours first: TensorFlow prints its warning at most every 30 seconds.
-direct = batches(s.distribute_datasets(info.strategy, make(0)))
-other_epoch = batches(s.distribute_datasets(info.strategy, make(1)))
-print("MARK", file=sys.stderr, flush=True)
-through_tf = batches(info.strategy.distribute_datasets_from_function(make(0)))
-same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))
-print(same(direct, through_tf), same(direct, other_epoch))
-"""
-
-
 @pytest.mark.multiprocess
 def test_one_cpu_device_gets_the_same_batches_without_tf_data_warning(
     cache_dir):
   env = cli_env(cache_dir)
   env.pop("TF_CPP_MIN_LOG_LEVEL")
-  code = FEED_PROBE.format(synthetic_dir=f"{cache_dir}/alexnet_tf/synthetic")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+  command = probe_command("strategy:one_device_batches",
+                          f"{cache_dir}/alexnet_tf/synthetic")
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   # Equal to what OneDeviceStrategy's own iterator yields; another epoch's
   # order (the negative control) differs.

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import gcs_emulator
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, probe_command
 from fake_vertex import FakeVertex
 
 pytestmark = pytest.mark.multiprocess
@@ -540,13 +540,9 @@ def test_tuning_flags_need_each_other(args, message):
 
 @pytest.mark.parametrize("extra", [[], TUNE])
 def test_submitting_never_imports_tensorflow(extra):
-  code = ("import sys, runpy; sys.argv = ['launch.vertex'] + %r; "
-          "import launch.vertex as v; from absl import app\n"
-          "v.define_flags()\n"
-          "try:\n  app.run(v.main)\nexcept SystemExit:\n  pass\n"
-          "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')"
-          % (_with_an_image(BASE + extra) + ["--dry_run"]))
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env("/tmp"),
+  command = probe_command("cli:imports_tensorflow", "launch.vertex",
+                          *_with_an_image(BASE + extra), "--dry_run")
+  result = subprocess.run(command, cwd=REPO, env=cli_env("/tmp"),
                           capture_output=True, text=True, timeout=120)
   assert "NO_TF" in result.stdout, result.stdout + result.stderr
   assert '"workerPoolSpecs"' in result.stdout  # It got as far as the request.

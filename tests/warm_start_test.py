@@ -181,32 +181,14 @@ def test_keras_file_under_mirrored(run_cli, tmp_path, source_run, four_classes):
   assert not same(end["conv2"], source["conv2"])
 
 
-WORKER_PROBE = """
-from trainer import outputs
-from trainer import warm_start
-config = tiny(num_classes=4, steps_per_epoch=2, freeze="conv1,bn1",
-              init_from=os.environ["INIT_FROM"], strategy="multi_worker")
-trainer = train_lib.Trainer(config)
-loaded = outputs.weights_digest(trainer.model)
-# Negative control: each worker loads its own OTHER source into the same
-# model; a worker that loaded other weights must show up in the digest
-# (nothing re-syncs the weights after a load to hide it).
-other = warm_start.read_source(config.replace(init_from=os.environ["OTHER"]),
-                               trainer.run_dir)
-with trainer.strategy.scope():
-  warm_start.load_matching_layers(trainer.model, other)
-emit(loaded=loaded, other=outputs.weights_digest(trainer.model),
-     replicas=trainer.info.num_replicas)
-"""
-
-
 @pytest.mark.multiprocess
 def test_workers_load_the_same_weights(cache_dir, tmp_path, source_run):
   final = prefix(source_run, "checkpoints", 2)
   first = prefix(source_run, "checkpoints", 0)
-  workers = run_workers(WORKER_PROBE, cache_dir, tmp_path / "run",
-                        env_per_worker=[{"INIT_FROM": final, "OTHER": final},
-                                        {"INIT_FROM": final, "OTHER": first}])
+  workers = run_workers(
+      "warm_start:load_on_workers", cache_dir, tmp_path / "run",
+      env_per_worker=[{"INIT_FROM": final, "OTHER": final},
+                      {"INIT_FROM": final, "OTHER": first}])
   assert [w["replicas"] for w in workers] == [2, 2]
   assert workers[0]["loaded"] == workers[1]["loaded"]
   assert workers[0]["other"] == workers[0]["loaded"]  # Same file again.
@@ -280,40 +262,13 @@ def test_train_from_freezes_the_layers_before_it():
     warm_start.layers_to_freeze(model, config.replace(train_from="pool1"))
 
 
-GCS_PROBE = """
-from trainer import outputs
-from trainer import warm_start
-local, remote = os.environ["SOURCE"], "gs://alexnet-test/source"
-for name in ["export/model.keras"] + [
-    "best/" + n for n in tf.io.gfile.listdir(os.path.join(local, "best"))]:
-  tf.io.gfile.makedirs(os.path.dirname(os.path.join(remote, name)))
-  tf.io.gfile.copy(os.path.join(local, name), os.path.join(remote, name))
-# As a run with --model_dir=gs://... records its layout.
-with open(os.path.join(local, "config.json")) as f:
-  recorded = json.load(f)
-recorded["run_dir"] = outputs.RunDir.for_training(remote, "test").recorded()
-with tf.io.gfile.GFile(os.path.join(remote, "config.json"), "w") as f:
-  f.write(json.dumps(recorded))
-new_run = outputs.RunDir.for_training(os.environ["MODEL_DIR"], "test")
-def read(path):
-  config = tiny(num_classes=4, init_from=path)
-  source = warm_start.read_source(config, new_run)
-  return source.location, {k: [w.tolist() for w in v]
-                           for k, v in source.weights.items()}
-emit(run=read(remote), local_run=read(local),
-     step_0=read(os.path.join(local, "checkpoints", "ckpt-0")),
-     keras=read(remote + "/export/model.keras"),
-     local_keras=read(local + "/export/model.keras"))
-"""
-
-
 @pytest.mark.multiprocess
 def test_init_from_gcs(cache_dir, tmp_path, source_run):
   import gcs_emulator  # pylint: disable=g-import-not-at-top
   with gcs_emulator.running(str(tmp_path / "gcs")) as gcs:
     gcs.create_bucket("alexnet-test")
-    result = run_probe(GCS_PROBE, cache_dir, tmp_path / "run",
-                       SOURCE=source_run, **gcs.env)
+    result = run_probe("warm_start:init_from_gcs", cache_dir,
+                       tmp_path / "run", SOURCE=source_run, **gcs.env)
   assert result["run"][0].startswith("gs://alexnet-test/source/best/ckpt-")
   assert result["run"][1] == result["local_run"][1]
   assert result["keras"][1] == result["local_keras"][1]
