@@ -57,6 +57,15 @@ def pytest_configure(config):
       "limit instead of FAST_CPU_SECONDS (the fast tier's one training run)")
 
 
+def pytest_collection_finish(session):
+  """Starts TensorFlow before the first test when any collected module did
+  not: its first import starts processes of its own (h5py asks `uname`),
+  which would count against whichever fast-tier test ran first."""
+  if session.items and "tensorflow" not in sys.modules:
+    from trainer import startup
+    startup.start_tensorflow()
+
+
 def _tier_markers(item):
   return [name for name in TIER_MARKERS if item.get_closest_marker(name)]
 
