@@ -27,6 +27,7 @@ import tempfile
 
 from absl import app
 from absl import flags
+
 # packaging comes with TensorFlow (one of its requirements), which is here.
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

@@ -20,9 +20,9 @@ Never imports TensorFlow; google-cloud-aiplatform only for `sdk_parameters`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 import dataclasses
 import difflib
+from typing import Any
 
 from launch import trainer_flags
 from trainer import config as config_lib

@@ -53,7 +53,6 @@ TensorFlow; google-cloud-aiplatform is imported only to submit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 import datetime
 import glob
 import json
@@ -63,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from absl import app
 from absl import flags

@@ -3,16 +3,15 @@
 import io
 import json
 
+from conftest import read_jsonl
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import read_jsonl
 from trainer import augment
 from trainer import data
 from trainer import metrics
-
 
 # ----------------------------------------------------------------------------
 # Soft targets and the loss.
@@ -221,7 +220,8 @@ def test_pca_lighting_shifts_along_imagenet_principal_components():
 
 
 def test_equalize_matches_pil():
-  from PIL import Image, ImageOps
+  from PIL import Image
+  from PIL import ImageOps
   image = (_photo(1) * 0.5 + 40).astype(np.uint8)  # a narrow histogram
   ours = dict(augment.RANDAUGMENT_OPS)["equalize"](
       tf.constant(image, tf.float32), 0.9, 1.0).numpy()
@@ -276,7 +276,8 @@ def test_mirrored_run_with_every_augmentation_trains_and_resumes_after_kill_9(
   step, replica) and the per-image augmentations from the image's position:
   a run killed mid-epoch and resumed ends bit for bit where an uninterrupted
   one does (--deterministic)."""
-  from resilience_test import _final_state, kill_9_after_checkpoint
+  from resilience_test import _final_state
+  from resilience_test import kill_9_after_checkpoint
   common = ["--config=tiny", "--cpu_devices=2", "--strategy=mirrored",
             "--num_classes=2", "--deterministic", "--epochs=2",
             "--checkpoint_every_steps=4", "--steps_per_call=2",

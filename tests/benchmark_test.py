@@ -21,12 +21,12 @@ def test_benchmark_runs_every_phase(run_cli, tmp_path):
   assert report["peak"]["bfloat16_gflops"] > 0 and report["peak"]["float32_gflops"] > 0
   for phase in ("step", "e2e", "service"):
     assert report[phase]["images_per_sec"] > 0
-    assert 0 < report[phase]["fraction_of_peak"]
+    assert report[phase]["fraction_of_peak"] > 0
     assert report[phase]["train_gflop_per_image"] > 0
   assert report["e2e"]["peak_host_memory_mb"] > 100
   assert report["input"]["images_per_sec_per_core"] > 0
   assert report["seed"]["images_per_sec"] > 0 and report["speedup_vs_seed"] > 0
-  assert 0 < report["scaling"]["efficiency"]
+  assert report["scaling"]["efficiency"] > 0
   for row in ("matmul peak", "step", "e2e", "input", "seed setup", "2 workers",
               "tf.data service"):
     assert row in result.stdout

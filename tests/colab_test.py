@@ -10,11 +10,11 @@ import os
 import subprocess
 import sys
 
+from conftest import REPO
+from conftest import cli_env
+from layered_venv import LayeredVenv
 import nbformat
 import pytest
-
-from conftest import REPO, cli_env
-from layered_venv import LayeredVenv
 
 # Small enough for seconds: 48 px synthetic stripes, 64 + 32 images.
 SMALL_SYNTHETIC = ["--prepare_flag=--synthetic_examples=64,32",

@@ -17,13 +17,13 @@ import random
 import subprocess
 import sys
 
+from conftest import REPO
+from conftest import cli_env
+from conftest import read_jsonl
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
-from conftest import cli_env
-from conftest import read_jsonl
 from trainer import faults
 
 pytestmark = pytest.mark.multiprocess

@@ -1,9 +1,8 @@
 """tf.data service on loopback: a dispatcher and two workers in their own
 processes do the decoding; training reaches the same accuracy as without."""
 
-import pytest
-
 from conftest import read_jsonl
+import pytest
 
 pytestmark = pytest.mark.multiprocess
 
@@ -54,7 +53,9 @@ def test_vertex_data_service_pool_feeds_the_trainer(tmp_path, cache_dir):
   import json
   import subprocess
   import sys
-  from conftest import REPO, cli_env
+
+  from conftest import REPO
+  from conftest import cli_env
 
   pool2 = [f"127.0.0.1:{_free_port(also_next=True)}", f"127.0.0.1:{_free_port()}"]
   chief = [f"127.0.0.1:{_free_port()}"]

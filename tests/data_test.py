@@ -127,7 +127,7 @@ def test_eval_covers_every_example_exactly_once(tmp_path, pipelines, replicas, b
                                      steps)
     batches = list(dataset)
     assert len(batches) == steps * (replicas // pipelines)
-    for images, labels, weights in batches:
+    for images, _, weights in batches:
       means = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3]).numpy()
       ids.extend(int(round(m)) for m, w in zip(means, weights.numpy()) if w > 0)
   assert sorted(ids) == list(range(21))

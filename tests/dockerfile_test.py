@@ -19,11 +19,12 @@ import re
 import subprocess
 import sys
 
+from conftest import REPO
+from conftest import cli_env
 from packaging.requirements import Requirement
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, cli_env
 from launch import platforms
 
 INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY",

@@ -8,6 +8,7 @@ import dataclasses
 import os
 
 from conftest import REPO
+
 from trainer import flags_reference
 
 

@@ -34,8 +34,11 @@ def versions():
 def report(cache_dir):
   """`python -m trainer.doctor --json`, with its benchmark: run once (the
   seed-model benchmark is most of its time) for the JSON and table tests."""
-  import subprocess, sys
-  from conftest import REPO, cli_env
+  import subprocess
+  import sys
+
+  from conftest import REPO
+  from conftest import cli_env
   result = subprocess.run([sys.executable, "-m", "trainer.doctor", "--json"],
                           cwd=REPO, env=cli_env(cache_dir), capture_output=True,
                           text=True, timeout=300)
@@ -47,7 +50,10 @@ def _table_of(report, cache_dir):
   """doctor.format_table(report), in its own process (doctor's flags would
   clash with other modules' in this one)."""
   import subprocess
-  from conftest import REPO, cli_env, probe_command
+
+  from conftest import REPO
+  from conftest import cli_env
+  from conftest import probe_command
   result = subprocess.run(probe_command("doctor:table_of_stdin"),
                           input=json.dumps(report),
                           cwd=REPO, env=cli_env(cache_dir), capture_output=True,

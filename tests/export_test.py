@@ -5,11 +5,14 @@ import shutil
 import subprocess
 import sys
 
+from conftest import REPO
+from conftest import cli_env
+from conftest import copy_run
+from conftest import probe_command
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, cli_env, copy_run, probe_command
 from trainer import data
 
 pytestmark = pytest.mark.multiprocess
@@ -133,6 +136,7 @@ def test_the_export_computes_in_float32(trained):
   """Whatever the run trained in: no bfloat16 or float16 op in the SavedModel
   (both signatures) or the .keras model."""
   import keras
+
   from trainer import serving
   saved_model = str(trained / "export" / "saved_model")
   assert serving.reduced_compute_dtype(saved_model) is None
@@ -178,6 +182,7 @@ def test_export_in_the_training_precision_is_kept_and_tflite_says_why_not(
 def test_agreement_check_catches_a_different_model(exports, tmp_path):
   """Negative control: the same comparison against another model disagrees."""
   import keras
+
   from trainer import model as model_lib
   from trainer import outputs
   from trainer import serving

@@ -33,7 +33,8 @@ def _free_port():
 def _write_test_ca(directory):
   """A CA and a server certificate for the Google hosts; returns paths."""
   from cryptography import x509
-  from cryptography.hazmat.primitives import hashes, serialization
+  from cryptography.hazmat.primitives import hashes
+  from cryptography.hazmat.primitives import serialization
   from cryptography.hazmat.primitives.asymmetric import ec
   from cryptography.x509.oid import NameOID
 

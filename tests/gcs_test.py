@@ -4,9 +4,8 @@ checked with the real google-cloud-storage client."""
 
 import json
 
-import pytest
-
 import gcs_emulator
+import pytest
 
 pytestmark = pytest.mark.multiprocess
 

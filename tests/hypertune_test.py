@@ -6,9 +6,13 @@ import json
 import subprocess
 import sys
 
+from conftest import REPO
+from conftest import cli_env
+from conftest import probe_command
+from conftest import read_jsonl
+from conftest import run_workers
 import pytest
 
-from conftest import REPO, cli_env, probe_command, read_jsonl, run_workers
 from launch import trainer_flags
 from trainer import hypertune
 from trainer.errors import UserError

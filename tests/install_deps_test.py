@@ -8,10 +8,9 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from conftest import REPO
 from layered_venv import LayeredVenv
+import pytest
 
 pytestmark = pytest.mark.install
 

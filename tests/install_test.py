@@ -18,12 +18,12 @@ import os
 import subprocess
 import sys
 
+from conftest import PROBE_RUNNER
+from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 import pytest
-
-from conftest import PROBE_RUNNER, REPO
 
 OLDEST_TF_PYTHON = os.environ.get("ALEXNET_OLDEST_TF_PYTHON", "")
 

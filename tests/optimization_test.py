@@ -60,7 +60,10 @@ def test_cosine_with_warmup():
 @pytest.mark.multiprocess
 def test_gradients_are_summed_across_replicas_in_the_chosen_dtype():
   import subprocess
-  from conftest import REPO, cli_env, probe_command
+
+  from conftest import REPO
+  from conftest import cli_env
+  from conftest import probe_command
 
   def updated(dtype):
     result = subprocess.run(probe_command("optimization:all_reduce", dtype),

@@ -6,9 +6,9 @@ import glob
 import os
 import re
 
+from conftest import REPO
 import pytest
 
-from conftest import REPO
 from launch import platforms
 
 

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 
+from conftest import REPO
+from conftest import cli_env
+from conftest import probe_command
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, cli_env, probe_command
 from trainer import data
 
 pytestmark = pytest.mark.multiprocess

@@ -3,11 +3,12 @@ one device, two mirrored replicas, two workers and a kill -9 resume."""
 
 import json
 
+from conftest import run_probe
+from conftest import run_workers
 import numpy as np
 import pytest
-
-from conftest import run_probe, run_workers
-from resilience_test import _final_state, kill_9_after_checkpoint
+from resilience_test import _final_state
+from resilience_test import kill_9_after_checkpoint
 
 pytestmark = pytest.mark.multiprocess
 

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
+from conftest import REPO
+from conftest import cli_env
+from conftest import read_jsonl
 import numpy as np
 import pytest
-
-from conftest import REPO, cli_env, read_jsonl
 
 TINY = ["--config=tiny"]
 
@@ -216,6 +217,7 @@ def test_nan_loss_stops_with_the_step(tmp_path, cache_dir):
 def test_nan_loss_rolls_back_and_keeps_the_schedule_on_the_step(
     tmp_path, cache_dir, precision):
   import math
+
   from trainer import optimization
   from trainer import outputs
   trainer = _trainer_with_nan_at("rollback", tmp_path / "rb", cache_dir, 12,

@@ -168,6 +168,7 @@ def test_evaluate_refuses_a_checkpoint_without_the_model(trained, run_cli, tmp_p
 
 def test_training_curves_epoch_axes_have_integer_ticks():
   import matplotlib.pyplot as plt
+
   from trainer import plots
   for num_epochs in (1, 3, 7):
     records = [{"epoch": e, "accuracy": 0.5 + e / 20, "val_accuracy": 0.5 + e / 21,

@@ -5,12 +5,12 @@ the tiny model; tests/crash_points_test.py kills real runs at every point."""
 
 import json
 
+from conftest import copy_run
 import numpy as np
 import pytest
-
-from conftest import copy_run
 from resilience_test import _nan_config
 from resilience_test import _trainer_with_nan_at
+
 from trainer import optimization
 from trainer import outputs
 from trainer import train as train_lib

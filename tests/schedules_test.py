@@ -4,16 +4,12 @@ lines, best/, evaluation.json and the event files."""
 
 import math
 import os
-import re
-import signal
-import time
-
-import numpy as np
-import pytest
 
 from conftest import read_jsonl
 from conftest import run_probe
 from conftest import run_workers
+import numpy as np
+import pytest
 from resilience_test import _popen
 from resilience_test import _wait_for_line
 

@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 
+from conftest import REPO
+from conftest import cli_env
+from conftest import probe_command
 import pytest
 
-from conftest import REPO, cli_env, probe_command
 from trainer import startup
 
 NO_DRIVER = ("I0000 00:00:1795693628.887148   16000 cudart_stub.cc:31] Could not "

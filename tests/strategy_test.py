@@ -12,9 +12,10 @@ import shutil
 import subprocess
 import time
 
+from conftest import REPO
+from conftest import cli_env
+from conftest import probe_command
 import pytest
-
-from conftest import REPO, cli_env, probe_command
 
 
 def probe(cache_dir, strategy="auto", cpu_devices=0, devices=""):

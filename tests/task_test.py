@@ -2,13 +2,12 @@
 
 import json
 import re
-import subprocess
-import sys
 
+from conftest import TINY_RUN_ARGS
+from conftest import copy_run
+from conftest import read_jsonl
 import numpy as np
 import pytest
-
-from conftest import REPO, TINY_RUN_ARGS, cli_env, copy_run, read_jsonl
 
 TINY = ["--config=tiny"]
 
@@ -256,7 +255,9 @@ def test_vertex_output_dirs_are_used_without_model_dir(run_cli, tmp_path):
 @pytest.mark.multiprocess
 def test_skip_corrupt_reports_skipped_records_per_epoch(run_cli, tmp_path):
   import io
+
   from PIL import Image
+
   from trainer import records
   rng = np.random.default_rng(0)
   serialized = []

@@ -4,10 +4,10 @@ Logical CPU devices and multi-worker clusters must be set up before
 TensorFlow initialises, so each case runs in its own interpreter(s).
 """
 
+from conftest import run_probe
+from conftest import run_workers
 import numpy as np
 import pytest
-
-from conftest import run_probe, run_workers
 
 pytestmark = pytest.mark.multiprocess
 

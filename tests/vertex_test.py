@@ -5,11 +5,12 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-import gcs_emulator
-from conftest import REPO, cli_env, probe_command
+from conftest import REPO
+from conftest import cli_env
+from conftest import probe_command
 from fake_vertex import FakeVertex
+import gcs_emulator
+import pytest
 
 pytestmark = pytest.mark.multiprocess
 

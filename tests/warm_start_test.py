@@ -7,12 +7,15 @@ import shutil
 import subprocess
 import sys
 
+from conftest import REPO
+from conftest import cli_env
+from conftest import run_probe
+from conftest import run_workers
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, cli_env, run_probe, run_workers
 from trainer import config as config_lib
 from trainer import model as model_lib
 from trainer import outputs

@@ -222,7 +222,8 @@ def randaugment(image, magnitude, seed, num_ops=RANDAUGMENT_NUM_OPS):
                                          dtype=tf.int32)
     sign_seed = tf.random.experimental.stateless_fold_in(op_seed, 1)
     sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
-    branches = [lambda op=op, image=result: op(image, level, sign)
+    # Called by switch_case below, in this iteration: `sign` is this one's.
+    branches = [lambda op=op, image=result: op(image, level, sign)  # noqa: B023
                 for _, op in RANDAUGMENT_OPS]
     result = tf.switch_case(choice, branches)
     # Whole numbers between ops, as PIL's uint8 images.

@@ -88,8 +88,10 @@ def _peak_rss_mb():
 def realistic_records(directory, count, seed=0):
   """~450x375 JPEGs of ~45 KB (smooth shapes, texture, noise), written once."""
   import io  # pylint: disable=g-import-not-at-top
+
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   from trainer import records  # pylint: disable=g-import-not-at-top
   if records.read_manifest(directory):
     return os.path.join(directory, "train-*")
@@ -144,7 +146,8 @@ def phase_peak(config, settings):
     def chain(a=a, b=b):
       x = a
       for _ in range(4):
-        x = tf.matmul(x, b) * tf.cast(1e-3, dtype)
+        # Traced and called below, in this iteration of the dtype loop.
+        x = tf.matmul(x, b) * tf.cast(1e-3, dtype)  # noqa: B023
       return tf.reduce_sum(tf.cast(x, tf.float32))
 
     chain()
@@ -164,6 +167,7 @@ def _trainer(config):
 
 def _time_train_calls(trainer, iterator, warmup_steps, steps):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
   control = train_lib.requests_vector()
   per_call = min(trainer.steps_per_call, max(1, steps))
@@ -212,6 +216,7 @@ def phase_step(config, settings):
 
 def phase_input(config, settings):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   from trainer import data  # pylint: disable=g-import-not-at-top
   spec = data.make_input_spec(config.train_data, "train_data", config,
                               config_lib.image_size(config))
@@ -244,6 +249,7 @@ def phase_seed(config, settings):
   """The seed notebook's own setup, on the same records."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   from trainer import data  # pylint: disable=g-import-not-at-top
   from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
   files = data.list_files(config.train_data, "train_data")
@@ -432,6 +438,7 @@ def main(argv):
     raise app.UsageError(f"--skip: unknown phase(s) {sorted(unknown)}; valid: "
                          f"{','.join(PHASES)}", exitcode=2)
   import tempfile  # pylint: disable=g-import-not-at-top
+
   from trainer import synthetic  # pylint: disable=g-import-not-at-top
   try:
     config = config_lib.from_flags(FLAGS)

@@ -130,6 +130,7 @@ def diagnose(run_benchmark=True):
   """Everything the table shows, as a JSON-ready dict."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
   build = strategy_lib.tensorflow_build()
   libraries = strategy_lib.cuda_libraries(build)

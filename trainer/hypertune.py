@@ -66,7 +66,7 @@ def report(metric_name, record):
 # One reporter per metric file for the life of the process: the library
 # rewrites the file with every entry it holds, so a new one would drop the
 # epochs reported before.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reporter(metric_file):
   del metric_file  # The cache key; the library reads the variable itself.
   try:

@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # Imports TensorFlow without its CUDA-probe and oneDNN start-up notices, so
 # the command prints the same on every CPU kind.
 from trainer import startup  # pylint: disable=g-import-not-at-top
+
 startup.start_tensorflow()
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top

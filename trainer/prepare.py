@@ -27,6 +27,7 @@ was found.
 """
 
 import collections
+from collections.abc import Iterable
 import concurrent.futures
 import dataclasses
 import io
@@ -35,7 +36,6 @@ import math
 import os
 import random
 import sys
-from typing import Iterable
 import warnings
 
 from absl import app
@@ -45,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # Imports TensorFlow without its CUDA-probe and oneDNN start-up notices, so
 # the command prints the same on every CPU kind.
 from trainer import startup  # pylint: disable=g-import-not-at-top
+
 startup.start_tensorflow()
 
 from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -265,8 +266,9 @@ def tfds_source(name, data_dir, validation_fraction, split_seed):
 
 
 def synthetic_source(train_examples, eval_examples, size):
-  from trainer import synthetic  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from trainer import synthetic  # pylint: disable=g-import-not-at-top
 
   def draw(split, count, seed):  # Classes alternate: no shuffle needed.
     rng = np.random.default_rng(seed)

@@ -23,7 +23,6 @@ import tensorflow as tf
 from trainer import data
 from trainer import faults
 
-
 BYTES_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "serve"
 

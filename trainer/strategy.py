@@ -24,6 +24,7 @@ from trainer import config as config_lib
 from trainer.errors import UserError
 from trainer.errors import describe
 
+
 @dataclasses.dataclass(frozen=True)
 class StrategyInfo:
   """What was built and why (for the banner and the outputs)."""

@@ -9,7 +9,6 @@ it fails under MultiWorkerMirroredStrategy with Keras 3.
 
 from __future__ import annotations
 
-from typing import Any
 import dataclasses
 import hashlib
 import os
@@ -18,6 +17,7 @@ import signal
 import tempfile
 import threading
 import time
+from typing import Any
 
 import keras
 import numpy as np

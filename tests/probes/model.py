@@ -4,10 +4,10 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
-
 from prelude import emit
 from prelude import per_replica
+import tensorflow as tf
+
 from trainer import model as model_lib
 from trainer import strategy as strategy_lib
 

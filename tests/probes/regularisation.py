@@ -6,11 +6,11 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
-
 from prelude import emit
 from prelude import per_replica
 from prelude import tiny
+import tensorflow as tf
+
 from trainer import evaluation
 from trainer import model as model_lib
 from trainer import optimization

@@ -5,9 +5,9 @@ $EVAL_DATA (the test's 256 training and 80 validation images)."""
 import os
 
 import numpy as np
-
 from prelude import emit
 from prelude import tiny
+
 from trainer import train as train_lib
 
 

@@ -5,9 +5,9 @@ import json
 import sys
 
 import numpy as np
+from prelude import emit
 
 import configs
-from prelude import emit
 from trainer import data
 from trainer import model as model_lib
 from trainer import strategy as strategy_lib

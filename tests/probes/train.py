@@ -4,11 +4,11 @@ the workers' weight digests, and the TPU path's steps under XLA."""
 import os
 
 import numpy as np
-import tensorflow as tf
-
 from prelude import emit
 from prelude import per_replica
 from prelude import tiny
+import tensorflow as tf
+
 from trainer import data
 from trainer import evaluation
 from trainer import optimization

@@ -4,6 +4,7 @@ imports."""
 
 from prelude import emit
 from prelude import tiny
+
 from trainer import train as train_lib
 
 

@@ -4,10 +4,10 @@ Storage."""
 import json
 import os
 
-import tensorflow as tf
-
 from prelude import emit
 from prelude import tiny
+import tensorflow as tf
+
 from trainer import outputs
 from trainer import train as train_lib
 from trainer import warm_start
