@@ -25,7 +25,8 @@ def _from_module(path):
   if not os.path.isfile(path):
     raise UserError(f"{path}: No such file or directory")
   spec = importlib.util.spec_from_file_location(
-      "_config_" + os.path.splitext(os.path.basename(path))[0], path)
+    "_config_" + os.path.splitext(os.path.basename(path))[0], path
+  )
   module = importlib.util.module_from_spec(spec)
   # The module is the user's code: whatever it raises is theirs to fix, said
   # in one line.
@@ -38,12 +39,17 @@ def _from_module(path):
     else:
       raise UserError("defines neither get_config() nor CONFIG")
   except Exception as e:  # pylint: disable=broad-except
-    detail = str(e) if isinstance(e, UserError) else (
-        f"{type(e).__name__}: {describe(e)}")
+    detail = (
+      str(e)
+      if isinstance(e, UserError)
+      else (f"{type(e).__name__}: {describe(e)}")
+    )
     raise UserError(f"{path}: {detail}") from None
   if not isinstance(config, config_lib.Config):
-    raise UserError(f"{path}: its config is a {type(config).__name__}, not "
-                    "a trainer.config.Config")
+    raise UserError(
+      f"{path}: its config is a {type(config).__name__}, not "
+      "a trainer.config.Config"
+    )
   try:
     return config.replace(config=path)
   except UserError as e:  # a value validate() refuses
@@ -73,8 +79,10 @@ def get_config(name_or_path):
     return config_lib.load(name_or_path, strict=True)
   if name_or_path.endswith(".py"):
     return _from_module(name_or_path)
-  raise UserError(f"Unknown config {name_or_path!r}: not a name "
-                  f"({', '.join(NAMES)}), a config.json or a .py file")
+  raise UserError(
+    f"Unknown config {name_or_path!r}: not a name "
+    f"({', '.join(NAMES)}), a config.json or a .py file"
+  )
 
 
 def run_name(config_source):

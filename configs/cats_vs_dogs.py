@@ -16,15 +16,15 @@ validation accuracy.
 from trainer.config import Config
 
 CONFIG = Config(
-    model="seed",
-    num_classes=1,
-    epochs=100,
-    global_batch_size=128,
-    optimizer="adam",
-    learning_rate=1e-3,
-    lr_schedule="seed",
-    lr_constant_epochs=10,
-    early_stopping_patience=5,
-    early_stopping_monitor="loss",
-    augment="random_resized_crop",
+  model="seed",
+  num_classes=1,
+  epochs=100,
+  global_batch_size=128,
+  optimizer="adam",
+  learning_rate=1e-3,
+  lr_schedule="seed",
+  lr_constant_epochs=10,
+  early_stopping_patience=5,
+  early_stopping_monitor="loss",
+  augment="random_resized_crop",
 )

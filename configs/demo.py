@@ -21,23 +21,23 @@ the 21.6M-parameter network stuck at chance (loss 0.693 for 4 epochs).
 from trainer.config import Config
 
 CONFIG = Config(
-    model="seed",
-    num_classes=1,
-    epochs=4,
-    global_batch_size=16,
-    synthetic_train_examples=96,
-    synthetic_eval_examples=128,
-    optimizer="adam",
-    learning_rate=1e-4,
-    # Decaying to zero keeps the last epochs from the late loss spikes a
-    # constant rate showed (one epoch at 50% after 99%).
-    lr_schedule="cosine",
-    early_stopping_patience=0,
-    steps_per_call=3,
-    # BatchNorm's moving statistics must catch up with the weights within 24
-    # updates: at Keras' 0.99 they would still weigh their initial values by
-    # 0.99**24 = 0.79 at the end. At 0.9 (tried with 32 updates) validation
-    # lagged training: loss 0.40 against 0.0005 after 24 updates, one run at
-    # 62% after 16. At 0.8 the initial values weigh 0.07 after epoch 2.
-    batch_norm_momentum=0.8,
+  model="seed",
+  num_classes=1,
+  epochs=4,
+  global_batch_size=16,
+  synthetic_train_examples=96,
+  synthetic_eval_examples=128,
+  optimizer="adam",
+  learning_rate=1e-4,
+  # Decaying to zero keeps the last epochs from the late loss spikes a
+  # constant rate showed (one epoch at 50% after 99%).
+  lr_schedule="cosine",
+  early_stopping_patience=0,
+  steps_per_call=3,
+  # BatchNorm's moving statistics must catch up with the weights within 24
+  # updates: at Keras' 0.99 they would still weigh their initial values by
+  # 0.99**24 = 0.79 at the end. At 0.9 (tried with 32 updates) validation
+  # lagged training: loss 0.40 against 0.0005 after 24 updates, one run at
+  # 62% after 16. At 0.8 the initial values weigh 0.07 after epoch 2.
+  batch_norm_momentum=0.8,
 )

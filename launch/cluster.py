@@ -32,12 +32,15 @@ def count_gpus():
   """NVIDIA GPUs visible to this process, without importing TensorFlow."""
   visible = os.environ.get("CUDA_VISIBLE_DEVICES")
   if visible is not None:
-    return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(
+      [d for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    )
   if not shutil.which("nvidia-smi"):
     return 0
   try:
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
-                         timeout=20).stdout
+    out = subprocess.run(
+      ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20
+    ).stdout
   except (OSError, subprocess.TimeoutExpired):
     return 0
   return sum(1 for line in out.splitlines() if line.startswith("GPU "))
@@ -45,8 +48,10 @@ def count_gpus():
 
 def tf_configs(num_workers):
   addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
-  return [{"cluster": {"worker": addresses},
-           "task": {"type": "worker", "index": i}} for i in range(num_workers)]
+  return [
+    {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}}
+    for i in range(num_workers)
+  ]
 
 
 def worker_envs(num_workers, devices, threads_per_worker):
@@ -55,7 +60,9 @@ def worker_envs(num_workers, devices, threads_per_worker):
   if devices == "auto":
     devices = "gpu" if gpus >= num_workers else "cpu"
   if devices == "gpu" and gpus < num_workers:
-    raise app.UsageError(f"--devices=gpu needs {num_workers} GPUs, found {gpus}")
+    raise app.UsageError(
+      f"--devices=gpu needs {num_workers} GPUs, found {gpus}"
+    )
   threads = threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
   envs = []
   for index, tf_config in enumerate(tf_configs(num_workers)):

@@ -38,25 +38,47 @@ from trainer.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "train_alexnet.ipynb", "Notebook to write.")
-flags.DEFINE_string("install", None, "What the notebook pip-installs: a git "
-                    "URL (git+https://...), a gs:// sdist (as launch.vertex "
-                    "uploads; copied with gcloud first) or a local path.")
+flags.DEFINE_string(
+  "install",
+  None,
+  "What the notebook pip-installs: a git "
+  "URL (git+https://...), a gs:// sdist (as launch.vertex "
+  "uploads; copied with gcloud first) or a local path.",
+)
 flags.DEFINE_bool("editable", False, "Install a local path in editable mode.")
-flags.DEFINE_string("model_dir", "/content/runs/colab", "The run's model dir "
-                    "(a gs:// path keeps it after the runtime ends).")
+flags.DEFINE_string(
+  "model_dir",
+  "/content/runs/colab",
+  "The run's model dir (a gs:// path keeps it after the runtime ends).",
+)
 flags.DEFINE_bool("tensorboard", True, "Add the TensorBoard cell.")
-flags.DEFINE_string("data", "", "A trainer.prepare --source (tfds:NAME, "
-                    "folder:PATH, synthetic): add a cell that writes its "
-                    "TFRecord shards and train on them (with "
-                    "--config=cats_vs_dogs unless the trainer flags name one).")
-flags.DEFINE_string("data_dir", "/content/data", "Where the shards go on "
-                    "GPU and CPU runtimes (one subdirectory per source).")
-flags.DEFINE_string("gcs_data_dir", "", "gs:// directory for the shards on a "
-                    "TPU runtime; required when the runtime's TPU is remote "
-                    "(it cannot read the runtime's disk).")
-flags.DEFINE_multi_string("prepare_flag", [], "A trainer.prepare flag for the "
-                          "data cell, e.g. --prepare_flag=--resize_to=256; "
-                          "repeatable.")
+flags.DEFINE_string(
+  "data",
+  "",
+  "A trainer.prepare --source (tfds:NAME, "
+  "folder:PATH, synthetic): add a cell that writes its "
+  "TFRecord shards and train on them (with "
+  "--config=cats_vs_dogs unless the trainer flags name one).",
+)
+flags.DEFINE_string(
+  "data_dir",
+  "/content/data",
+  "Where the shards go on GPU and CPU runtimes (one subdirectory per source).",
+)
+flags.DEFINE_string(
+  "gcs_data_dir",
+  "",
+  "gs:// directory for the shards on a "
+  "TPU runtime; required when the runtime's TPU is remote "
+  "(it cannot read the runtime's disk).",
+)
+flags.DEFINE_multi_string(
+  "prepare_flag",
+  [],
+  "A trainer.prepare flag for the "
+  "data cell, e.g. --prepare_flag=--resize_to=256; "
+  "repeatable.",
+)
 
 DATA_CONFIG = "cats_vs_dogs"  # The seed's experiment: what --data trains.
 
@@ -88,52 +110,57 @@ def install_source(install, editable):
   low, high = platforms.SUPPORTED_TENSORFLOW
   major, minor = high.split(".")
   in_range = f"tensorflow>={low},<{major}.{int(minor) + 1}"
-  lines = ["# Install alexnet-tf on this runtime's TensorFlow.",
-           RUN_HELPER,
-           "import importlib.metadata",
-           "def installed(name):",
-           "    try:",
-           "        return importlib.metadata.version(name)",
-           "    except importlib.metadata.PackageNotFoundError:",
-           "        return None",
-           f"# Facts of {platforms.CHECKED} (launch/platforms.py): Colab's "
-           "TPU runtimes",
-           f"# no longer bring TensorFlow ({colab.source}).",
-           f"TPU_PACKAGES = ['tensorflow-tpu=={tpu.tensorflow_tpu}', "
-           f"'libtpu=={tpu.libtpu}']",
-           f"TENSORFLOW_RANGE = {in_range!r}",
-           "if ACCELERATOR == 'tpu':",
-           "    if installed('tensorflow-tpu') is None:",
-           "        print('This TPU runtime has no TensorFlow: installing', "
-           "' '.join(TPU_PACKAGES))",
-           "        run([sys.executable, '-m', 'pip', 'install', '-q', "
-           "*TPU_PACKAGES])",
-           "    print('TensorFlow: tensorflow-tpu', "
-           "installed('tensorflow-tpu'))",
-           "else:",
-           "    found = installed('tensorflow')",
-           f"    low, high = {tuple(int(p) for p in low.split('.'))!r}, "
-           f"{tuple(int(p) for p in high.split('.'))!r}",
-           "    if found and low <= tuple(int(p) for p in "
-           "found.split('.')[:2]) <= high:",
-           "        print(\"TensorFlow: this runtime's\", found, '(kept)')",
-           "    else:",
-           "        want = TENSORFLOW_RANGE.replace('tensorflow', "
-           "'tensorflow[and-cuda]' if ACCELERATOR == 'gpu' else "
-           "'tensorflow', 1)",
-           "        print('TensorFlow: this runtime has', found or 'none', "
-           "'- installing', want)",
-           "        run([sys.executable, '-m', 'pip', 'install', '-q', want])",
-           f"INSTALL = {install!r}"]
+  lines = [
+    "# Install alexnet-tf on this runtime's TensorFlow.",
+    RUN_HELPER,
+    "import importlib.metadata",
+    "def installed(name):",
+    "    try:",
+    "        return importlib.metadata.version(name)",
+    "    except importlib.metadata.PackageNotFoundError:",
+    "        return None",
+    f"# Facts of {platforms.CHECKED} (launch/platforms.py): Colab's "
+    "TPU runtimes",
+    f"# no longer bring TensorFlow ({colab.source}).",
+    f"TPU_PACKAGES = ['tensorflow-tpu=={tpu.tensorflow_tpu}', "
+    f"'libtpu=={tpu.libtpu}']",
+    f"TENSORFLOW_RANGE = {in_range!r}",
+    "if ACCELERATOR == 'tpu':",
+    "    if installed('tensorflow-tpu') is None:",
+    "        print('This TPU runtime has no TensorFlow: installing', "
+    "' '.join(TPU_PACKAGES))",
+    "        run([sys.executable, '-m', 'pip', 'install', '-q', "
+    "*TPU_PACKAGES])",
+    "    print('TensorFlow: tensorflow-tpu', installed('tensorflow-tpu'))",
+    "else:",
+    "    found = installed('tensorflow')",
+    f"    low, high = {tuple(int(p) for p in low.split('.'))!r}, "
+    f"{tuple(int(p) for p in high.split('.'))!r}",
+    "    if found and low <= tuple(int(p) for p in "
+    "found.split('.')[:2]) <= high:",
+    "        print(\"TensorFlow: this runtime's\", found, '(kept)')",
+    "    else:",
+    "        want = TENSORFLOW_RANGE.replace('tensorflow', "
+    "'tensorflow[and-cuda]' if ACCELERATOR == 'gpu' else "
+    "'tensorflow', 1)",
+    "        print('TensorFlow: this runtime has', found or 'none', "
+    "'- installing', want)",
+    "        run([sys.executable, '-m', 'pip', 'install', '-q', want])",
+    f"INSTALL = {install!r}",
+  ]
   if install.startswith("gs://"):
-    lines += ["local_sdist = '/content/' + INSTALL.rsplit('/', 1)[-1]",
-              "run(['gcloud', 'storage', 'cp', INSTALL, local_sdist])",
-              "INSTALL = local_sdist"]
+    lines += [
+      "local_sdist = '/content/' + INSTALL.rsplit('/', 1)[-1]",
+      "run(['gcloud', 'storage', 'cp', INSTALL, local_sdist])",
+      "INSTALL = local_sdist",
+    ]
   pip = ["sys.executable", "'-m'", "'pip'", "'install'", "'-q'", "'--no-deps'"]
   if editable:
     pip.append("'-e'")
-  lines += [f"run([{', '.join(pip)}, INSTALL])",
-            "run([sys.executable, '-m', 'launch.install_deps'])"]
+  lines += [
+    f"run([{', '.join(pip)}, INSTALL])",
+    "run([sys.executable, '-m', 'launch.install_deps'])",
+  ]
   return "\n".join(lines)
 
 
@@ -156,7 +183,8 @@ if ACCELERATOR != 'none':
 def data_source(source, data_dir, gcs_data_dir, prepare_flags):
   """Python source of the cell that writes the shards of `source`."""
   name = source.split(":", 1)[-1].rstrip("/").rsplit("/", 1)[-1] or "data"
-  return "\n".join([
+  return "\n".join(
+    [
       "# Data: TFRecord shards from " + source.replace("\n", " "),
       f"DATA_SOURCE = {source!r}",
       f"PREPARE_FLAGS = {list(prepare_flags)!r}",
@@ -174,20 +202,24 @@ def data_source(source, data_dir, gcs_data_dir, prepare_flags):
       "'--out=' + DATA_DIR, *PREPARE_FLAGS])",
       "DATA_FLAGS = ['--train_data=' + DATA_DIR + '/train-*', "
       "'--eval_data=' + DATA_DIR + '/validation-*']",
-  ])
+    ]
+  )
 
 
 def flags_source(trainer_args, model_dir, data):
   """Python source of the cell that assembles the trainer's flags."""
-  lines = ["# Trainer flags.", f"TRAINER_FLAGS = {list(trainer_args)!r}",
-           f"MODEL_DIR = {model_dir!r}"]
+  lines = [
+    "# Trainer flags.",
+    f"TRAINER_FLAGS = {list(trainer_args)!r}",
+    f"MODEL_DIR = {model_dir!r}",
+  ]
   if data:
     lines.append("TRAINER_FLAGS += DATA_FLAGS")
   lines += [
-      "if ACCELERATOR != 'none' and not any(a.startswith('--require_accelerator') "
-      "for a in TRAINER_FLAGS):",
-      "    TRAINER_FLAGS.append('--require_accelerator=' + ACCELERATOR)",
-      "print('python -m trainer.task', ' '.join(TRAINER_FLAGS))",
+    "if ACCELERATOR != 'none' and not any(a.startswith('--require_accelerator') "
+    "for a in TRAINER_FLAGS):",
+    "    TRAINER_FLAGS.append('--require_accelerator=' + ACCELERATOR)",
+    "print('python -m trainer.task', ' '.join(TRAINER_FLAGS))",
   ]
   return "\n".join(lines)
 
@@ -234,8 +266,10 @@ def notebook_trainer_args(trainer_args, data, model_dir):
   if data:
     for name in ("train_data", "eval_data"):
       if name in given:
-        raise UserError(f"--data writes the shards and sets --{name}; drop "
-                        f"the trainer flag --{name}")
+        raise UserError(
+          f"--data writes the shards and sets --{name}; drop "
+          f"the trainer flag --{name}"
+        )
     if "config" not in given:
       args.insert(0, f"--config={DATA_CONFIG}")
   if "model_dir" not in given:
@@ -243,64 +277,102 @@ def notebook_trainer_args(trainer_args, data, model_dir):
   return args, trainer_flags.parse(args).config.model_dir
 
 
-def build_notebook(trainer_args, install, editable=False,
-                   model_dir="/content/runs/colab", tensorboard=True, data="",
-                   data_dir="/content/data", gcs_data_dir="", prepare_flags=()):
+def build_notebook(
+  trainer_args,
+  install,
+  editable=False,
+  model_dir="/content/runs/colab",
+  tensorboard=True,
+  data="",
+  data_dir="/content/data",
+  gcs_data_dir="",
+  prepare_flags=(),
+):
   """The notebook as an nbformat NotebookNode.
 
   Raises:
     UserError: a trainer flag the trainer would reject, or a bad data option.
   """
   if gcs_data_dir and not gcs_data_dir.startswith("gs://"):
-    raise UserError(f"--gcs_data_dir must be a gs:// path, got {gcs_data_dir!r}")
+    raise UserError(
+      f"--gcs_data_dir must be a gs:// path, got {gcs_data_dir!r}"
+    )
   if (gcs_data_dir or prepare_flags) and not data:
     raise UserError("--gcs_data_dir and --prepare_flag need --data")
   trainer_args, model_dir = notebook_trainer_args(trainer_args, data, model_dir)
-  intro = ("# Train AlexNet\n\nDetects the runtime (TPU, GPU or CPU), "
-           "installs `alexnet-tf` (keeping the runtime's TensorFlow; "
-           "tensorflow-tpu on TPU runtimes, which have none), ")
+  intro = (
+    "# Train AlexNet\n\nDetects the runtime (TPU, GPU or CPU), "
+    "installs `alexnet-tf` (keeping the runtime's TensorFlow; "
+    "tensorflow-tpu on TPU runtimes, which have none), "
+  )
   if data:
     intro += "writes TFRecord shards from `" + data.replace("`", "'") + "`, "
-  intro += ("trains with `python -m trainer.task`, then shows the training "
-            "curves and TensorBoard.\n\nTrainer flags: `" +
-            " ".join(trainer_args).replace("`", "'") + "`")
-  cells = [v4.new_markdown_cell(intro),
-           v4.new_code_cell(RUNTIME_SOURCE),
-           v4.new_code_cell(install_source(install, editable))]
+  intro += (
+    "trains with `python -m trainer.task`, then shows the training "
+    "curves and TensorBoard.\n\nTrainer flags: `"
+    + " ".join(trainer_args).replace("`", "'")
+    + "`"
+  )
+  cells = [
+    v4.new_markdown_cell(intro),
+    v4.new_code_cell(RUNTIME_SOURCE),
+    v4.new_code_cell(install_source(install, editable)),
+  ]
   if data:
-    cells.append(v4.new_code_cell(data_source(data, data_dir, gcs_data_dir,
-                                              prepare_flags)))
-  cells += [v4.new_code_cell(flags_source(trainer_args, model_dir, data)),
-            v4.new_code_cell(TRAIN_SOURCE),
-            v4.new_code_cell(CURVES_SOURCE)]
+    cells.append(
+      v4.new_code_cell(data_source(data, data_dir, gcs_data_dir, prepare_flags))
+    )
+  cells += [
+    v4.new_code_cell(flags_source(trainer_args, model_dir, data)),
+    v4.new_code_cell(TRAIN_SOURCE),
+    v4.new_code_cell(CURVES_SOURCE),
+  ]
   if tensorboard:
     cells.append(v4.new_code_cell(TENSORBOARD_SOURCE))
-  notebook = v4.new_notebook(cells=cells, metadata={
-      "kernelspec": {"name": "python3", "display_name": "Python 3",
-                     "language": "python"},
+  notebook = v4.new_notebook(
+    cells=cells,
+    metadata={
+      "kernelspec": {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+      },
       "accelerator": "GPU",
-      "colab": {"provenance": []}})
+      "colab": {"provenance": []},
+    },
+  )
   nbformat.validate(notebook)
   return notebook
 
 
 def main(argv):
   if not FLAGS.install:
-    raise app.UsageError("--install is required: a git URL, a gs:// sdist or "
-                         "a local path", exitcode=2)
+    raise app.UsageError(
+      "--install is required: a git URL, a gs:// sdist or a local path",
+      exitcode=2,
+    )
   try:
-    notebook = build_notebook(argv[1:], FLAGS.install, FLAGS.editable,
-                              FLAGS.model_dir, FLAGS.tensorboard, FLAGS.data,
-                              FLAGS.data_dir, FLAGS.gcs_data_dir,
-                              FLAGS.prepare_flag)
+    notebook = build_notebook(
+      argv[1:],
+      FLAGS.install,
+      FLAGS.editable,
+      FLAGS.model_dir,
+      FLAGS.tensorboard,
+      FLAGS.data,
+      FLAGS.data_dir,
+      FLAGS.gcs_data_dir,
+      FLAGS.prepare_flag,
+    )
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 2
   directory = os.path.dirname(os.path.abspath(FLAGS.out))
   os.makedirs(directory, exist_ok=True)
   nbformat.write(notebook, FLAGS.out)
-  print(f"Wrote {FLAGS.out}: open it in Colab (File > Upload notebook) and "
-        "run all cells.")
+  print(
+    f"Wrote {FLAGS.out}: open it in Colab (File > Upload notebook) and "
+    "run all cells."
+  )
   return 0
 
 

@@ -33,18 +33,34 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("package", "alexnet-tf", "Installed distribution whose "
-                    "requirements to install (installed with --no-deps).")
-flags.DEFINE_bool("dry_run", False, "Print what pip would install; change "
-                  "nothing.")
+flags.DEFINE_string(
+  "package",
+  "alexnet-tf",
+  "Installed distribution whose "
+  "requirements to install (installed with --no-deps).",
+)
+flags.DEFINE_bool(
+  "dry_run", False, "Print what pip would install; change nothing."
+)
 
 # Distributions that are TensorFlow itself under one name or another.
-TENSORFLOW = ("tensorflow", "tensorflow-cpu", "tensorflow-tpu",
-              "tensorflow-intel", "tensorflow-macos")
+TENSORFLOW = (
+  "tensorflow",
+  "tensorflow-cpu",
+  "tensorflow-tpu",
+  "tensorflow-intel",
+  "tensorflow-macos",
+)
 # Installed alongside TensorFlow and matched to its version: kept as they are.
-TENSORFLOW_FAMILY = TENSORFLOW + ("keras", "tf-keras", "tensorboard",
-                                  "tensorboard-data-server", "libtpu",
-                                  "libtpu-nightly", "ml-dtypes")
+TENSORFLOW_FAMILY = TENSORFLOW + (
+  "keras",
+  "tf-keras",
+  "tensorboard",
+  "tensorboard-data-server",
+  "libtpu",
+  "libtpu-nightly",
+  "ml-dtypes",
+)
 
 
 class InstallError(Exception):
@@ -65,9 +81,11 @@ def split_requirements(package):
   try:
     texts = importlib.metadata.requires(package) or []
   except importlib.metadata.PackageNotFoundError:
-    raise InstallError(f"--package={package} is not installed; first run "
-                       f"pip install --no-deps <{package} sdist, git URL or "
-                       "path>") from None
+    raise InstallError(
+      f"--package={package} is not installed; first run "
+      f"pip install --no-deps <{package} sdist, git URL or "
+      "path>"
+    ) from None
   tensorflow, others = None, []
   for text in texts:
     requirement = Requirement(text)
@@ -105,9 +123,11 @@ def plan(package):
   kept = installed_family()
   installed_tf = [name for name in TENSORFLOW if name in kept]
   if not installed_tf:
-    raise InstallError("no TensorFlow is installed here, so there is none to "
-                       f"keep; install {package} with its dependencies "
-                       "instead (pip install without --no-deps)")
+    raise InstallError(
+      "no TensorFlow is installed here, so there is none to "
+      f"keep; install {package} with its dependencies "
+      "instead (pip install without --no-deps)"
+    )
   to_install, notes = [], []
   asked = [(installed_tf[0], tensorflow)] if tensorflow else []
   for requirement in others:
@@ -118,8 +138,10 @@ def plan(package):
       to_install.append(requirement)
   for name, requirement in asked:
     if not requirement.specifier.contains(kept[name], prereleases=True):
-      notes.append(f"keeping {name} {kept[name]}, outside {package}'s "
-                   f"requirement {requirement}")
+      notes.append(
+        f"keeping {name} {kept[name]}, outside {package}'s "
+        f"requirement {requirement}"
+      )
   return to_install, kept, notes
 
 
@@ -131,8 +153,13 @@ def main(argv):
   except InstallError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
-  print("Keeping " + ", ".join(f"{n} {v}" for n, v in sorted(kept.items())
-                               if not n.startswith("nvidia-")), flush=True)
+  print(
+    "Keeping "
+    + ", ".join(
+      f"{n} {v}" for n, v in sorted(kept.items()) if not n.startswith("nvidia-")
+    ),
+    flush=True,
+  )
   for note in notes:
     print(f"Note: {note}", flush=True)
   if not requirements:
@@ -142,8 +169,15 @@ def main(argv):
     constraints = os.path.join(scratch, "keep.txt")
     with open(constraints, "w", encoding="utf-8") as f:
       f.writelines(f"{name}=={version}\n" for name, version in kept.items())
-    command = [sys.executable, "-m", "pip", "install", "-c", constraints,
-               *(str(r) for r in requirements)]
+    command = [
+      sys.executable,
+      "-m",
+      "pip",
+      "install",
+      "-c",
+      constraints,
+      *(str(r) for r in requirements),
+    ]
     if FLAGS.dry_run:
       command.insert(4, "--dry-run")
     return subprocess.run(command, check=False).returncode

@@ -38,17 +38,38 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values=FLAGS):
   """Defines the launcher's flags on `flag_values`, when it runs as the
   command: importing the module defines no global flag."""
-  flags.DEFINE_integer("workers", 2, "Worker processes to start.", flag_values=flag_values)
-  flags.DEFINE_enum("devices", "auto", ["auto", "gpu", "cpu"],
-                    "'gpu': one GPU per worker; 'cpu': no GPUs; 'auto': gpu if "
-                    "there are at least --workers GPUs, else cpu.", flag_values=flag_values)
-  flags.DEFINE_integer("threads_per_worker", 0, "CPU threads per worker "
-                       "(0 = the cores divided among the workers).", flag_values=flag_values)
-  flags.DEFINE_integer("data_service_workers", 0, "Also start a tf.data service "
-                       "dispatcher and this many workers on 127.0.0.1, and "
-                       "point the trainers at it (--data_service).", flag_values=flag_values)
-  flags.DEFINE_integer("grace_secs", 20, "After a failure or Ctrl-C, seconds "
-                       "between SIGTERM and SIGKILL for the remaining workers.", flag_values=flag_values)
+  flags.DEFINE_integer(
+    "workers", 2, "Worker processes to start.", flag_values=flag_values
+  )
+  flags.DEFINE_enum(
+    "devices",
+    "auto",
+    ["auto", "gpu", "cpu"],
+    "'gpu': one GPU per worker; 'cpu': no GPUs; 'auto': gpu if "
+    "there are at least --workers GPUs, else cpu.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "threads_per_worker",
+    0,
+    "CPU threads per worker (0 = the cores divided among the workers).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "data_service_workers",
+    0,
+    "Also start a tf.data service "
+    "dispatcher and this many workers on 127.0.0.1, and "
+    "point the trainers at it (--data_service).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "grace_secs",
+    20,
+    "After a failure or Ctrl-C, seconds "
+    "between SIGTERM and SIGKILL for the remaining workers.",
+    flag_values=flag_values,
+  )
 
 
 def _pump(stream, prefix, lock):
@@ -78,12 +99,18 @@ class Workers:
       self.processes.append(self._start(command, env, f"worker {index}"))
 
   def _start(self, command, env, name):
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+      command,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      start_new_session=True,
+    )
     print(f"[launch] {name} pid {process.pid}", flush=True)
-    thread = threading.Thread(target=_pump, daemon=True, args=(
-        process.stdout, f"[{name}] ", self._lock))
+    thread = threading.Thread(
+      target=_pump, daemon=True, args=(process.stdout, f"[{name}] ", self._lock)
+    )
     thread.start()
     self._threads.append(thread)
     return process
@@ -107,14 +134,22 @@ class Workers:
     try:
       while True:
         codes = [p.poll() for p in self.processes]
-        failed = [(f"worker {i}", c) for i, c in enumerate(codes)
-                  if c not in (None, 0, PREEMPTED_EXIT_CODE)]
-        failed += [("data service server", p.poll()) for p in self.helpers
-                   if p.poll() is not None]
+        failed = [
+          (f"worker {i}", c)
+          for i, c in enumerate(codes)
+          if c not in (None, 0, PREEMPTED_EXIT_CODE)
+        ]
+        failed += [
+          ("data service server", p.poll())
+          for p in self.helpers
+          if p.poll() is not None
+        ]
         if failed:
           name, code = failed[0]
-          print(f"[launch] {name} exited with {code}; stopping the others.",
-                flush=True)
+          print(
+            f"[launch] {name} exited with {code}; stopping the others.",
+            flush=True,
+          )
           self.stop()
           return code if code and code > 0 else 1
         if all(c is not None for c in codes):
@@ -145,24 +180,33 @@ def check_trainer_flags(trainer_args, num_workers, devices):
     UserError: one line naming the trainer flag that cannot work here.
   """
   config = trainer_flags_lib.parse(trainer_args).config
-  workers = "one worker" if num_workers == 1 else (
-      f"{num_workers} workers as one multi_worker cluster")
+  workers = (
+    "one worker"
+    if num_workers == 1
+    else (f"{num_workers} workers as one multi_worker cluster")
+  )
   if config.strategy not in ("auto", "multi_worker"):
-    raise UserError(f"trainer flag --strategy={config.strategy}: launch.local "
-                    f"runs {workers}; use --strategy=multi_worker or auto")
+    raise UserError(
+      f"trainer flag --strategy={config.strategy}: launch.local "
+      f"runs {workers}; use --strategy=multi_worker or auto"
+    )
   required = config.require_accelerator
   if required != "none" and required != devices:
-    raise UserError(f"trainer flag --require_accelerator={required}: the "
-                    f"workers run on {devices.upper()}s (--devices)")
+    raise UserError(
+      f"trainer flag --require_accelerator={required}: the "
+      f"workers run on {devices.upper()}s (--devices)"
+    )
 
 
 def main(argv):
   trainer_flags = argv[1:]
   if FLAGS.workers < 1:
-    raise app.UsageError(f"--workers must be >= 1, got {FLAGS.workers}",
-                         exitcode=2)
-  envs, devices = cluster.worker_envs(FLAGS.workers, FLAGS.devices,
-                              FLAGS.threads_per_worker)
+    raise app.UsageError(
+      f"--workers must be >= 1, got {FLAGS.workers}", exitcode=2
+    )
+  envs, devices = cluster.worker_envs(
+    FLAGS.workers, FLAGS.devices, FLAGS.threads_per_worker
+  )
   try:
     check_trainer_flags(trainer_flags, FLAGS.workers, devices)
   except UserError as e:
@@ -172,17 +216,38 @@ def main(argv):
   if FLAGS.data_service_workers:
     ports = cluster.free_ports(1 + FLAGS.data_service_workers)
     dispatcher = f"127.0.0.1:{ports[0]}"
-    helpers.append(("data dispatcher", [
-        sys.executable, "-m", "trainer.data_service", "--role=dispatcher",
-        f"--port={ports[0]}"]))
+    helpers.append(
+      (
+        "data dispatcher",
+        [
+          sys.executable,
+          "-m",
+          "trainer.data_service",
+          "--role=dispatcher",
+          f"--port={ports[0]}",
+        ],
+      )
+    )
     for index, port in enumerate(ports[1:]):
-      helpers.append((f"data worker {index}", [
-          sys.executable, "-m", "trainer.data_service", "--role=worker",
-          f"--dispatcher={dispatcher}", f"--port={port}"]))
+      helpers.append(
+        (
+          f"data worker {index}",
+          [
+            sys.executable,
+            "-m",
+            "trainer.data_service",
+            "--role=worker",
+            f"--dispatcher={dispatcher}",
+            f"--port={port}",
+          ],
+        )
+      )
     trainer_flags = [*trainer_flags, f"--data_service=grpc://{dispatcher}"]
   command = [sys.executable, "-m", "trainer.task", *trainer_flags]
-  print(f"[launch] {FLAGS.workers} {devices} worker(s): {' '.join(command[1:])}",
-        flush=True)
+  print(
+    f"[launch] {FLAGS.workers} {devices} worker(s): {' '.join(command[1:])}",
+    flush=True,
+  )
   workers = Workers([(command, env) for env in envs], FLAGS.grace_secs, helpers)
   # SIGTERM to the launcher (a preempted VM) reaches every worker.
   signal.signal(signal.SIGTERM, lambda *_: workers.stop())

@@ -22,47 +22,62 @@ CHECKED = "2026-12-06"
 
 # The sources, named once.
 VERTEX_TRAINING_CONTAINERS = (
-    "https://docs.cloud.google.com/gemini-enterprise-agent-platform/"
-    "machine-learning/training/pre-built-containers")
+  "https://docs.cloud.google.com/gemini-enterprise-agent-platform/"
+  "machine-learning/training/pre-built-containers"
+)
 VERTEX_SUPPORT_POLICY = (
-    "https://docs.cloud.google.com/gemini-enterprise-agent-platform/"
-    "machine-learning/framework-support-policy")
+  "https://docs.cloud.google.com/gemini-enterprise-agent-platform/"
+  "machine-learning/framework-support-policy"
+)
 VERTEX_PREDICTION_CONTAINERS = (
-    "https://docs.cloud.google.com/gemini-enterprise-agent-platform/"
-    "machine-learning/predictions/pre-built-containers")
+  "https://docs.cloud.google.com/gemini-enterprise-agent-platform/"
+  "machine-learning/predictions/pre-built-containers"
+)
 VERTEX_TPU_TRAINING = (
-    "https://cloud.google.com/vertex-ai/docs/training/training-with-tpu-vm")
-TF_TESTED_BUILDS = ("https://github.com/tensorflow/docs/blob/"
-                    "7c3650212740204359d4ceae481abc79345541be/site/en/"
-                    "install/source.md")
-TF_GPU_DOCKERFILE = ("https://github.com/tensorflow/build/blob/"
-                     "5b1c753062b893203406f11a3ee52de63dc6eab3/"
-                     "tensorflow_runtime_dockerfiles/gpu.packages.txt")
-NVIDIA_CUDA_TAGS = ("https://gitlab.com/nvidia/container-images/cuda/-/blob/"
-                    "master/doc/supported-tags.md")
+  "https://cloud.google.com/vertex-ai/docs/training/training-with-tpu-vm"
+)
+TF_TESTED_BUILDS = (
+  "https://github.com/tensorflow/docs/blob/"
+  "7c3650212740204359d4ceae481abc79345541be/site/en/"
+  "install/source.md"
+)
+TF_GPU_DOCKERFILE = (
+  "https://github.com/tensorflow/build/blob/"
+  "5b1c753062b893203406f11a3ee52de63dc6eab3/"
+  "tensorflow_runtime_dockerfiles/gpu.packages.txt"
+)
+NVIDIA_CUDA_TAGS = (
+  "https://gitlab.com/nvidia/container-images/cuda/-/blob/"
+  "master/doc/supported-tags.md"
+)
 CLOUD_TPU_RUNTIMES = "https://cloud.google.com/tpu/docs/runtimes"
 COLAB_TPU_WITHOUT_TF = "https://github.com/googlecolab/colabtools/issues/5164"
-COLAB_RUNTIME_PACKAGES = ("https://github.com/googlecolab/backend-info/blob/"
-                          "a72407924822ea377410b69f0a290150bcb5c9c2/"
-                          "pip-freeze.txt")
+COLAB_RUNTIME_PACKAGES = (
+  "https://github.com/googlecolab/backend-info/blob/"
+  "a72407924822ea377410b69f0a290150bcb5c9c2/"
+  "pip-freeze.txt"
+)
 PYPI = "https://pypi.org/project/{name}/"
 
 
 @dataclasses.dataclass(frozen=True)
 class Image:
   """A prebuilt image of someone else's that a job could run on."""
+
   uri: str
   tensorflow: str
   python: str
-  accelerator: str                  # cpu | gpu | tpu
-  end_of_availability: str | None   # ISO date; None = none published
+  accelerator: str  # cpu | gpu | tpu
+  end_of_availability: str | None  # ISO date; None = none published
   source: str
   checked: str = CHECKED
   note: str = ""
 
   def expired(self, today: datetime.date) -> bool:
-    return (self.end_of_availability is not None and
-            datetime.date.fromisoformat(self.end_of_availability) <= today)
+    return (
+      self.end_of_availability is not None
+      and datetime.date.fromisoformat(self.end_of_availability) <= today
+    )
 
 
 # Vertex AI's newest prebuilt TensorFlow training images. The policy: after
@@ -71,28 +86,70 @@ class Image:
 # images" (VERTEX_SUPPORT_POLICY). No newer row is published; the TPU
 # training images stop at TensorFlow 2.15, and there are none for v5e.
 VERTEX_TRAINING_IMAGES = (
-    Image("us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest",
-          "2.17", "3.10", "cpu", "2026-07-11", VERTEX_TRAINING_CONTAINERS),
-    Image("us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest",
-          "2.17", "3.10", "gpu", "2026-07-11", VERTEX_TRAINING_CONTAINERS,
-          note="CUDA 12.x"),
-    Image("us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-16.py310:latest",
-          "2.16", "3.10", "cpu", "2026-06-28", VERTEX_TRAINING_CONTAINERS),
-    Image("us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-16.py310:latest",
-          "2.16", "3.10", "gpu", "2026-06-28", VERTEX_TRAINING_CONTAINERS),
-    Image("us-docker.pkg.dev/vertex-ai/training/tf-tpu.2-15.cp310:latest",
-          "2.15", "3.10", "tpu", "2025-10-23", VERTEX_TRAINING_CONTAINERS),
+  Image(
+    "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest",
+    "2.17",
+    "3.10",
+    "cpu",
+    "2026-07-11",
+    VERTEX_TRAINING_CONTAINERS,
+  ),
+  Image(
+    "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest",
+    "2.17",
+    "3.10",
+    "gpu",
+    "2026-07-11",
+    VERTEX_TRAINING_CONTAINERS,
+    note="CUDA 12.x",
+  ),
+  Image(
+    "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-16.py310:latest",
+    "2.16",
+    "3.10",
+    "cpu",
+    "2026-06-28",
+    VERTEX_TRAINING_CONTAINERS,
+  ),
+  Image(
+    "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-16.py310:latest",
+    "2.16",
+    "3.10",
+    "gpu",
+    "2026-06-28",
+    VERTEX_TRAINING_CONTAINERS,
+  ),
+  Image(
+    "us-docker.pkg.dev/vertex-ai/training/tf-tpu.2-15.cp310:latest",
+    "2.15",
+    "3.10",
+    "tpu",
+    "2025-10-23",
+    VERTEX_TRAINING_CONTAINERS,
+  ),
 )
 
 # Vertex AI's newest prebuilt TensorFlow prediction (serving) images.
 VERTEX_PREDICTION_IMAGES = (
-    Image("us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
-          "2.15", "", "cpu", "2027-01-14", VERTEX_PREDICTION_CONTAINERS,
-          note="end of patch: July 14, 2026 in the newer copy of the page, "
-          "Jan 14, 2026 in an older one"),
-    Image("us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest",
-          "2.15", "", "gpu", "2027-01-14", VERTEX_PREDICTION_CONTAINERS,
-          note="CUDA 12.x"),
+  Image(
+    "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
+    "2.15",
+    "",
+    "cpu",
+    "2027-01-14",
+    VERTEX_PREDICTION_CONTAINERS,
+    note="end of patch: July 14, 2026 in the newer copy of the page, "
+    "Jan 14, 2026 in an older one",
+  ),
+  Image(
+    "us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest",
+    "2.15",
+    "",
+    "gpu",
+    "2027-01-14",
+    VERTEX_PREDICTION_CONTAINERS,
+    note="CUDA 12.x",
+  ),
 )
 
 
@@ -109,6 +166,7 @@ def vertex_image(uri: str) -> Image | None:
 class CudaBuild:
   """What a TensorFlow release was built and tested with (TF_TESTED_BUILDS):
   the CUDA and cuDNN its GPU kernels need at run time."""
+
   tensorflow: str
   cuda: str
   cudnn: str
@@ -118,17 +176,18 @@ class CudaBuild:
 
 
 TENSORFLOW_CUDA_BUILDS = {
-    "2.21": CudaBuild("2.21", "12.5", "9.3", "3.10-3.13"),
-    "2.20": CudaBuild("2.20", "12.5", "9.3", "3.9-3.13"),
-    "2.19": CudaBuild("2.19", "12.5", "9.3", "3.9-3.12"),
-    "2.18": CudaBuild("2.18", "12.5", "9.3", "3.9-3.12"),
-    "2.17": CudaBuild("2.17", "12.3", "8.9", "3.9-3.12"),
+  "2.21": CudaBuild("2.21", "12.5", "9.3", "3.10-3.13"),
+  "2.20": CudaBuild("2.20", "12.5", "9.3", "3.9-3.13"),
+  "2.19": CudaBuild("2.19", "12.5", "9.3", "3.9-3.12"),
+  "2.18": CudaBuild("2.18", "12.5", "9.3", "3.9-3.12"),
+  "2.17": CudaBuild("2.17", "12.3", "8.9", "3.9-3.12"),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class GpuImage:
   """How our GPU image gets the CUDA and cuDNN its TensorFlow needs."""
+
   base: str
   python: str
   tensorflow: str
@@ -142,30 +201,31 @@ class GpuImage:
 
 
 GPU_IMAGE = GpuImage(
-    # CUDA 12.5, TensorFlow 2.21's build: the base brings the NVIDIA
-    # container settings and the driver's forward compatibility, the wheels
-    # bring the libraries.
-    base="nvidia/cuda:12.5.1-base-ubuntu22.04",
-    python="3.10",  # Ubuntu 22.04's python3
-    tensorflow="2.21.0",
-    cuda_wheels={
-        "nvidia-cublas-cu12": "12.5.3.2",
-        "nvidia-cuda-cupti-cu12": "12.5.82",
-        "nvidia-cuda-nvcc-cu12": "12.5.82",
-        "nvidia-cuda-nvrtc-cu12": "12.5.82",
-        "nvidia-cuda-runtime-cu12": "12.5.82",
-        "nvidia-cudnn-cu12": "9.3.0.75",
-        "nvidia-cufft-cu12": "11.2.3.61",
-        "nvidia-curand-cu12": "10.3.6.82",
-        "nvidia-cusolver-cu12": "11.6.3.83",
-        "nvidia-cusparse-cu12": "12.5.1.3",
-        "nvidia-nccl-cu12": "2.27.7",
-        "nvidia-nvjitlink-cu12": "12.5.82",
-    },
-    source=NVIDIA_CUDA_TAGS + " ; tensorflow 2.21.0 wheel METADATA (and-cuda)",
-    note="the 12.5.1-base-ubuntu22.04 tag is listed as supported as of Dec "
-    "2024; its presence on Docker Hub today was not re-checked (NVIDIA "
-    "deletes tags six months after their end of life)")
+  # CUDA 12.5, TensorFlow 2.21's build: the base brings the NVIDIA
+  # container settings and the driver's forward compatibility, the wheels
+  # bring the libraries.
+  base="nvidia/cuda:12.5.1-base-ubuntu22.04",
+  python="3.10",  # Ubuntu 22.04's python3
+  tensorflow="2.21.0",
+  cuda_wheels={
+    "nvidia-cublas-cu12": "12.5.3.2",
+    "nvidia-cuda-cupti-cu12": "12.5.82",
+    "nvidia-cuda-nvcc-cu12": "12.5.82",
+    "nvidia-cuda-nvrtc-cu12": "12.5.82",
+    "nvidia-cuda-runtime-cu12": "12.5.82",
+    "nvidia-cudnn-cu12": "9.3.0.75",
+    "nvidia-cufft-cu12": "11.2.3.61",
+    "nvidia-curand-cu12": "10.3.6.82",
+    "nvidia-cusolver-cu12": "11.6.3.83",
+    "nvidia-cusparse-cu12": "12.5.1.3",
+    "nvidia-nccl-cu12": "2.27.7",
+    "nvidia-nvjitlink-cu12": "12.5.82",
+  },
+  source=NVIDIA_CUDA_TAGS + " ; tensorflow 2.21.0 wheel METADATA (and-cuda)",
+  note="the 12.5.1-base-ubuntu22.04 tag is listed as supported as of Dec "
+  "2024; its presence on Docker Hub today was not re-checked (NVIDIA "
+  "deletes tags six months after their end of life)",
+)
 
 # The official tensorflow/tensorflow:X.Y.Z-gpu images: nvidia/cuda:12.3.0
 # base, system libcudnn8 8.9.6.50, then a plain `pip install tensorflow`
@@ -178,6 +238,7 @@ OFFICIAL_TF_GPU_IMAGE_LIBRARIES = {"cuda": "12.3", "cudnn": "8.9.6.50"}
 @dataclasses.dataclass(frozen=True)
 class TpuStack:
   """tensorflow-tpu and the libtpu it was released with."""
+
   tensorflow_tpu: str
   libtpu: str
   python: str
@@ -189,45 +250,55 @@ class TpuStack:
 
 
 TPU_STACK = TpuStack(
-    tensorflow_tpu="2.20.0",
-    # tensorflow-tpu 2.20.0 (built 2025-08-07) requires libtpu~=0.0.14,
-    # which today resolves to 0.0.52; 0.0.20 (2025-08-01) was the newest
-    # libtpu when 2.20.0 came out.
-    libtpu="0.0.20",
-    python="3.11",
-    libtpu_path="/lib/libtpu.so",
-    source=PYPI.format(name="tensorflow-tpu") + " ; " +
-    PYPI.format(name="libtpu") + " ; " + VERTEX_TPU_TRAINING,
-    note="paired by the wheels' build dates (PyPI upload dates could not be "
-    "read here); no tensorflow-tpu 2.21 exists")
+  tensorflow_tpu="2.20.0",
+  # tensorflow-tpu 2.20.0 (built 2025-08-07) requires libtpu~=0.0.14,
+  # which today resolves to 0.0.52; 0.0.20 (2025-08-01) was the newest
+  # libtpu when 2.20.0 came out.
+  libtpu="0.0.20",
+  python="3.11",
+  libtpu_path="/lib/libtpu.so",
+  source=PYPI.format(name="tensorflow-tpu")
+  + " ; "
+  + PYPI.format(name="libtpu")
+  + " ; "
+  + VERTEX_TPU_TRAINING,
+  note="paired by the wheels' build dates (PyPI upload dates could not be "
+  "read here); no tensorflow-tpu 2.21 exists",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class TpuRuntime:
   """The Cloud TPU VM software version (`--version`) of a TPU generation."""
+
   generation: str
   accelerator_example: str
-  version: str | None          # None: TensorFlow does not train on it
+  version: str | None  # None: TensorFlow does not train on it
   source: str = CLOUD_TPU_RUNTIMES
   checked: str = CHECKED
   note: str = ""
 
 
 TPU_RUNTIMES = {
-    "v4": TpuRuntime("v4", "v4-8", "tpu-ubuntu2204-base"),
-    "v5e": TpuRuntime("v5e", "v5litepod-8", "v2-alpha-tpuv5-lite"),
-    "v5p": TpuRuntime("v5p", "v5p-8", "v2-alpha-tpuv5"),
-    "v6e": TpuRuntime("v6e", "v6e-8", None, source=VERTEX_TPU_TRAINING,
-                      note="\"Starting with TPU v6e, TensorFlow is no longer "
-                      "supported.\""),
+  "v4": TpuRuntime("v4", "v4-8", "tpu-ubuntu2204-base"),
+  "v5e": TpuRuntime("v5e", "v5litepod-8", "v2-alpha-tpuv5-lite"),
+  "v5p": TpuRuntime("v5p", "v5p-8", "v2-alpha-tpuv5"),
+  "v6e": TpuRuntime(
+    "v6e",
+    "v6e-8",
+    None,
+    source=VERTEX_TPU_TRAINING,
+    note="\"Starting with TPU v6e, TensorFlow is no longer supported.\"",
+  ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ColabRuntime:
   """What a Colab runtime brings."""
-  kind: str                    # cpu_gpu | tpu
-  tensorflow: str | None       # None: not pre-installed
+
+  kind: str  # cpu_gpu | tpu
+  tensorflow: str | None  # None: not pre-installed
   python: str
   source: str
   checked: str = CHECKED
@@ -235,15 +306,23 @@ class ColabRuntime:
 
 
 COLAB_RUNTIMES = {
-    "cpu_gpu": ColabRuntime(
-        "cpu_gpu", "2.20.0", "3.13", COLAB_RUNTIME_PACKAGES,
-        note="the runtime snapshot of 2026-08-19 (backend-info reflects the "
-        "latest submitted change, not necessarily what serves)"),
-    "tpu": ColabRuntime(
-        "tpu", None, "3.13", COLAB_TPU_WITHOUT_TF,
-        note="\"for TPU runtimes, TensorFlow will no longer be "
-        "pre-installed\"; installing tensorflow-tpu there was not verified "
-        "(googlecolab/colabtools#5419)"),
+  "cpu_gpu": ColabRuntime(
+    "cpu_gpu",
+    "2.20.0",
+    "3.13",
+    COLAB_RUNTIME_PACKAGES,
+    note="the runtime snapshot of 2026-08-19 (backend-info reflects the "
+    "latest submitted change, not necessarily what serves)",
+  ),
+  "tpu": ColabRuntime(
+    "tpu",
+    None,
+    "3.13",
+    COLAB_TPU_WITHOUT_TF,
+    note="\"for TPU runtimes, TensorFlow will no longer be "
+    "pre-installed\"; installing tensorflow-tpu there was not verified "
+    "(googlecolab/colabtools#5419)",
+  ),
 }
 
 
@@ -254,11 +333,15 @@ SUPPORTED_TENSORFLOW = ("2.17", "2.21")
 def in_supported_range(version: str) -> bool:
   """Whether TensorFlow `version` (X.Y or X.Y.Z) is in the package's range."""
   major_minor = tuple(int(p) for p in version.split(".")[:2])
-  low, high = (tuple(int(p) for p in v.split(".")) for v in SUPPORTED_TENSORFLOW)
+  low, high = (
+    tuple(int(p) for p in v.split(".")) for v in SUPPORTED_TENSORFLOW
+  )
   return low <= major_minor <= high
 
 
-def cuda_stack_problems(build: CudaBuild, libraries: dict[str, str]) -> list[str]:
+def cuda_stack_problems(
+  build: CudaBuild, libraries: dict[str, str]
+) -> list[str]:
   """Why `libraries` ({"cuda": version, "cudnn": version} as an image
   provides them) cannot run TensorFlow `build`'s GPU kernels; [] if they can.
 
@@ -266,17 +349,29 @@ def cuda_stack_problems(build: CudaBuild, libraries: dict[str, str]) -> list[str
   minor version up; cuDNN must have the build's major version and at least
   its minor."""
   problems = []
+
   def parts(version):
     return tuple(int(p) for p in version.split(".")[:2])
+
   cuda, cudnn = libraries.get("cuda"), libraries.get("cudnn")
-  if not cuda or parts(cuda)[0] != parts(build.cuda)[0] or (
-      parts(cuda) < parts(build.cuda)):
-    problems.append(f"CUDA {cuda or 'missing'}: TensorFlow {build.tensorflow} "
-                    f"was built for CUDA {build.cuda}")
-  if not cudnn or parts(cudnn)[0] != parts(build.cudnn)[0] or (
-      parts(cudnn) < parts(build.cudnn)):
-    problems.append(f"cuDNN {cudnn or 'missing'}: TensorFlow "
-                    f"{build.tensorflow} was built for cuDNN {build.cudnn}")
+  if (
+    not cuda
+    or parts(cuda)[0] != parts(build.cuda)[0]
+    or (parts(cuda) < parts(build.cuda))
+  ):
+    problems.append(
+      f"CUDA {cuda or 'missing'}: TensorFlow {build.tensorflow} "
+      f"was built for CUDA {build.cuda}"
+    )
+  if (
+    not cudnn
+    or parts(cudnn)[0] != parts(build.cudnn)[0]
+    or (parts(cudnn) < parts(build.cudnn))
+  ):
+    problems.append(
+      f"cuDNN {cudnn or 'missing'}: TensorFlow "
+      f"{build.tensorflow} was built for cuDNN {build.cudnn}"
+    )
   return problems
 
 
@@ -294,54 +389,105 @@ def rows() -> list[tuple[str, str, str, str, str]]:
   """(platform, fact, value, source, checked) for the docs' table."""
   out = []
   for image in VERTEX_TRAINING_IMAGES:
-    out.append(("Vertex AI training image", image.uri,
-                f"TF {image.tensorflow}, Python {image.python}; end of "
-                f"availability {image.end_of_availability}" +
-                (f" ({image.note})" if image.note else ""),
-                image.source, image.checked))
+    out.append(
+      (
+        "Vertex AI training image",
+        image.uri,
+        f"TF {image.tensorflow}, Python {image.python}; end of "
+        f"availability {image.end_of_availability}"
+        + (f" ({image.note})" if image.note else ""),
+        image.source,
+        image.checked,
+      )
+    )
   for image in VERTEX_PREDICTION_IMAGES:
-    out.append(("Vertex AI prediction image", image.uri,
-                f"TF {image.tensorflow}; end of availability "
-                f"{image.end_of_availability}" +
-                (f" ({image.note})" if image.note else ""),
-                image.source, image.checked))
+    out.append(
+      (
+        "Vertex AI prediction image",
+        image.uri,
+        f"TF {image.tensorflow}; end of availability "
+        f"{image.end_of_availability}"
+        + (f" ({image.note})" if image.note else ""),
+        image.source,
+        image.checked,
+      )
+    )
   for build in TENSORFLOW_CUDA_BUILDS.values():
-    out.append(("TensorFlow GPU build", f"TensorFlow {build.tensorflow}",
-                f"CUDA {build.cuda}, cuDNN {build.cudnn}, Python "
-                f"{build.python}", build.source, build.checked))
+    out.append(
+      (
+        "TensorFlow GPU build",
+        f"TensorFlow {build.tensorflow}",
+        f"CUDA {build.cuda}, cuDNN {build.cudnn}, Python {build.python}",
+        build.source,
+        build.checked,
+      )
+    )
   image = GPU_IMAGE
-  out.append(("Our GPU image (Dockerfile)", image.base,
-              f"Python {image.python}, tensorflow[and-cuda]=={image.tensorflow}"
-              f", nvidia-cudnn-cu12=={image.cuda_wheels['nvidia-cudnn-cu12']}"
-              f", nvidia-cuda-runtime-cu12=="
-              f"{image.cuda_wheels['nvidia-cuda-runtime-cu12']} ({image.note})",
-              image.source, image.checked))
+  out.append(
+    (
+      "Our GPU image (Dockerfile)",
+      image.base,
+      f"Python {image.python}, tensorflow[and-cuda]=={image.tensorflow}"
+      f", nvidia-cudnn-cu12=={image.cuda_wheels['nvidia-cudnn-cu12']}"
+      f", nvidia-cuda-runtime-cu12=="
+      f"{image.cuda_wheels['nvidia-cuda-runtime-cu12']} ({image.note})",
+      image.source,
+      image.checked,
+    )
+  )
   stack = TPU_STACK
-  out.append(("Our TPU image (Dockerfile.tpu), TPU VMs, Colab TPU",
-              f"tensorflow-tpu=={stack.tensorflow_tpu}",
-              f"libtpu=={stack.libtpu} at {stack.libtpu_path}, Python "
-              f"{stack.python} ({stack.note})", stack.source, stack.checked))
+  out.append(
+    (
+      "Our TPU image (Dockerfile.tpu), TPU VMs, Colab TPU",
+      f"tensorflow-tpu=={stack.tensorflow_tpu}",
+      f"libtpu=={stack.libtpu} at {stack.libtpu_path}, Python "
+      f"{stack.python} ({stack.note})",
+      stack.source,
+      stack.checked,
+    )
+  )
   for runtime in TPU_RUNTIMES.values():
-    out.append(("Cloud TPU VM runtime", f"TPU {runtime.generation}",
-                f"--version={runtime.version}" if runtime.version else
-                f"TensorFlow training not supported ({runtime.note})",
-                runtime.source, runtime.checked))
+    out.append(
+      (
+        "Cloud TPU VM runtime",
+        f"TPU {runtime.generation}",
+        f"--version={runtime.version}"
+        if runtime.version
+        else f"TensorFlow training not supported ({runtime.note})",
+        runtime.source,
+        runtime.checked,
+      )
+    )
   for colab in COLAB_RUNTIMES.values():
     label = "CPU/GPU" if colab.kind == "cpu_gpu" else "TPU"
-    out.append((f"Colab {label} runtime", f"Python {colab.python}",
-                (f"TensorFlow {colab.tensorflow}" if colab.tensorflow else
-                 "no TensorFlow") + f" ({colab.note})", colab.source,
-                colab.checked))
+    out.append(
+      (
+        f"Colab {label} runtime",
+        f"Python {colab.python}",
+        (
+          f"TensorFlow {colab.tensorflow}"
+          if colab.tensorflow
+          else "no TensorFlow"
+        )
+        + f" ({colab.note})",
+        colab.source,
+        colab.checked,
+      )
+    )
   return out
 
 
 def markdown_table() -> str:
   """The docs' platform-facts table (docs/where-it-runs.md holds it)."""
-  lines = ["| platform | what | fact | source | checked |",
-           "| --- | --- | --- | --- | --- |"]
+  lines = [
+    "| platform | what | fact | source | checked |",
+    "| --- | --- | --- | --- | --- |",
+  ]
   for platform, what, value, source, checked in rows():
-    links = " ".join(f"<{s.strip()}>" if s.strip().startswith("http")
-                     else s.strip() for s in source.split(" ; "))
+    links = " ".join(
+      f"<{s.strip()}>" if s.strip().startswith("http") else s.strip()
+      for s in source.split(" ; ")
+    )
     lines.append(f"| {platform} | `{what}` | {value} | {links} | {checked} |")
   return "\n".join(lines)
 
@@ -365,8 +511,10 @@ def main(argv: list[str]) -> int:
   into the docs page."""
   if argv[1:] == ["--write"]:
     import os  # pylint: disable=g-import-not-at-top
-    path = os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), DOCS_PAGE)
+
+    path = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DOCS_PAGE
+    )
     with open(path, encoding="utf-8") as f:
       page = f.read()
     with open(path, "w", encoding="utf-8") as f:
@@ -382,4 +530,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
   import sys  # pylint: disable=g-import-not-at-top
+
   sys.exit(main(sys.argv))

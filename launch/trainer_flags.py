@@ -31,6 +31,7 @@ class TrainerFlags:
     given: names of the flags set on the command line (the rest are the
       named config's defaults).
   """
+
   config_name: str
   config: config_lib.Config
   given: frozenset
@@ -65,12 +66,15 @@ def parse(args: Sequence[str]) -> TrainerFlags:
   config_lib.define_flags(flag_values, defaults)
   leftover = _parse(flag_values, args)[1:]
   if leftover:
-    raise UserError(f"trainer flags: unexpected argument(s) {leftover}; "
-                    "flags look like --name=value")
+    raise UserError(
+      f"trainer flags: unexpected argument(s) {leftover}; "
+      "flags look like --name=value"
+    )
   try:
     config = config_lib.from_flags(flag_values)
   except UserError as e:
     raise UserError(f"trainer flags: {e}") from None
   given = frozenset(name for name in flag_values if flag_values[name].present)
-  return TrainerFlags(defaults.config, config.replace(config=defaults.config),
-                      given)
+  return TrainerFlags(
+    defaults.config, config.replace(config=defaults.config), given
+  )

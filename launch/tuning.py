@@ -29,17 +29,20 @@ from trainer import config as config_lib
 from trainer.errors import UserError
 
 KINDS = ("double", "integer", "discrete", "categorical")
-SCALES = {"linear": "UNIT_LINEAR_SCALE", "log": "UNIT_LOG_SCALE",
-          "reverse_log": "UNIT_REVERSE_LOG_SCALE"}
+SCALES = {
+  "linear": "UNIT_LINEAR_SCALE",
+  "log": "UNIT_LOG_SCALE",
+  "reverse_log": "UNIT_REVERSE_LOG_SCALE",
+}
 GOALS = ("maximize", "minimize")
 # launch.vertex's --search_algorithm -> the study's algorithm (the SDK's name).
 SEARCH_ALGORITHMS = {"bayesian": None, "grid": "grid", "random": "random"}
 GRID_KINDS = ("integer", "discrete", "categorical")
 # Trainer flags a trial must not change, and why.
 NOT_TUNABLE = {
-    "model_dir": "each trial writes to its own AIP_MODEL_DIR under "
-                 "--base_output_dir (<dir>/<trial id>/model)",
-    "hypertune_metric": "it is set by --metric",
+  "model_dir": "each trial writes to its own AIP_MODEL_DIR under "
+  "--base_output_dir (<dir>/<trial id>/model)",
+  "hypertune_metric": "it is set by --metric",
 }
 
 
@@ -58,6 +61,7 @@ class Parameter:
     scale: a key of SCALES, or "" for categorical.
     text: the --param value as given, for messages.
   """
+
   name: str
   kind: str
   values: tuple
@@ -91,12 +95,16 @@ def parse_parameter(spec):
   """
   parts = spec.split(":", 2)
   if len(parts) < 3 or not parts[0]:
-    raise TuningError(f"--param={spec}: expected NAME:TYPE:VALUES[:SCALE] with "
-                      f"TYPE one of {', '.join(KINDS)}")
+    raise TuningError(
+      f"--param={spec}: expected NAME:TYPE:VALUES[:SCALE] with "
+      f"TYPE one of {', '.join(KINDS)}"
+    )
   name, kind, rest = parts
   if kind not in KINDS:
-    raise TuningError(f"--param={spec}: TYPE {kind!r} is not double, integer, "
-                      "discrete or categorical")
+    raise TuningError(
+      f"--param={spec}: TYPE {kind!r} is not double, integer, "
+      "discrete or categorical"
+    )
   if kind == "categorical":  # No scale: any ':' belongs to the values.
     values = tuple(rest.split(","))
     scale = ""
@@ -108,8 +116,9 @@ def parse_parameter(spec):
       raise TuningError(f"--param={spec}: expected NAME:{kind}:{usage}")
     scale = fields[count] if len(fields) > count else "linear"
     if scale not in SCALES:
-      raise TuningError(f"--param={spec}: scale {scale!r} is not linear, log "
-                        "or reverse_log")
+      raise TuningError(
+        f"--param={spec}: scale {scale!r} is not linear, log or reverse_log"
+      )
     texts = fields[:count] if count == 2 else fields[0].split(",")
     values = tuple(_number(t, spec, whole=kind == "integer") for t in texts)
   if kind in ("double", "integer"):
@@ -126,8 +135,9 @@ def parse_parameter(spec):
     if kind == "discrete":
       values = tuple(sorted(values))  # Vertex wants them increasing.
   if scale in ("log", "reverse_log") and min(values) <= 0:
-    raise TuningError(f"--param={spec}: the {scale} scale needs values > 0, got "
-                      f"{min(values):g}")
+    raise TuningError(
+      f"--param={spec}: the {scale} scale needs values > 0, got {min(values):g}"
+    )
   return Parameter(name, kind, values, scale, spec)
 
 
@@ -136,8 +146,9 @@ def _check_flag(parameter, trial_args):
   name, spec = parameter.name, parameter.text
   fields = {f.name: f for f in config_lib.fields()}
   if name in NOT_TUNABLE:
-    raise TuningError(f"--param={spec}: {name} cannot be tuned: "
-                      f"{NOT_TUNABLE[name]}")
+    raise TuningError(
+      f"--param={spec}: {name} cannot be tuned: {NOT_TUNABLE[name]}"
+    )
   if name not in fields:
     close = difflib.get_close_matches(name, fields, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
@@ -145,22 +156,27 @@ def _check_flag(parameter, trial_args):
   field = fields[name]
   integer = field.type in (int, "int")
   numeric = (integer or field.type in (float, "float")) and not field.metadata[
-      "choices"]
+    "choices"
+  ]
   if parameter.kind != "categorical" and not numeric:
     raise TuningError(f"--param={spec}: --{name} takes categorical values")
   fractional = parameter.kind == "double" or (
-      parameter.kind == "discrete" and
-      not all(float(v).is_integer() for v in parameter.values))
+    parameter.kind == "discrete"
+    and not all(float(v).is_integer() for v in parameter.values)
+  )
   if integer and fractional:
-    raise TuningError(f"--param={spec}: --{name} takes whole numbers: use "
-                      "integer, or discrete with whole values")
+    raise TuningError(
+      f"--param={spec}: --{name} takes whole numbers: use "
+      "integer, or discrete with whole values"
+    )
   for value in parameter.trial_values():
     try:
       trainer_flags.parse([*trial_args, f"--{name}={value}"])
     except UserError as e:
       reason = str(e).removeprefix("trainer flags: ")
-      raise TuningError(f"--param={spec}: a trial with --{name}={value} would "
-                        f"stop: {reason}") from None
+      raise TuningError(
+        f"--param={spec}: a trial with --{name}={value} would stop: {reason}"
+      ) from None
 
 
 def trial_trainer_args(options, trainer_args):
@@ -205,40 +221,52 @@ def validate(options, trainer_args, trainer):
   if options["goal"] and options["goal"] not in GOALS:
     raise TuningError(f"--goal={options['goal']} is not maximize or minimize")
   if options["goal"] == "maximize" and metric.endswith("loss"):
-    raise TuningError(f"--goal=maximize with --metric={metric}: {metric} is a "
-                      "loss, which tuning minimizes")
+    raise TuningError(
+      f"--goal=maximize with --metric={metric}: {metric} is a "
+      "loss, which tuning minimizes"
+    )
   if options["goal"] == "minimize" and not metric.endswith("loss"):
-    raise TuningError(f"--goal=minimize with --metric={metric}: tuning "
-                      f"maximizes {metric}")
+    raise TuningError(
+      f"--goal=minimize with --metric={metric}: tuning maximizes {metric}"
+    )
   for name in ("max_trials", "parallel_trials"):
     if options[name] < 1:
       raise TuningError(f"--{name} must be >= 1, got {options[name]}")
   if options["parallel_trials"] > options["max_trials"]:
-    raise TuningError(f"--parallel_trials={options['parallel_trials']} must be "
-                      f"<= --max_trials={options['max_trials']}")
+    raise TuningError(
+      f"--parallel_trials={options['parallel_trials']} must be "
+      f"<= --max_trials={options['max_trials']}"
+    )
   if options["max_failed_trials"] < 0:
-    raise TuningError(f"--max_failed_trials must be >= 0, got "
-                      f"{options['max_failed_trials']}")
+    raise TuningError(
+      f"--max_failed_trials must be >= 0, got {options['max_failed_trials']}"
+    )
   if options["search_algorithm"] not in SEARCH_ALGORITHMS:
-    raise TuningError(f"--search_algorithm={options['search_algorithm']} is "
-                      f"not one of {', '.join(SEARCH_ALGORITHMS)}")
+    raise TuningError(
+      f"--search_algorithm={options['search_algorithm']} is "
+      f"not one of {', '.join(SEARCH_ALGORITHMS)}"
+    )
 
   config = trainer.config
   for name, reason in NOT_TUNABLE.items():
     if name in trainer.given:
-      raise TuningError(f"trainer flag --{name} with --tune: {reason}; drop "
-                        "it")
+      raise TuningError(f"trainer flag --{name} with --tune: {reason}; drop it")
   if metric.endswith("auc") and config.num_classes != 1:
-    raise TuningError(f"--metric={metric}: AUC is logged for binary runs only "
-                      f"(trainer flag --num_classes=1), got --num_classes="
-                      f"{config.num_classes}")
+    raise TuningError(
+      f"--metric={metric}: AUC is logged for binary runs only "
+      f"(trainer flag --num_classes=1), got --num_classes="
+      f"{config.num_classes}"
+    )
   # As trainer.data: no --train_data means the synthetic set, whose
   # validation split exists unless --synthetic_eval_examples=0.
   has_validation = config.eval_data or (
-      not config.train_data and config.synthetic_eval_examples)
+    not config.train_data and config.synthetic_eval_examples
+  )
   if metric.startswith("val_") and not has_validation:
-    raise TuningError(f"--metric={metric} needs validation data: add the "
-                      "trainer flag --eval_data")
+    raise TuningError(
+      f"--metric={metric} needs validation data: add the "
+      "trainer flag --eval_data"
+    )
 
   trial_args = trial_trainer_args(options, trainer_args)
   parameters = []
@@ -251,9 +279,11 @@ def validate(options, trainer_args, trainer):
   if options["search_algorithm"] == "grid":
     for parameter in parameters:
       if parameter.kind not in GRID_KINDS:
-        raise TuningError(f"--search_algorithm=grid: grid search needs "
-                          f"integer, discrete or categorical parameters; "
-                          f"--param={parameter.text} is {parameter.kind}")
+        raise TuningError(
+          f"--search_algorithm=grid: grid search needs "
+          f"integer, discrete or categorical parameters; "
+          f"--param={parameter.text} is {parameter.kind}"
+        )
   return parameters
 
 
@@ -274,14 +304,17 @@ def study_spec(options, parameters):
       spec["integerValueSpec"] = {"minValue": str(low), "maxValue": str(high)}
     elif parameter.kind == "discrete":
       spec["discreteValueSpec"] = {
-          "values": [_json_number(v) for v in parameter.values]}
+        "values": [_json_number(v) for v in parameter.values]
+      }
     else:
       spec["categoricalValueSpec"] = {"values": list(parameter.values)}
     if parameter.scale:
       spec["scaleType"] = SCALES[parameter.scale]
     specs.append(spec)
-  study = {"metrics": [{"metricId": options["metric"], "goal": goal(options)}],
-           "parameters": specs}
+  study = {
+    "metrics": [{"metricId": options["metric"], "goal": goal(options)}],
+    "parameters": specs,
+  }
   algorithm = SEARCH_ALGORITHMS[options["search_algorithm"]]
   if algorithm:
     study["algorithm"] = f"{algorithm.upper()}_SEARCH"
@@ -291,8 +324,11 @@ def study_spec(options, parameters):
   return study
 
 
-def job_request(options: dict[str, Any], parameters: Sequence[Parameter],
-                trial_job_request: dict[str, Any]) -> dict[str, Any]:
+def job_request(
+  options: dict[str, Any],
+  parameters: Sequence[Parameter],
+  trial_job_request: dict[str, Any],
+) -> dict[str, Any]:
   """The HyperparameterTuningJob as Vertex AI's REST API receives it.
 
   Args:
@@ -301,10 +337,12 @@ def job_request(options: dict[str, Any], parameters: Sequence[Parameter],
     trial_job_request: the CustomJob request every trial runs (launch.vertex's
       `job_request` with the trial's trainer flags).
   """
-  request = {"displayName": trial_job_request["displayName"],
-             "studySpec": study_spec(options, parameters),
-             "maxTrialCount": options["max_trials"],
-             "parallelTrialCount": options["parallel_trials"]}
+  request = {
+    "displayName": trial_job_request["displayName"],
+    "studySpec": study_spec(options, parameters),
+    "maxTrialCount": options["max_trials"],
+    "parallelTrialCount": options["parallel_trials"],
+  }
   if options["max_failed_trials"]:
     request["maxFailedTrialCount"] = options["max_failed_trials"]
   request["trialJobSpec"] = trial_job_request["jobSpec"]
@@ -316,6 +354,7 @@ def job_request(options: dict[str, Any], parameters: Sequence[Parameter],
 def sdk_parameters(parameters):
   """The `parameter_spec` of aiplatform.HyperparameterTuningJob."""
   from google.cloud.aiplatform import hyperparameter_tuning as hpt  # pylint: disable=g-import-not-at-top
+
   specs = {}
   for parameter in parameters:
     if parameter.kind == "double":
@@ -325,8 +364,9 @@ def sdk_parameters(parameters):
       low, high = parameter.values
       spec = hpt.IntegerParameterSpec(min=low, max=high, scale=parameter.scale)
     elif parameter.kind == "discrete":
-      spec = hpt.DiscreteParameterSpec(values=list(parameter.values),
-                                       scale=parameter.scale)
+      spec = hpt.DiscreteParameterSpec(
+        values=list(parameter.values), scale=parameter.scale
+      )
     else:
       spec = hpt.CategoricalParameterSpec(values=list(parameter.values))
     specs[parameter.name] = spec

@@ -24,7 +24,7 @@ def _cpu_seconds():
   """CPU seconds of this process and of every child it has waited for."""
   own = resource.getrusage(resource.RUSAGE_SELF)
   children = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # The tiers. The default run (`python -m pytest tests`) is the fast tier:
@@ -32,11 +32,11 @@ def _cpu_seconds():
 # process or needs more carries one of these markers and runs with --all
 # (or when its marker is selected with -m), as .ci/run does.
 TIER_MARKERS = {
-    "slow": "in-process, but more than a few CPU-seconds (training, export)",
-    "multiprocess": "starts processes: the CLI as a user runs it, workers, "
-                    "probes needing a fresh TensorFlow",
-    "install": "builds virtualenvs or packages and runs pip",
-    "notebook": "executes a generated notebook in a Jupyter kernel",
+  "slow": "in-process, but more than a few CPU-seconds (training, export)",
+  "multiprocess": "starts processes: the CLI as a user runs it, workers, "
+  "probes needing a fresh TensorFlow",
+  "install": "builds virtualenvs or packages and runs pip",
+  "notebook": "executes a generated notebook in a Jupyter kernel",
 }
 # CPU seconds (user + system, every thread of this process; setup, call and
 # teardown) an unmarked test may use. CPU time, not wall time: it does not
@@ -45,16 +45,22 @@ FAST_CPU_SECONDS = 8.0
 
 
 def pytest_addoption(parser):
-  parser.addoption("--all", action="store_true", help="Run every tier: the "
-                   f"fast tier and the tests marked {', '.join(TIER_MARKERS)}.")
+  parser.addoption(
+    "--all",
+    action="store_true",
+    help="Run every tier: the "
+    f"fast tier and the tests marked {', '.join(TIER_MARKERS)}.",
+  )
 
 
 def pytest_configure(config):
   for name, meaning in TIER_MARKERS.items():
     config.addinivalue_line("markers", f"{name}: {meaning}")
   config.addinivalue_line(
-      "markers", "cpu_budget(seconds): an unmarked test's own CPU-second "
-      "limit instead of FAST_CPU_SECONDS (the fast tier's one training run)")
+    "markers",
+    "cpu_budget(seconds): an unmarked test's own CPU-second "
+    "limit instead of FAST_CPU_SECONDS (the fast tier's one training run)",
+  )
 
 
 def pytest_collection_finish(session):
@@ -63,6 +69,7 @@ def pytest_collection_finish(session):
   which would count against whichever fast-tier test ran first."""
   if session.items and "tensorflow" not in sys.modules:
     from trainer import startup
+
     startup.start_tensorflow()
 
 
@@ -77,7 +84,8 @@ def pytest_collection_modifyitems(config, items):
   fast = [item for item in items if not _tier_markers(item)]
   if len(fast) < len(items):
     config.hook.pytest_deselected(
-        items=[item for item in items if _tier_markers(item)])
+      items=[item for item in items if _tier_markers(item)]
+    )
     items[:] = fast
 
 
@@ -85,8 +93,13 @@ class _ProcessCounter:
   """Counts the processes this interpreter starts, by every route the
   standard library offers (subprocess, os.fork/spawn/system, multiprocessing)."""
 
-  _PATCHED = ((subprocess.Popen, "_execute_child"), (os, "fork"),
-              (os, "posix_spawn"), (os, "posix_spawnp"), (os, "system"))
+  _PATCHED = (
+    (subprocess.Popen, "_execute_child"),
+    (os, "fork"),
+    (os, "posix_spawn"),
+    (os, "posix_spawnp"),
+    (os, "system"),
+  )
 
   def __init__(self):
     self.started = []
@@ -105,6 +118,7 @@ class _ProcessCounter:
     def counted(*args, **kwargs):
       self.started.append(name)
       return original(*args, **kwargs)
+
     return counted
 
   def __exit__(self, *exc):
@@ -127,10 +141,17 @@ def pytest_runtest_protocol(item, nextitem):
     yield
   if path:
     with open(path, "a") as f:
-      f.write(json.dumps({"test": item.nodeid,
-                          "cpu_secs": round(_cpu_seconds() - cpu, 2),
-                          "wall_secs": round(time.time() - wall, 2),
-                          "processes": len(processes.started)}) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "test": item.nodeid,
+            "cpu_secs": round(_cpu_seconds() - cpu, 2),
+            "wall_secs": round(time.time() - wall, 2),
+            "processes": len(processes.started),
+          }
+        )
+        + "\n"
+      )
 
 
 _COST = pytest.StashKey()
@@ -149,16 +170,19 @@ def pytest_runtest_makereport(item, call):
   budget = item.get_closest_marker("cpu_budget")
   budget = budget.args[0] if budget else FAST_CPU_SECONDS
   if processes.started:
-    problem = (f"started {len(processes.started)} process(es) "
-               f"({', '.join(sorted(set(processes.started)))})")
+    problem = (
+      f"started {len(processes.started)} process(es) "
+      f"({', '.join(sorted(set(processes.started)))})"
+    )
   elif own_cpu > budget:
     problem = f"used {own_cpu:.1f} CPU-seconds (fast-tier budget {budget:g})"
   else:
     return
   report.outcome = "failed"
-  report.longrepr = (f"{item.nodeid} is in the fast tier but {problem}: "
-                     "mark it " + " or ".join(
-                         f"@pytest.mark.{m}" for m in TIER_MARKERS))
+  report.longrepr = (
+    f"{item.nodeid} is in the fast tier but {problem}: "
+    "mark it " + " or ".join(f"@pytest.mark.{m}" for m in TIER_MARKERS)
+  )
 
 
 # pytest.ini runs the suite in two processes, a module's tests in one
@@ -168,10 +192,13 @@ def pytest_runtest_makereport(item, call):
 # rewriting its egg-info, or read that egg-info while another builds.
 # (Other --dist modes are not grouped.)
 SHARED_PROCESS = {
-    "export_test.py": "tiny_run", "results_test.py": "tiny_run",
-    "task_test.py": "tiny_run",
-    "colab_test.py": "checkout", "install_test.py": "checkout",
-    "install_deps_test.py": "checkout", "vertex_test.py": "checkout",
+  "export_test.py": "tiny_run",
+  "results_test.py": "tiny_run",
+  "task_test.py": "tiny_run",
+  "colab_test.py": "checkout",
+  "install_test.py": "checkout",
+  "install_deps_test.py": "checkout",
+  "vertex_test.py": "checkout",
 }
 
 
@@ -188,7 +215,6 @@ def pytest_xdist_make_scheduler(config, log):
   from xdist.scheduler import LoadScopeScheduling
 
   class ModuleGroups(LoadScopeScheduling):
-
     def _split_scope(self, nodeid):
       return SHARED_PROCESS.get(_module_of(nodeid), _module_of(nodeid))
 
@@ -201,10 +227,15 @@ def pytest_runtest_setup(item):
   failed test's report reaches the terminal from an xdist worker, an error
   during a worker's collection does not)."""
   module = _module_of(item.nodeid)
-  if ("tiny_runs" in getattr(item, "fixturenames", ())
-      and SHARED_PROCESS.get(module) != "tiny_run"):
-    pytest.fail(f"{module} uses the tiny_run fixture: add it to "
-                "SHARED_PROCESS in tests/conftest.py", pytrace=False)
+  if (
+    "tiny_runs" in getattr(item, "fixturenames", ())
+    and SHARED_PROCESS.get(module) != "tiny_run"
+  ):
+    pytest.fail(
+      f"{module} uses the tiny_run fixture: add it to "
+      "SHARED_PROCESS in tests/conftest.py",
+      pytrace=False,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -225,12 +256,24 @@ def cache_dir(tmp_path_factory):
 
 def cli_env(cache_dir, **extra):
   env = dict(os.environ)
-  env.update({"XDG_CACHE_HOME": cache_dir, "TF_CPP_MIN_LOG_LEVEL": "2",
-              "PYTHONPATH": REPO})
+  env.update(
+    {
+      "XDG_CACHE_HOME": cache_dir,
+      "TF_CPP_MIN_LOG_LEVEL": "2",
+      "PYTHONPATH": REPO,
+    }
+  )
   # What a Vertex AI job sets: a test says so when it runs as one.
-  for key in ("TF_CONFIG", "CLUSTER_SPEC", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR",
-              "AIP_TENSORBOARD_LOG_DIR", "TPU_NAME", "CLOUD_ML_TRIAL_ID",
-              "CLOUD_ML_HP_METRIC_FILE"):
+  for key in (
+    "TF_CONFIG",
+    "CLUSTER_SPEC",
+    "AIP_MODEL_DIR",
+    "AIP_CHECKPOINT_DIR",
+    "AIP_TENSORBOARD_LOG_DIR",
+    "TPU_NAME",
+    "CLOUD_ML_TRIAL_ID",
+    "CLOUD_ML_HP_METRIC_FILE",
+  ):
     env.pop(key, None)
   env.update(extra)
   # None unsets: e.g. TF_CPP_MIN_LOG_LEVEL=None runs a command at its own
@@ -241,15 +284,23 @@ def cli_env(cache_dir, **extra):
 @pytest.fixture
 def run_cli(cache_dir):
   """run_cli(module, *args, env=None, timeout=...) -> CompletedProcess."""
+
   def run(module, *args, env=None, timeout=600, check=False):
     result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO,
-        env=cli_env(cache_dir, **(env or {})), capture_output=True, text=True,
-        timeout=timeout)
+      [sys.executable, "-m", module, *args],
+      cwd=REPO,
+      env=cli_env(cache_dir, **(env or {})),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
     if check and result.returncode != 0:
-      raise AssertionError(f"{module} {args} exited {result.returncode}:\n"
-                           f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+      raise AssertionError(
+        f"{module} {args} exited {result.returncode}:\n"
+        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+      )
     return result
+
   return run
 
 
@@ -274,16 +325,26 @@ def tiny_runs(tmp_path_factory, cache_dir):
   def get(precision):
     if precision not in runs:
       model_dir = tmp_path_factory.mktemp(f"tiny_run_{precision}") / "run"
-      args = (*TINY_RUN_ARGS, f"--precision={precision}",
-              f"--model_dir={model_dir}")
+      args = (
+        *TINY_RUN_ARGS,
+        f"--precision={precision}",
+        f"--model_dir={model_dir}",
+      )
       env = cli_env(cache_dir, TF_CPP_MIN_LOG_LEVEL=None)
-      result = subprocess.run([sys.executable, "-m", "trainer.task", *args],
-                              cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=600)
-      assert result.returncode == 0, (result.stdout[-3000:] +
-                                      result.stderr[-3000:])
+      result = subprocess.run(
+        [sys.executable, "-m", "trainer.task", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+      )
+      assert result.returncode == 0, (
+        result.stdout[-3000:] + result.stderr[-3000:]
+      )
       runs[precision] = TinyRun(model_dir, args, result.stdout, result.stderr)
     return runs[precision]
+
   return get
 
 
@@ -301,8 +362,10 @@ def copy_run(source, destination):
   with open(config_path) as f:
     config = json.load(f)
   config["model_dir"] = str(destination)
-  config["run_dir"] = {"checkpoint_root": str(destination),
-                       "log_dir": os.path.join(str(destination), "logs")}
+  config["run_dir"] = {
+    "checkpoint_root": str(destination),
+    "log_dir": os.path.join(str(destination), "logs"),
+  }
   with open(config_path, "w") as f:
     json.dump(config, f)
   return destination
@@ -327,7 +390,7 @@ def probe_command(name, *args):
 def probe_result(stdout):
   lines = [l for l in stdout.splitlines() if l.startswith("PROBE ")]
   assert lines, stdout[-3000:]
-  return json.loads(lines[-1][len("PROBE "):])
+  return json.loads(lines[-1][len("PROBE ") :])
 
 
 def run_probe(name, cache_dir, model_dir, timeout=300, **env):
@@ -335,15 +398,26 @@ def run_probe(name, cache_dir, model_dir, timeout=300, **env):
 
   Its parameters come as environment variables (`env`, MODEL_DIR)."""
   result = subprocess.run(
-      probe_command(name), cwd=REPO,
-      env=cli_env(cache_dir, MODEL_DIR=str(model_dir), **env),
-      capture_output=True, text=True, timeout=timeout)
+    probe_command(name),
+    cwd=REPO,
+    env=cli_env(cache_dir, MODEL_DIR=str(model_dir), **env),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   return probe_result(result.stdout)
 
 
-def run_workers(name, cache_dir, model_dir, num_workers=2, timeout=300,
-                env_per_worker=None, **env):
+def run_workers(
+  name,
+  cache_dir,
+  model_dir,
+  num_workers=2,
+  timeout=300,
+  env_per_worker=None,
+  **env,
+):
   """Runs probe `name` as a multi-worker cluster on 127.0.0.1.
 
   Every worker's environment has `env` (and MODEL_DIR, TF_CONFIG,
@@ -351,18 +425,31 @@ def run_workers(name, cache_dir, model_dir, num_workers=2, timeout=300,
   worker's emit()ted dict, or raises with every worker's output.
   """
   from launch import cluster  # Ports on 127.0.0.1, as launch.local picks them.
+
   ports = cluster.free_ports(num_workers)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   processes = []
   for index in range(num_workers):
-    tf_config = json.dumps({"cluster": cluster,
-                            "task": {"type": "worker", "index": index}})
+    tf_config = json.dumps(
+      {"cluster": cluster, "task": {"type": "worker", "index": index}}
+    )
     extra = (env_per_worker or [{}] * num_workers)[index]
-    processes.append(subprocess.Popen(
-        probe_command(name), cwd=REPO,
-        env=cli_env(cache_dir, MODEL_DIR=str(model_dir), TF_CONFIG=tf_config,
-                    WORKER_INDEX=str(index), **{**env, **extra}),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    processes.append(
+      subprocess.Popen(
+        probe_command(name),
+        cwd=REPO,
+        env=cli_env(
+          cache_dir,
+          MODEL_DIR=str(model_dir),
+          TF_CONFIG=tf_config,
+          WORKER_INDEX=str(index),
+          **{**env, **extra},
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+    )
   outputs = []
   try:
     for process in processes:
@@ -373,5 +460,6 @@ def run_workers(name, cache_dir, model_dir, num_workers=2, timeout=300,
         process.kill()
   failed = [(i, p.returncode) for i, p in enumerate(processes) if p.returncode]
   assert not failed, f"workers exited {failed}:\n" + "\n".join(
-      o[-2500:] for o in outputs)
+    o[-2500:] for o in outputs
+  )
   return [probe_result(o) for o in outputs]

@@ -29,30 +29,50 @@ from trainer import faults
 pytestmark = pytest.mark.multiprocess
 
 # Two epochs of 4 steps, a step checkpoint every 2 steps, 2 steps a call.
-ARGS = ("--config=tiny", "--epochs=2", "--deterministic",
-        "--precision=float32", "--synthetic_train_examples=128",
-        "--synthetic_eval_examples=64", "--steps_per_call=2",
-        "--checkpoint_every_steps=2", "--keep_checkpoints=10")
+ARGS = (
+  "--config=tiny",
+  "--epochs=2",
+  "--deterministic",
+  "--precision=float32",
+  "--synthetic_train_examples=128",
+  "--synthetic_eval_examples=64",
+  "--steps_per_call=2",
+  "--checkpoint_every_steps=2",
+  "--keep_checkpoints=10",
+)
 # Ignored when comparing: throughput, and how many times a checkpoint was
 # written (a killed run's save is written again).
 UNCOMPARED = {"images_per_sec", "time"}
 BOOKKEEPING = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/")
 
 
-def _train(model_dir, cache_dir, crash_at="", nan_at_step=0, script=None,
-           extra=()):
+def _train(
+  model_dir, cache_dir, crash_at="", nan_at_step=0, script=None, extra=()
+):
   """The CLI once; returns the exit code (or raises with its output)."""
-  env = cli_env(cache_dir, ALEXNET_CRASH_AT=crash_at or None,
-                ALEXNET_NAN_AT_STEP=str(nan_at_step) if nan_at_step else None)
-  command = ([sys.executable, script] if script else
-             [sys.executable, "-m", "trainer.task"])
-  result = subprocess.run([*command, *ARGS, *extra,
-                           f"--model_dir={model_dir}"],
-                          cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+  env = cli_env(
+    cache_dir,
+    ALEXNET_CRASH_AT=crash_at or None,
+    ALEXNET_NAN_AT_STEP=str(nan_at_step) if nan_at_step else None,
+  )
+  command = (
+    [sys.executable, script]
+    if script
+    else [sys.executable, "-m", "trainer.task"]
+  )
+  result = subprocess.run(
+    [*command, *ARGS, *extra, f"--model_dir={model_dir}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   if result.returncode not in (0, faults.CRASH_EXIT_CODE):
-    raise AssertionError(f"exit {result.returncode}:\n{result.stdout[-2000:]}"
-                         f"\n{result.stderr[-3000:]}")
+    raise AssertionError(
+      f"exit {result.returncode}:\n{result.stdout[-2000:]}"
+      f"\n{result.stderr[-3000:]}"
+    )
   return result.returncode
 
 
@@ -69,8 +89,10 @@ def _checkpoint(directory):
   assert path, f"no checkpoint in {directory}"
   reader = tf.train.load_checkpoint(path)
   return os.path.basename(path), {
-      name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
-      if not name.startswith(BOOKKEEPING)}
+    name: reader.get_tensor(name)
+    for name, _ in tf.train.list_variables(path)
+    if not name.startswith(BOOKKEEPING)
+  }
 
 
 def _fixed_images():
@@ -84,17 +106,21 @@ def snapshot(model_dir):
   assert (export / "COMPLETE").exists(), f"no whole export in {export}"
   serve = tf.saved_model.load(str(export / "saved_model")).signatures["serve"]
   import keras
+
   keras_model = keras.models.load_model(export / "model.keras")
   status = json.loads((model_dir / "status.json").read_text())
   return {
-      "checkpoint": _checkpoint(model_dir / "checkpoints"),
-      "best": _checkpoint(model_dir / "best"),
-      "metrics": [{k: v for k, v in r.items() if k not in UNCOMPARED}
-                  for r in read_jsonl(model_dir / "metrics.jsonl")],
-      "status": {k: v for k, v in status.items() if k not in UNCOMPARED},
-      "served": next(iter(serve(image=tf.constant(_fixed_images())).values(
-          ))).numpy(),
-      "keras": keras_model(_fixed_images()).numpy(),
+    "checkpoint": _checkpoint(model_dir / "checkpoints"),
+    "best": _checkpoint(model_dir / "best"),
+    "metrics": [
+      {k: v for k, v in r.items() if k not in UNCOMPARED}
+      for r in read_jsonl(model_dir / "metrics.jsonl")
+    ],
+    "status": {k: v for k, v in status.items() if k not in UNCOMPARED},
+    "served": next(
+      iter(serve(image=tf.constant(_fixed_images())).values())
+    ).numpy(),
+    "keras": keras_model(_fixed_images()).numpy(),
   }
 
 
@@ -107,8 +133,11 @@ def differences(got, want):
       found.append(f"{key}: {got_name} != {want_name}")
     if set(got_vars) != set(want_vars):
       found.append(f"{key}: variables {sorted(set(got_vars) ^ set(want_vars))}")
-    found += [f"{key}: {name}" for name in sorted(set(got_vars) & set(want_vars))
-              if not np.array_equal(got_vars[name], want_vars[name])]
+    found += [
+      f"{key}: {name}"
+      for name in sorted(set(got_vars) & set(want_vars))
+      if not np.array_equal(got_vars[name], want_vars[name])
+    ]
   for key in ("metrics", "status"):
     if got[key] != want[key]:
       found.append(f"{key}: {got[key]} != {want[key]}")
@@ -125,8 +154,9 @@ def uninterrupted(tmp_path_factory, cache_dir):
   for name, nan_at_step in (("plain", 0), ("nan", 4)):
     model_dir = tmp_path_factory.mktemp("uninterrupted") / name
     extra = ("--nan_policy=rollback",) if nan_at_step else ()
-    assert _train(model_dir, cache_dir, nan_at_step=nan_at_step,
-                  extra=extra) == 0
+    assert (
+      _train(model_dir, cache_dir, nan_at_step=nan_at_step, extra=extra) == 0
+    )
     runs[name] = snapshot(model_dir)
   assert differences(runs["nan"], runs["plain"])  # The NaN run differs.
   return runs
@@ -135,17 +165,22 @@ def uninterrupted(tmp_path_factory, cache_dir):
 # Every named point at its first visit, and the points a run meets several
 # times at a later visit too (mid-epoch, second epoch).
 CASES = [(point, 1) for point in faults.POINTS if point != "rollback:after"] + [
-    ("checkpoint_save:before", 3), ("checkpoint_save:after", 3),
-    ("checkpoint_save:after", 5), ("epoch_end:before", 2),
-    ("metrics:after", 2), ("epoch_checkpoint:after", 2),
-    ("early_stop:decided", 2),
+  ("checkpoint_save:before", 3),
+  ("checkpoint_save:after", 3),
+  ("checkpoint_save:after", 5),
+  ("epoch_end:before", 2),
+  ("metrics:after", 2),
+  ("epoch_checkpoint:after", 2),
+  ("early_stop:decided", 2),
 ]
 
 
-@pytest.mark.parametrize("point,visit", CASES,
-                         ids=[f"{p}:{n}" for p, n in CASES])
+@pytest.mark.parametrize(
+  "point,visit", CASES, ids=[f"{p}:{n}" for p, n in CASES]
+)
 def test_killed_at_a_point_then_rerun_ends_as_the_uninterrupted_run(
-    uninterrupted, tmp_path, cache_dir, point, visit):
+  uninterrupted, tmp_path, cache_dir, point, visit
+):
   model_dir = tmp_path / "run"
   code = _train(model_dir, cache_dir, crash_at=f"{point}:{visit}")
   assert code == faults.CRASH_EXIT_CODE, f"{point}:{visit} was not reached"
@@ -155,7 +190,8 @@ def test_killed_at_a_point_then_rerun_ends_as_the_uninterrupted_run(
 
 @pytest.mark.parametrize("visit", [1, 2])
 def test_killed_after_a_rollback_then_rerun_reads_the_same_batches(
-    uninterrupted, tmp_path, cache_dir, visit):
+  uninterrupted, tmp_path, cache_dir, visit
+):
   """A NaN at step 4 rolls back (the batches of that call are skipped);
   killed right after, or at the next step checkpoint, the re-run resumes
   its input after the skipped batches, as the uninterrupted run did. (The
@@ -163,7 +199,7 @@ def test_killed_after_a_rollback_then_rerun_reads_the_same_batches(
   re-run that reaches step 4 again meets the NaN again.)"""
   model_dir = tmp_path / "run"
   rollback = dict(nan_at_step=4, extra=("--nan_policy=rollback",))
-  crash_at = ("rollback:after:1" if visit == 1 else "checkpoint_save:after:3")
+  crash_at = "rollback:after:1" if visit == 1 else "checkpoint_save:after:3"
   code = _train(model_dir, cache_dir, crash_at=crash_at, **rollback)
   assert code == faults.CRASH_EXIT_CODE
   _until_finished(model_dir, cache_dir, **rollback)
@@ -171,18 +207,21 @@ def test_killed_after_a_rollback_then_rerun_reads_the_same_batches(
 
 
 def test_a_chaos_run_killed_five_times_ends_as_the_uninterrupted_run(
-    uninterrupted, tmp_path, cache_dir):
+  uninterrupted, tmp_path, cache_dir
+):
   """Five kills in a row at five seeded random points, in the order a run
   meets them (each at its first visit in that run's process, so every
   re-run can still meet the next)."""
   model_dir = tmp_path / "run"
   rng = random.Random(20261206)
-  points = sorted(rng.sample([p for p in faults.POINTS
-                              if p != "rollback:after"], 5),
-                  key=faults.POINTS.index)
+  points = sorted(
+    rng.sample([p for p in faults.POINTS if p != "rollback:after"], 5),
+    key=faults.POINTS.index,
+  )
   for point in points:
     assert _train(model_dir, cache_dir, crash_at=point) == (
-        faults.CRASH_EXIT_CODE), f"{point} was not reached ({points})"
+      faults.CRASH_EXIT_CODE
+    ), f"{point} was not reached ({points})"
   _until_finished(model_dir, cache_dir)
   assert differences(snapshot(model_dir), uninterrupted["plain"]) == []
 
@@ -201,29 +240,45 @@ runpy.run_module("trainer.task", run_name="__main__")
 
 
 def test_the_comparison_catches_a_state_field_left_out(
-    uninterrupted, tmp_path, cache_dir):
+  uninterrupted, tmp_path, cache_dir
+):
   """Negative control: a planted bug makes a kill mid-epoch visible."""
   script = tmp_path / "planted_bug.py"
   script.write_text(PLANTED_BUG)
   model_dir = tmp_path / "run"
-  assert _train(model_dir, cache_dir, crash_at="checkpoint_save:after:3",
-                script=str(script)) == faults.CRASH_EXIT_CODE
+  assert (
+    _train(
+      model_dir,
+      cache_dir,
+      crash_at="checkpoint_save:after:3",
+      script=str(script),
+    )
+    == faults.CRASH_EXIT_CODE
+  )
   _until_finished(model_dir, cache_dir, script=str(script))
   found = differences(snapshot(model_dir), uninterrupted["plain"])
   assert any(f.startswith("metrics:") for f in found), found
 
 
-@pytest.mark.parametrize("point,visit", [("epoch_checkpoint:after", 1),
-                                         ("export:saved_model_written", 1),
-                                         ("checkpoint_save:after", 3)])
+@pytest.mark.parametrize(
+  "point,visit",
+  [
+    ("epoch_checkpoint:after", 1),
+    ("export:saved_model_written", 1),
+    ("checkpoint_save:after", 3),
+  ],
+)
 def test_two_mirrored_replicas_killed_then_rerun_end_as_uninterrupted(
-    tmp_path_factory, tmp_path, cache_dir, point, visit):
+  tmp_path_factory, tmp_path, cache_dir, point, visit
+):
   mirrored = ("--strategy=mirrored", "--cpu_devices=2")
   reference = tmp_path_factory.mktemp("mirrored") / "reference"
   if not (reference / "export" / "COMPLETE").exists():
     assert _train(reference, cache_dir, extra=mirrored) == 0
   model_dir = tmp_path / "run"
-  assert _train(model_dir, cache_dir, crash_at=f"{point}:{visit}",
-                extra=mirrored) == faults.CRASH_EXIT_CODE
+  assert (
+    _train(model_dir, cache_dir, crash_at=f"{point}:{visit}", extra=mirrored)
+    == faults.CRASH_EXIT_CODE
+  )
   _until_finished(model_dir, cache_dir, extra=mirrored)
   assert differences(snapshot(model_dir), snapshot(reference)) == []

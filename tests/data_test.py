@@ -17,19 +17,22 @@ from trainer.errors import UserError
 def _jpeg(value, size=40):
   buffer = io.BytesIO()
   Image.fromarray(np.full((size, size + 8, 3), value, np.uint8)).save(
-      buffer, format="JPEG")
+    buffer, format="JPEG"
+  )
   return buffer.getvalue()
 
 
 def _png(value, size=40):
   buffer = io.BytesIO()
   Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(
-      buffer, format="PNG")
+    buffer, format="PNG"
+  )
   return buffer.getvalue()
 
 
-def write_set(directory, num_files, per_file, schema="imagenet", label_fn=None,
-              encode=_jpeg):
+def write_set(
+  directory, num_files, per_file, schema="imagenet", label_fn=None, encode=_jpeg
+):
   """Records whose pixel value encodes their global index (0..n-1)."""
   os.makedirs(directory, exist_ok=True)
   label_fn = label_fn or (lambda i: i % 2)
@@ -41,35 +44,59 @@ def write_set(directory, num_files, per_file, schema="imagenet", label_fn=None,
       if schema == "imagenet":
         example = records.image_example(encoded, label, 40, 48)
       else:
-        example = tf.train.Example(features=tf.train.Features(feature={
-            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        }))
+        example = tf.train.Example(
+          features=tf.train.Features(
+            feature={
+              "image": tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[encoded])
+              ),
+              "label": tf.train.Feature(
+                int64_list=tf.train.Int64List(value=[label])
+              ),
+            }
+          )
+        )
       serialized.append(example.SerializeToString())
       index += 1
-    records.write_shard(os.path.join(directory, records.shard_name("train", f, num_files)),
-                        serialized)
+    records.write_shard(
+      os.path.join(directory, records.shard_name("train", f, num_files)),
+      serialized,
+    )
   return os.path.join(directory, "train-*")
 
 
 def spec_for(pattern, **overrides):
   files = data.list_files(pattern, "train_data")
-  values = dict(files=files, num_examples=data.count_examples(files),
-                schema=data.detect_schema(files[0]), image_size=16, num_classes=1,
-                augment="resize", shuffle_buffer=64, seed=1, deterministic=True)
+  values = dict(
+    files=files,
+    num_examples=data.count_examples(files),
+    schema=data.detect_schema(files[0]),
+    image_size=16,
+    num_classes=1,
+    augment="resize",
+    shuffle_buffer=64,
+    seed=1,
+    deterministic=True,
+  )
   values.update(overrides)
   return data.InputSpec(**values)
 
 
 def context(pipelines, pipeline_id, replicas=None):
-  return tf.distribute.InputContext(pipelines, pipeline_id, replicas or pipelines)
+  return tf.distribute.InputContext(
+    pipelines, pipeline_id, replicas or pipelines
+  )
 
 
 def pixel_ids(dataset, batches):
   ids = []
   for images, *_ in dataset.take(batches):
-    ids.extend(int(round(float(v))) for v in tf.reduce_mean(
-        tf.cast(images, tf.float32), axis=[1, 2, 3]).numpy())
+    ids.extend(
+      int(round(float(v)))
+      for v in tf.reduce_mean(
+        tf.cast(images, tf.float32), axis=[1, 2, 3]
+      ).numpy()
+    )
   return ids
 
 
@@ -78,7 +105,9 @@ def test_schema_detection_and_labels(tmp_path, schema):
   pattern = write_set(tmp_path / schema, 2, 4, schema=schema)
   spec = spec_for(pattern)
   assert spec.schema == schema and spec.num_examples == 8
-  images, labels, skipped = next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
+  images, labels, skipped = next(
+    iter(data.make_train_dataset(spec, context(1, 0), 4))
+  )
   assert skipped.numpy().tolist() == [0, 0, 0, 0]
   assert images.dtype == tf.uint8 and images.shape == (4, 16, 16, 3)
   assert set(labels.numpy()) <= {0, 1}
@@ -90,8 +119,10 @@ def test_pipelines_read_disjoint_data(tmp_path, num_files):
   per_file = 24 // num_files
   pattern = write_set(tmp_path / "d", num_files, per_file)
   spec = spec_for(pattern)
-  seen = [pixel_ids(data.make_train_dataset(spec, context(2, i), 4), 6)
-          for i in range(2)]
+  seen = [
+    pixel_ids(data.make_train_dataset(spec, context(2, i), 4), 6)
+    for i in range(2)
+  ]
   assert not set(seen[0]) & set(seen[1])
   assert set(seen[0]) | set(seen[1]) == set(range(24))
 
@@ -99,9 +130,15 @@ def test_pipelines_read_disjoint_data(tmp_path, num_files):
 def test_file_order_changes_across_epochs_but_is_seeded(tmp_path):
   pattern = write_set(tmp_path / "d", 8, 4)
   spec = spec_for(pattern, shuffle_buffer=1)
-  epoch0 = pixel_ids(data.make_train_dataset(spec, context(1, 0), 32, epoch=0), 1)
-  epoch1 = pixel_ids(data.make_train_dataset(spec, context(1, 0), 32, epoch=1), 1)
-  again0 = pixel_ids(data.make_train_dataset(spec, context(1, 0), 32, epoch=0), 1)
+  epoch0 = pixel_ids(
+    data.make_train_dataset(spec, context(1, 0), 32, epoch=0), 1
+  )
+  epoch1 = pixel_ids(
+    data.make_train_dataset(spec, context(1, 0), 32, epoch=1), 1
+  )
+  again0 = pixel_ids(
+    data.make_train_dataset(spec, context(1, 0), 32, epoch=0), 1
+  )
   assert sorted(epoch0) == sorted(epoch1) == list(range(32))
   assert epoch0 != epoch1 and epoch0 == again0
 
@@ -110,25 +147,32 @@ def test_skip_resumes_the_same_stream(tmp_path):
   pattern = write_set(tmp_path / "d", 4, 8)
   spec = spec_for(pattern, augment="random_resized_crop")
   full = pixel_ids(data.make_train_dataset(spec, context(1, 0), 4, epoch=3), 6)
-  resumed = pixel_ids(data.make_train_dataset(spec, context(1, 0), 4, epoch=3,
-                                              skip_records=8), 4)
+  resumed = pixel_ids(
+    data.make_train_dataset(spec, context(1, 0), 4, epoch=3, skip_records=8), 4
+  )
   assert resumed == full[8:]
 
 
-@pytest.mark.parametrize("pipelines,replicas,batch",
-                         [(1, 1, 4), (2, 2, 6), (1, 3, 6), (4, 32, 32)])
-def test_eval_covers_every_example_exactly_once(tmp_path, pipelines, replicas, batch):
+@pytest.mark.parametrize(
+  "pipelines,replicas,batch", [(1, 1, 4), (2, 2, 6), (1, 3, 6), (4, 32, 32)]
+)
+def test_eval_covers_every_example_exactly_once(
+  tmp_path, pipelines, replicas, batch
+):
   pattern = write_set(tmp_path / "d", 3, 7)  # 21 examples: no batch divides it.
   spec = spec_for(pattern)
   steps = data.eval_steps(21, pipelines, replicas, batch // replicas)
   ids = []
   for p in range(pipelines):
-    dataset = data.make_eval_dataset(spec, context(pipelines, p, replicas), batch,
-                                     steps)
+    dataset = data.make_eval_dataset(
+      spec, context(pipelines, p, replicas), batch, steps
+    )
     batches = list(dataset)
     assert len(batches) == steps * (replicas // pipelines)
     for images, _, weights in batches:
-      means = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3]).numpy()
+      means = tf.reduce_mean(
+        tf.cast(images, tf.float32), axis=[1, 2, 3]
+      ).numpy()
       ids.extend(int(round(m)) for m, w in zip(means, weights.numpy()) if w > 0)
   assert sorted(ids) == list(range(21))
 
@@ -146,12 +190,15 @@ def test_label_out_of_range_names_label_and_file(tmp_path):
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     next(iter(data.make_train_dataset(spec, context(1, 0), 4)))
   assert data.label_error(raised.value) == (
-      f"label 7 outside [0, 2) in {pattern[:-1]}00000-of-00001 (after "
-      "--label_offset=0); labels that start at 1 need --label_offset=1")
+    f"label 7 outside [0, 2) in {pattern[:-1]}00000-of-00001 (after "
+    "--label_offset=0); labels that start at 1 need --label_offset=1"
+  )
 
 
 def test_skip_corrupt_never_drops_out_of_range_labels(tmp_path):
-  pattern = write_set(tmp_path / "bad", 1, 8, label_fn=lambda i: 2 if i == 5 else 0)
+  pattern = write_set(
+    tmp_path / "bad", 1, 8, label_fn=lambda i: 2 if i == 5 else 0
+  )
   spec = spec_for(pattern, skip_corrupt=True)
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(data.make_train_dataset(spec, context(1, 0), 4).take(2))
@@ -167,12 +214,18 @@ def test_pipelines_draw_different_augmentations(tmp_path):
   still be cropped differently (and identically when repeated)."""
   rng = np.random.default_rng(0)
   buffer = io.BytesIO()
-  Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(buffer, format="PNG")
-  pattern = write_set(tmp_path / "same", 2, 4, encode=lambda i: buffer.getvalue())
+  Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(
+    buffer, format="PNG"
+  )
+  pattern = write_set(
+    tmp_path / "same", 2, 4, encode=lambda i: buffer.getvalue()
+  )
   spec = spec_for(pattern, augment="random_resized_crop", shuffle_buffer=1)
 
   def first_image(pipeline_id):
-    images, _, _ = next(iter(data.make_train_dataset(spec, context(2, pipeline_id), 2)))
+    images, _, _ = next(
+      iter(data.make_train_dataset(spec, context(2, pipeline_id), 2))
+    )
     return images[0].numpy()
 
   assert not np.array_equal(first_image(0), first_image(1))
@@ -187,7 +240,9 @@ def test_label_offset(tmp_path):
 
 
 def test_empty_pattern_names_flag_and_pattern(tmp_path):
-  with pytest.raises(UserError, match=r"--eval_data='.*nothing-\*' matches no files"):
+  with pytest.raises(
+    UserError, match=r"--eval_data='.*nothing-\*' matches no files"
+  ):
     data.list_files(str(tmp_path / "nothing-*"), "eval_data")
 
 
@@ -199,20 +254,31 @@ def test_temporary_shards_are_never_read(tmp_path):
 
 def test_skip_corrupt_skips_and_counts_undecodable_records(tmp_path):
   """Two records in 12 hold bytes no decoder reads."""
+
   def encode(index):
     return b"garbage, not an image" if index in (3, 7) else _jpeg(index)
+
   pattern = write_set(tmp_path / "bad", 1, 12, encode=encode)
   strict = spec_for(pattern, augment="random_resized_crop")
   with pytest.raises(tf.errors.InvalidArgumentError):
     list(data.make_train_dataset(strict, context(1, 0), 5).take(2))
   # File order (no shuffle) so both bad records fall within the first pass.
-  lenient = spec_for(pattern, augment="random_resized_crop", skip_corrupt=True,
-                     deterministic=False, shuffle_buffer=1)
+  lenient = spec_for(
+    pattern,
+    augment="random_resized_crop",
+    skip_corrupt=True,
+    deterministic=False,
+    shuffle_buffer=1,
+  )
   dataset = data.make_train_dataset(lenient, context(1, 0), 5)
   ids, skipped = [], 0
   for images, _, skipped_before in dataset.take(2):  # 10 good records
-    ids.extend(int(round(float(v))) for v in tf.reduce_mean(
-        tf.cast(images, tf.float32), axis=[1, 2, 3]).numpy())
+    ids.extend(
+      int(round(float(v)))
+      for v in tf.reduce_mean(
+        tf.cast(images, tf.float32), axis=[1, 2, 3]
+      ).numpy()
+    )
     skipped += int(skipped_before.numpy().sum())
   assert sorted(ids) == sorted(set(range(12)) - {3, 7})
   assert skipped == 2
@@ -233,12 +299,17 @@ def test_counts_are_read_once_and_remembered(tmp_path):
 
 def test_given_example_counts_skip_counting(tmp_path):
   import configs
+
   pattern = write_set(tmp_path / "given", 1, 6)
   for f in data.list_files(pattern, "train_data"):
     records.write_shard(f, [])  # Counting would find 0.
   config = configs.get_config("tiny").replace(
-      train_data=pattern, eval_data=pattern, train_examples=6, eval_examples=3,
-      schema="imagenet")
+    train_data=pattern,
+    eval_data=pattern,
+    train_examples=6,
+    eval_examples=3,
+    schema="imagenet",
+  )
   train_spec, eval_spec = data.resolve_input_specs(config, 32)
   assert (train_spec.num_examples, eval_spec.num_examples) == (6, 3)
 
@@ -271,28 +342,41 @@ def test_tpu_input_functions_feed_only_dtypes_tpus_take(tmp_path, builder):
   third = tf.int64 if builder == "train" else tf.float32  # skipped / weights
   assert [s.dtype for s in host.element_spec] == [tf.uint8, tf.int64, third]
   assert [s.dtype for s in tpu.element_spec] == [
-      tf.bfloat16, tf.int32, tf.int32 if builder == "train" else tf.float32]
+    tf.bfloat16,
+    tf.int32,
+    tf.int32 if builder == "train" else tf.float32,
+  ]
   assert not [s for s in tpu.element_spec if s.dtype in NOT_FOR_TPU]
-  assert [s.shape for s in tpu.element_spec] == [s.shape for s in host.element_spec]
+  assert [s.shape for s in tpu.element_spec] == [
+    s.shape for s in host.element_spec
+  ]
+
   # The same examples, only the dtypes differ (bfloat16 pixels are exact).
   def examples(dataset):
     found = []
     for images, labels, counts in dataset.take(4):
-      for image, label, count in zip(images.numpy(), labels.numpy(),
-                                     counts.numpy()):
-        found.append((image.astype(np.float64).tobytes(), int(label), float(count)))
+      for image, label, count in zip(
+        images.numpy(), labels.numpy(), counts.numpy()
+      ):
+        found.append(
+          (image.astype(np.float64).tobytes(), int(label), float(count))
+        )
     return sorted(found)
+
   assert examples(tpu) == examples(host)
   # The control: one grey level more in every image is a difference.
-  brighter = tpu.map(lambda images, labels, counts: (images + 1, labels, counts))
+  brighter = tpu.map(
+    lambda images, labels, counts: (images + 1, labels, counts)
+  )
   assert examples(brighter) != examples(host)
 
 
 def test_only_tpu_strategies_cast_on_the_host(tmp_path):
   spec = spec_for(write_set(tmp_path / "d", 1, 2))
   strategies = ("one_device", "mirrored", "multi_worker", "tpu")
-  assert [data.for_strategy(spec, name).device_dtypes for name in strategies] == [
-      False, False, False, True]
+  assert [
+    data.for_strategy(spec, name).device_dtypes for name in strategies
+  ] == [False, False, False, True]
 
 
 # A TPU pod slice as tf.distribute sees it: 4 hosts (input pipelines) feeding
@@ -304,9 +388,11 @@ def records_per_host(spec, host_ids, elements=48):
   """The record ids each host's training pipeline reads (a set per host)."""
   seen = []
   for host_id in host_ids:
-    host = tf.distribute.InputContext(num_input_pipelines=POD_HOSTS,
-                                      input_pipeline_id=host_id,
-                                      num_replicas_in_sync=POD_REPLICAS)
+    host = tf.distribute.InputContext(
+      num_input_pipelines=POD_HOSTS,
+      input_pipeline_id=host_id,
+      num_replicas_in_sync=POD_REPLICAS,
+    )
     # One record per replica batch; more elements than any host's share.
     dataset = data.make_train_dataset(spec, host, POD_REPLICAS)
     seen.append(set(pixel_ids(dataset, elements)))
@@ -316,12 +402,14 @@ def records_per_host(spec, host_ids, elements=48):
 def check_split(seen, num_files, per_file):
   """Disjoint, complete, and balanced to one file (or one record a file)."""
   for i, a in enumerate(seen):
-    for b in seen[i + 1:]:
+    for b in seen[i + 1 :]:
       assert not a & b, f"hosts share records {sorted(a & b)}"
   assert set().union(*seen) == set(range(num_files * per_file))
   if num_files >= len(seen):  # Whole files per host.
     files = [{record // per_file for record in records} for records in seen]
-    assert all(len(records) == len(f) * per_file for records, f in zip(seen, files))
+    assert all(
+      len(records) == len(f) * per_file for records, f in zip(seen, files)
+    )
     assert max(map(len, files)) - min(map(len, files)) <= 1, files
   else:  # Every host reads a part of every file.
     sizes = [len(records) for records in seen]
@@ -330,14 +418,16 @@ def check_split(seen, num_files, per_file):
 
 @pytest.mark.parametrize("num_files,per_file", [(10, 3), (13, 2), (3, 8)])
 def test_tpu_pod_hosts_read_disjoint_complete_balanced_shares(
-    tmp_path, num_files, per_file):
+  tmp_path, num_files, per_file
+):
   """3 files for 4 hosts: sharded by record instead of by file."""
   spec = spec_for(write_set(tmp_path / "d", num_files, per_file))
   seen = records_per_host(spec, range(POD_HOSTS))
   check_split(seen, num_files, per_file)
   if num_files >= POD_HOSTS:
     assert sorted(len(s) // per_file for s in seen) == sorted(
-        len(range(i, num_files, POD_HOSTS)) for i in range(POD_HOSTS))
+      len(range(i, num_files, POD_HOSTS)) for i in range(POD_HOSTS)
+    )
   # The control: hosts that all think they are host 0 read the same data.
   with pytest.raises(AssertionError, match="hosts share records"):
     check_split(records_per_host(spec, [0] * POD_HOSTS), num_files, per_file)
@@ -345,6 +435,8 @@ def test_tpu_pod_hosts_read_disjoint_complete_balanced_shares(
 
 def test_split_check_catches_an_unbalanced_split():
   # 10 files of 3 records in contiguous blocks of 3 files: 3, 3, 3 and 1.
-  blocks = [set(range(first * 3, min(first + 3, 10) * 3)) for first in (0, 3, 6, 9)]
+  blocks = [
+    set(range(first * 3, min(first + 3, 10) * 3)) for first in (0, 3, 6, 9)
+  ]
   with pytest.raises(AssertionError):
     check_split(blocks, 10, 3)

@@ -12,6 +12,7 @@ tensorflow-tpu with the libtpu released with it. Each check is also shown
 catching a planted mistake (the official tensorflow/tensorflow:2.21.0-gpu
 base, with its system cuDNN 8.9, among them).
 """
+
 import ast
 import json
 import os
@@ -27,9 +28,26 @@ import tensorflow as tf
 
 from launch import platforms
 
-INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY",
-                "ENTRYPOINT", "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD",
-                "STOPSIGNAL", "HEALTHCHECK", "SHELL", "MAINTAINER"}
+INSTRUCTIONS = {
+  "FROM",
+  "RUN",
+  "CMD",
+  "LABEL",
+  "EXPOSE",
+  "ENV",
+  "ADD",
+  "COPY",
+  "ENTRYPOINT",
+  "VOLUME",
+  "USER",
+  "WORKDIR",
+  "ARG",
+  "ONBUILD",
+  "STOPSIGNAL",
+  "HEALTHCHECK",
+  "SHELL",
+  "MAINTAINER",
+}
 ENTRYPOINT = ["python", "-m", "trainer.task"]
 
 
@@ -65,20 +83,31 @@ def parse_dockerfile(text):
 
 def setup_packages_and_tensorflow(setup_text):
   """(top-level packages setup.py includes, its `tensorflow` Requirement)."""
-  call = next(node for node in ast.walk(ast.parse(setup_text))
-              if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "setup")
+  call = next(
+    node
+    for node in ast.walk(ast.parse(setup_text))
+    if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "setup"
+  )
   keywords = {k.arg: k.value for k in call.keywords}
-  includes = [ast.literal_eval(k.value) for k in keywords["packages"].keywords
-              if k.arg == "include"][0]
-  requirements = [Requirement(r) for r in ast.literal_eval(keywords["install_requires"])]
+  includes = [
+    ast.literal_eval(k.value)
+    for k in keywords["packages"].keywords
+    if k.arg == "include"
+  ][0]
+  requirements = [
+    Requirement(r) for r in ast.literal_eval(keywords["install_requires"])
+  ]
   (tensorflow,) = [r for r in requirements if r.name == "tensorflow"]
   return sorted({p.split(".")[0] for p in includes}), tensorflow
 
 
 def newest_minor(requirement):
   """'2.N', the newest TensorFlow minor version the requirement allows."""
-  allowed = [m for m in range(100)
-             if any(requirement.specifier.contains(f"2.{m}.{p}") for p in range(10))]
+  allowed = [
+    m
+    for m in range(100)
+    if any(requirement.specifier.contains(f"2.{m}.{p}") for p in range(10))
+  ]
   return f"2.{max(allowed)}"
 
 
@@ -107,7 +136,9 @@ def install_problems(instructions):
   if not re.search(r"pip install [^&]*--no-deps[^&]* \.( |$)", runs):
     problems.append("the package is not installed with --no-deps")
   if "python -m launch.install_deps" not in runs:
-    problems.append("launch.install_deps does not install the other requirements")
+    problems.append(
+      "launch.install_deps does not install the other requirements"
+    )
   entrypoint = [a for k, a in instructions if k == "ENTRYPOINT"]
   if [json.loads(e) for e in entrypoint] != [ENTRYPOINT]:
     problems.append(f"ENTRYPOINT is {entrypoint}, not {ENTRYPOINT} (exec form)")
@@ -116,8 +147,12 @@ def install_problems(instructions):
 
 def _pins(text):
   """{name: version} of every `name==version` requirement in `text`."""
-  return {m.group(1).split("[")[0].lower(): m.group(2) for m in re.finditer(
-      r"'?([A-Za-z0-9_.\-]+(?:\[[a-z-]+\])?)==([0-9][0-9.]*)'?", text)}
+  return {
+    m.group(1).split("[")[0].lower(): m.group(2)
+    for m in re.finditer(
+      r"'?([A-Za-z0-9_.\-]+(?:\[[a-z-]+\])?)==([0-9][0-9.]*)'?", text
+    )
+  }
 
 
 def gpu_image_problems(instructions, setup_text):
@@ -135,23 +170,31 @@ def gpu_image_problems(instructions, setup_text):
   if "tensorflow[and-cuda]==" not in runs:
     problems.append("TensorFlow is not installed with its and-cuda wheels")
   if pins.get("tensorflow") != image.tensorflow:
-    problems.append(f"tensorflow=={pins.get('tensorflow')}, not "
-                    f"{image.tensorflow} (launch/platforms.py)")
+    problems.append(
+      f"tensorflow=={pins.get('tensorflow')}, not "
+      f"{image.tensorflow} (launch/platforms.py)"
+    )
   if not image.tensorflow.startswith(newest_minor(tensorflow) + "."):
-    problems.append(f"TensorFlow {image.tensorflow}: setup.py's newest is "
-                    f"{newest_minor(tensorflow)} ({tensorflow})")
+    problems.append(
+      f"TensorFlow {image.tensorflow}: setup.py's newest is "
+      f"{newest_minor(tensorflow)} ({tensorflow})"
+    )
   for name, version in image.cuda_wheels.items():
     if pins.get(name) != version:
-      problems.append(f"{name}=={pins.get(name)}, not {version} "
-                      "(launch/platforms.py)")
+      problems.append(
+        f"{name}=={pins.get(name)}, not {version} (launch/platforms.py)"
+      )
   build = platforms.TENSORFLOW_CUDA_BUILDS[image.tensorflow.rsplit(".", 1)[0]]
   problems += platforms.cuda_stack_problems(
-      build, platforms.wheel_libraries(pins))
+    build, platforms.wheel_libraries(pins)
+  )
   return problems
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.tpu"])
-def test_dockerfile_parses_copies_existing_paths_and_keeps_the_base_tensorflow(name):
+def test_dockerfile_parses_copies_existing_paths_and_keeps_the_base_tensorflow(
+  name,
+):
   instructions = parse_dockerfile(_read(name))
   assert instructions[0][0] == "FROM"
   assert copy_problems(instructions) == []
@@ -159,8 +202,10 @@ def test_dockerfile_parses_copies_existing_paths_and_keeps_the_base_tensorflow(n
 
 
 def test_gpu_image_carries_the_cuda_and_cudnn_its_tensorflow_was_built_for():
-  assert gpu_image_problems(parse_dockerfile(_read("Dockerfile")),
-                            _read("setup.py")) == []
+  assert (
+    gpu_image_problems(parse_dockerfile(_read("Dockerfile")), _read("setup.py"))
+    == []
+  )
 
 
 def test_the_table_knows_the_installed_tensorflows_cuda_build():
@@ -170,7 +215,9 @@ def test_the_table_knows_the_installed_tensorflows_cuda_build():
   info = tf.sysconfig.get_build_info()
   if not info.get("is_cuda_build"):
     pytest.skip("this TensorFlow wheel is not a CUDA build")
-  row = platforms.TENSORFLOW_CUDA_BUILDS[".".join(tf.__version__.split(".")[:2])]
+  row = platforms.TENSORFLOW_CUDA_BUILDS[
+    ".".join(tf.__version__.split(".")[:2])
+  ]
   assert info["cuda_version"].startswith(row.cuda + ".")
   assert row.cudnn.split(".")[0] == str(info["cudnn_version"]).split(".")[0]
 
@@ -199,45 +246,87 @@ def test_pip_resolves_the_gpu_images_install_line_to_its_cuda_build(tmp_path):
   whose cuDNN 8.9 fails the same check."""
   image = platforms.GPU_IMAGE
   instructions = parse_dockerfile(_read("Dockerfile"))
-  line = next(a for k, a in instructions
-              if k == "RUN" and "tensorflow[and-cuda]" in a)
+  line = next(
+    a for k, a in instructions if k == "RUN" and "tensorflow[and-cuda]" in a
+  )
   requirements = [token.strip("'") for token in line.split()[4:]]
   report = tmp_path / "report.json"
   result = subprocess.run(
-      [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet",
-       "--disable-pip-version-check", "--ignore-installed",
-       "--report", str(report), "--target", str(tmp_path / "never"),
-       "--python-version", image.python, "--implementation", "cp",
-       "--only-binary=:all:", "--platform", "manylinux_2_27_x86_64",
-       "--platform", "manylinux_2_17_x86_64", "--platform",
-       "manylinux2014_x86_64", *requirements],
-      capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "install",
+      "--dry-run",
+      "--quiet",
+      "--disable-pip-version-check",
+      "--ignore-installed",
+      "--report",
+      str(report),
+      "--target",
+      str(tmp_path / "never"),
+      "--python-version",
+      image.python,
+      "--implementation",
+      "cp",
+      "--only-binary=:all:",
+      "--platform",
+      "manylinux_2_27_x86_64",
+      "--platform",
+      "manylinux_2_17_x86_64",
+      "--platform",
+      "manylinux2014_x86_64",
+      *requirements,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"]
-              for item in json.loads(report.read_text())["install"]}
+  resolved = {
+    item["metadata"]["name"].lower(): item["metadata"]["version"]
+    for item in json.loads(report.read_text())["install"]
+  }
   assert resolved["tensorflow"] == image.tensorflow
   for name, version in image.cuda_wheels.items():
     assert resolved[name] == version, name
   build = platforms.TENSORFLOW_CUDA_BUILDS[image.tensorflow.rsplit(".", 1)[0]]
-  assert platforms.cuda_stack_problems(
-      build, platforms.wheel_libraries(resolved)) == []
+  assert (
+    platforms.cuda_stack_problems(build, platforms.wheel_libraries(resolved))
+    == []
+  )
   # Without the extra, TensorFlow's own requirements bring no CUDA wheel.
-  tensorflow = next(item for item in json.loads(report.read_text())["install"]
-                    if item["metadata"]["name"].lower() == "tensorflow")
+  tensorflow = next(
+    item
+    for item in json.loads(report.read_text())["install"]
+    if item["metadata"]["name"].lower() == "tensorflow"
+  )
   plain = [Requirement(r) for r in tensorflow["metadata"]["requires_dist"]]
-  assert not [r for r in plain if r.name.startswith("nvidia")
-              and (r.marker is None or r.marker.evaluate({"extra": ""}))]
+  assert not [
+    r
+    for r in plain
+    if r.name.startswith("nvidia")
+    and (r.marker is None or r.marker.evaluate({"extra": ""}))
+  ]
   official = platforms.cuda_stack_problems(
-      build, platforms.OFFICIAL_TF_GPU_IMAGE_LIBRARIES)
-  assert f"cuDNN 8.9.6.50: TensorFlow {build.tensorflow} was built for " \
-      f"cuDNN {build.cudnn}" in official, official
+    build, platforms.OFFICIAL_TF_GPU_IMAGE_LIBRARIES
+  )
+  assert (
+    f"cuDNN 8.9.6.50: TensorFlow {build.tensorflow} was built for "
+    f"cuDNN {build.cudnn}" in official
+  ), official
 
 
 @pytest.mark.multiprocess
 def test_entrypoint_module_starts():
-  result = subprocess.run([sys.executable, "-m", "trainer.task", "--helpshort"],
-                          cwd=REPO, env=cli_env("/tmp"), capture_output=True,
-                          text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "trainer.task", "--helpshort"],
+    cwd=REPO,
+    env=cli_env("/tmp"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   # absl exits 1 after printing help; what matters is that the module
   # imported and defined its flags.
   output = result.stdout + result.stderr
@@ -246,6 +335,7 @@ def test_entrypoint_module_starts():
 
 
 # Negative controls: each check reports a planted mistake.
+
 
 def test_checks_catch_planted_mistakes(tmp_path):
   good = _read("Dockerfile")
@@ -257,22 +347,32 @@ def test_checks_catch_planted_mistakes(tmp_path):
   assert "COPY source config/ does not exist" in copy_problems(missing)
   assert "configs is not copied" in copy_problems(missing)
   with_deps = parse_dockerfile(good.replace("--no-deps", ""))
-  assert "the package is not installed with --no-deps" in install_problems(with_deps)
-  shell_form = parse_dockerfile(re.sub(r"ENTRYPOINT .*", "ENTRYPOINT python -m trainer.task",
-                                       good))
+  assert "the package is not installed with --no-deps" in install_problems(
+    with_deps
+  )
+  shell_form = parse_dockerfile(
+    re.sub(r"ENTRYPOINT .*", "ENTRYPOINT python -m trainer.task", good)
+  )
   with pytest.raises(json.JSONDecodeError):
     install_problems(shell_form)
-  newer_setup = re.sub(r'"tensorflow[=<>!~][^"]*"', '"tensorflow>=2.17,<2.23"', _read("setup.py"))
+  newer_setup = re.sub(
+    r'"tensorflow[=<>!~][^"]*"', '"tensorflow>=2.17,<2.23"', _read("setup.py")
+  )
   assert newer_setup != _read("setup.py")
   assert gpu_image_problems(parse_dockerfile(good), newer_setup)
   # Yesterday's base: the official image, plain TensorFlow, no CUDA wheels.
   official = re.sub(r"FROM .*", "FROM tensorflow/tensorflow:2.21.0-gpu", good)
-  official = re.sub(r"'tensorflow\[and-cuda\]==2.21.0'(.|\n)*?nvjitlink-cu12==[\d.]+",
-                    "tensorflow==2.21.0", official)
+  official = re.sub(
+    r"'tensorflow\[and-cuda\]==2.21.0'(.|\n)*?nvjitlink-cu12==[\d.]+",
+    "tensorflow==2.21.0",
+    official,
+  )
   problems = gpu_image_problems(parse_dockerfile(official), _read("setup.py"))
   assert any("FROM tensorflow/tensorflow:2.21.0-gpu" in p for p in problems)
   assert any(p.startswith("cuDNN missing") for p in problems), problems
-  older_cudnn = good.replace("nvidia-cudnn-cu12==9.3.0.75",
-                             "nvidia-cudnn-cu12==8.9.7.29")
+  older_cudnn = good.replace(
+    "nvidia-cudnn-cu12==9.3.0.75", "nvidia-cudnn-cu12==8.9.7.29"
+  )
   assert "nvidia-cudnn-cu12==8.9.7.29, not 9.3.0.75 (launch/platforms.py)" in (
-      gpu_image_problems(parse_dockerfile(older_cudnn), _read("setup.py")))
+    gpu_image_problems(parse_dockerfile(older_cudnn), _read("setup.py"))
+  )

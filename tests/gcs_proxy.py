@@ -18,22 +18,34 @@ import socketserver
 import ssl
 import sys
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-              "te", "trailer", "upgrade", "proxy-authorization", "content-length"}
+HOP_BY_HOP = {
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "proxy-authorization",
+  "content-length",
+}
 
 
 def _as_https(url):
   for prefix in ("http://", "https://"):
     if url.startswith(prefix):
-      rest = url[len(prefix):]
+      rest = url[len(prefix) :]
       host, _, path = rest.partition("/")
-      if host.split(":")[0] in ("127.0.0.1", "localhost") or "googleapis" in host:
+      if (
+        host.split(":")[0] in ("127.0.0.1", "localhost") or "googleapis" in host
+      ):
         return "https://www.googleapis.com/" + path
   return url
 
 
 class ForwardingHandler(http.server.BaseHTTPRequestHandler):
   """Handles decrypted HTTP/1.1 requests on one tunnelled connection."""
+
   protocol_version = "HTTP/1.1"
   emulator_port = None
 
@@ -59,10 +71,13 @@ class ForwardingHandler(http.server.BaseHTTPRequestHandler):
 
   def _forward(self):
     body = self._read_body()
-    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+    headers = {
+      k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP
+    }
     headers["Content-Length"] = str(len(body))
-    connection = http.client.HTTPConnection("127.0.0.1", self.emulator_port,
-                                            timeout=60)
+    connection = http.client.HTTPConnection(
+      "127.0.0.1", self.emulator_port, timeout=60
+    )
     try:
       connection.request(self.command, self.path, body=body, headers=headers)
       response = connection.getresponse()
@@ -87,6 +102,7 @@ class ForwardingHandler(http.server.BaseHTTPRequestHandler):
 
 class ConnectHandler(socketserver.StreamRequestHandler):
   """Answers CONNECT, then speaks TLS as the requested Google host."""
+
   tls_context = None
 
   def handle(self):
@@ -94,7 +110,9 @@ class ConnectHandler(socketserver.StreamRequestHandler):
     while self.rfile.readline().strip():
       pass
     if not request_line.startswith("CONNECT "):
-      self.wfile.write(b"HTTP/1.1 405 Only CONNECT\r\nContent-Length: 0\r\n\r\n")
+      self.wfile.write(
+        b"HTTP/1.1 405 Only CONNECT\r\nContent-Length: 0\r\n\r\n"
+      )
       return
     sys.stderr.write(request_line)
     self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")

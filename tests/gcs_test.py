@@ -20,39 +20,66 @@ def gcs(tmp_path_factory):
 def _blobs(gcs, prefix):
   from google.auth.credentials import AnonymousCredentials
   from google.cloud import storage
-  client = storage.Client(project="test", credentials=AnonymousCredentials(),
-                          client_options={"api_endpoint": gcs.url})
+
+  client = storage.Client(
+    project="test",
+    credentials=AnonymousCredentials(),
+    client_options={"api_endpoint": gcs.url},
+  )
   return {b.name: b for b in client.list_blobs("alexnet-test", prefix=prefix)}
 
 
 def test_prepare_train_checkpoint_export_on_gcs(gcs, run_cli):
   data = "gs://alexnet-test/data"
-  prepared = run_cli("trainer.prepare", "--source=synthetic", f"--out={data}",
-                     "--synthetic_examples=256,64", "--synthetic_size=37",
-                     "--num_shards=4", env=gcs.env, timeout=300)
+  prepared = run_cli(
+    "trainer.prepare",
+    "--source=synthetic",
+    f"--out={data}",
+    "--synthetic_examples=256,64",
+    "--synthetic_size=37",
+    "--num_shards=4",
+    env=gcs.env,
+    timeout=300,
+  )
   assert prepared.returncode == 0, prepared.stderr[-3000:]
   blobs = _blobs(gcs, "data/")
   assert "data/manifest.json" in blobs and "data/train-00003-of-00004" in blobs
   assert not [name for name in blobs if ".tmp-" in name]
 
   model_dir = "gs://alexnet-test/runs/1"
-  args = ["--config=tiny", f"--train_data={data}/train-*",
-          f"--eval_data={data}/validation-*", f"--model_dir={model_dir}",
-          "--checkpoint_every_steps=4"]
+  args = [
+    "--config=tiny",
+    f"--train_data={data}/train-*",
+    f"--eval_data={data}/validation-*",
+    f"--model_dir={model_dir}",
+    "--checkpoint_every_steps=4",
+  ]
   first = run_cli("trainer.task", *args, "--epochs=1", env=gcs.env, timeout=400)
   assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-  second = run_cli("trainer.task", *args, "--epochs=2", env=gcs.env, timeout=400)
+  second = run_cli(
+    "trainer.task", *args, "--epochs=2", env=gcs.env, timeout=400
+  )
   assert second.returncode == 0, second.stderr[-3000:]
-  assert "Resumed from gs://alexnet-test/runs/1/checkpoints/ckpt-8" in second.stdout
+  assert (
+    "Resumed from gs://alexnet-test/runs/1/checkpoints/ckpt-8" in second.stdout
+  )
 
   blobs = _blobs(gcs, "runs/1/")
-  for name in ("config.json", "status.json", "metrics.jsonl",
-               "checkpoints/checkpoint", "best/checkpoint",
-               "export/model.keras", "export/saved_model/saved_model.pb"):
+  for name in (
+    "config.json",
+    "status.json",
+    "metrics.jsonl",
+    "checkpoints/checkpoint",
+    "best/checkpoint",
+    "export/model.keras",
+    "export/saved_model/saved_model.pb",
+  ):
     assert f"runs/1/{name}" in blobs, sorted(blobs)
   assert any(n.startswith("runs/1/logs/train/events") for n in blobs)
-  metrics = [json.loads(l) for l in
-             blobs["runs/1/metrics.jsonl"].download_as_text().splitlines()]
+  metrics = [
+    json.loads(l)
+    for l in blobs["runs/1/metrics.jsonl"].download_as_text().splitlines()
+  ]
   assert [m["epoch"] for m in metrics] == [1, 2]
   status = json.loads(blobs["runs/1/status.json"].download_as_text())
   assert status["status"] == "completed"

@@ -27,17 +27,29 @@ import pytest
 
 OLDEST_TF_PYTHON = os.environ.get("ALEXNET_OLDEST_TF_PYTHON", "")
 
-pytestmark = [pytest.mark.install, pytest.mark.skipif(
+pytestmark = [
+  pytest.mark.install,
+  pytest.mark.skipif(
     not OLDEST_TF_PYTHON,
     reason="needs ALEXNET_OLDEST_TF_PYTHON: the python of an environment "
-           "holding only the oldest supported TensorFlow and its Keras "
-           "(.ci/run creates one)")]
+    "holding only the oldest supported TensorFlow and its Keras "
+    "(.ci/run creates one)",
+  ),
+]
 
 # What the platform's image owns: the TensorFlow build, its Keras, and the
 # CUDA/TPU libraries it was built against.
-_FRAMEWORK = {"tensorflow", "tensorflow-cpu", "tensorflow-gpu",
-              "tensorflow-tpu", "tensorflow-intel", "keras", "libtpu",
-              "libtpu-nightly"}
+_FRAMEWORK = {
+  "tensorflow",
+  "tensorflow-cpu",
+  "tensorflow-gpu",
+  "tensorflow-tpu",
+  "tensorflow-intel",
+  "keras",
+  "libtpu",
+  "libtpu-nightly",
+}
+
 
 def _is_framework(name):
   name = canonicalize_name(name)
@@ -49,25 +61,47 @@ def installed_distributions(python):
   # -I: that environment's packages only, not this checkout's egg-info
   # (PYTHONPATH or the current directory may name the checkout).
   result = subprocess.run(
-      [python, "-I", PROBE_RUNNER, "install:list_distributions"],
-      capture_output=True, text=True, check=True)
-  return {canonicalize_name(name): info
-          for name, info in json.loads(result.stdout).items()}
+    [python, "-I", PROBE_RUNNER, "install:list_distributions"],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  return {
+    canonicalize_name(name): info
+    for name, info in json.loads(result.stdout).items()
+  }
 
 
 def dry_run(python, requirements, report_path):
   """What `pip install REQUIREMENTS` would install: {name: {version, requires}}."""
   result = subprocess.run(
-      [python, "-I", "-m", "pip", "install", "--dry-run", "--quiet",
-       "--disable-pip-version-check", "--report", str(report_path),
-       *requirements], capture_output=True, text=True, timeout=900)
+    [
+      python,
+      "-I",
+      "-m",
+      "pip",
+      "install",
+      "--dry-run",
+      "--quiet",
+      "--disable-pip-version-check",
+      "--report",
+      str(report_path),
+      *requirements,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with open(report_path) as f:
     report = json.load(f)
-  return {canonicalize_name(item["metadata"]["name"]): {
-              "version": item["metadata"]["version"],
-              "requires": item["metadata"].get("requires_dist", [])}
-          for item in report["install"]}
+  return {
+    canonicalize_name(item["metadata"]["name"]): {
+      "version": item["metadata"]["version"],
+      "requires": item["metadata"].get("requires_dist", []),
+    }
+    for item in report["install"]
+  }
 
 
 def framework_problems(installed, to_install):
@@ -82,8 +116,10 @@ def framework_problems(installed, to_install):
     if not _is_framework(name):
       continue
     if name in installed:
-      problems.append(f"would replace {name} {installed[name]['version']} "
-                      f"with {new['version']}")
+      problems.append(
+        f"would replace {name} {installed[name]['version']} "
+        f"with {new['version']}"
+      )
     else:
       problems.append(f"would add {name} {new['version']}")
   after = {**installed, **to_install}
@@ -97,11 +133,14 @@ def framework_problems(installed, to_install):
       dependency = after.get(canonicalize_name(requirement.name))
       if dependency is None:
         continue  # Absent before too: not this install's doing.
-      if not requirement.specifier.contains(dependency["version"],
-                                            prereleases=True):
-        problems.append(f"{name} {info['version']} requires {line}, but "
-                        f"{requirement.name} {dependency['version']} would be "
-                        "installed")
+      if not requirement.specifier.contains(
+        dependency["version"], prereleases=True
+      ):
+        problems.append(
+          f"{name} {info['version']} requires {line}, but "
+          f"{requirement.name} {dependency['version']} would be "
+          "installed"
+        )
   return problems
 
 
@@ -117,34 +156,49 @@ def oldest():
 def sdist(tmp_path_factory):
   """The sdist launch.vertex uploads, built from this checkout."""
   out_dir = tmp_path_factory.mktemp("sdist")
-  subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir",
-                  str(out_dir)], cwd=REPO, check=True, capture_output=True)
+  subprocess.run(
+    [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(out_dir)],
+    cwd=REPO,
+    check=True,
+    capture_output=True,
+  )
   (path,) = glob.glob(str(out_dir / "*.tar.gz"))
   return path
 
 
-def test_installing_the_sdist_keeps_the_oldest_tensorflow(oldest, sdist,
-                                                           tmp_path):
+def test_installing_the_sdist_keeps_the_oldest_tensorflow(
+  oldest, sdist, tmp_path
+):
   to_install = dry_run(OLDEST_TF_PYTHON, [sdist], tmp_path / "report.json")
   # The environment is the oldest end the package declares.
   declared = [Requirement(r) for r in to_install["alexnet-tf"]["requires"]]
-  lowest = {r.name: Version(s.version) for r in declared if not r.marker
-            for s in r.specifier if s.operator == ">="}
+  lowest = {
+    r.name: Version(s.version)
+    for r in declared
+    if not r.marker
+    for s in r.specifier
+    if s.operator == ">="
+  }
   tensorflow = Version(oldest["tensorflow"]["version"])
   assert tensorflow.release[:2] == lowest["tensorflow"].release[:2], lowest
   assert Version(oldest["keras"]["version"]) == lowest["keras"], lowest
   assert framework_problems(oldest, to_install) == [], (
-      f"tensorflow {oldest['tensorflow']['version']}, keras "
-      f"{oldest['keras']['version']}; pip would install "
-      f"{ {n: i['version'] for n, i in to_install.items()} }")
+    f"tensorflow {oldest['tensorflow']['version']}, keras "
+    f"{oldest['keras']['version']}; pip would install "
+    f"{ {n: i['version'] for n, i in to_install.items()} }"
+  )
 
 
-@pytest.mark.parametrize("planted,expected", [
+@pytest.mark.parametrize(
+  "planted,expected",
+  [
     ("tensorflow>=2.18", "would replace tensorflow"),
     ("numpy>=2", "requires numpy"),
-])
+  ],
+)
 def test_the_check_catches_a_replaced_or_broken_tensorflow(
-    oldest, tmp_path, planted, expected):
+  oldest, tmp_path, planted, expected
+):
   # Negative control: requirements that do disturb TensorFlow 2.17.
   to_install = dry_run(OLDEST_TF_PYTHON, [planted], tmp_path / "report.json")
   problems = framework_problems(oldest, to_install)

@@ -20,22 +20,35 @@ class LayeredVenv:
 
   def __init__(self, path):
     self.path = str(path)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", self.path],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+      [sys.executable, "-m", "venv", "--without-pip", self.path],
+      check=True,
+      capture_output=True,
+      timeout=300,
+    )
     self.python = os.path.join(self.path, "bin", "python")
-    (self.site_packages,) = glob.glob(os.path.join(self.path, "lib", "python*",
-                                                   "site-packages"))
+    (self.site_packages,) = glob.glob(
+      os.path.join(self.path, "lib", "python*", "site-packages")
+    )
     outer = [p for p in site.getsitepackages() if os.path.isdir(p)]
-    with open(os.path.join(self.site_packages, "_outer_environment.pth"),
-              "w") as f:
+    with open(
+      os.path.join(self.site_packages, "_outer_environment.pth"), "w"
+    ) as f:
       f.write("\n".join(outer) + "\n")
 
   def run(self, *args, env=None, timeout=300):
     """Runs this venv's python with `args`; returns the CompletedProcess."""
-    return subprocess.run([self.python, *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+      [self.python, *args],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
 
   def own_distributions(self):
     """Names of the distributions installed into the venv itself."""
-    return sorted(os.path.basename(p).split("-")[0].lower() for p in glob.glob(
-        os.path.join(self.site_packages, "*.dist-info")))
+    return sorted(
+      os.path.basename(p).split("-")[0].lower()
+      for p in glob.glob(os.path.join(self.site_packages, "*.dist-info"))
+    )

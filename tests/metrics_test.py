@@ -8,8 +8,16 @@ from trainer import metrics
 
 def test_confusion_accuracy_and_loss_by_hand():
   labels = tf.constant([0, 1, 2, 2, 1, 0], tf.int64)
-  probs = tf.constant([[.8, .1, .1], [.1, .7, .2], [.2, .2, .6],
-                       [.5, .3, .2], [.6, .3, .1], [.3, .3, .4]])
+  probs = tf.constant(
+    [
+      [0.8, 0.1, 0.1],
+      [0.1, 0.7, 0.2],
+      [0.2, 0.2, 0.6],
+      [0.5, 0.3, 0.2],
+      [0.6, 0.3, 0.1],
+      [0.3, 0.3, 0.4],
+    ]
+  )
   loss = metrics.loss_per_example(labels, probs, 3)
   stats = metrics.batch_stats(labels, probs, loss, 3, with_confusion=True)
   got = metrics.summarize(stats.numpy(), 3, with_confusion=True)
@@ -17,19 +25,22 @@ def test_confusion_accuracy_and_loss_by_hand():
   assert got["confusion_matrix"] == [[1, 0, 1], [1, 1, 0], [1, 0, 1]]
   assert got["count"] == 6
   np.testing.assert_allclose(got["accuracy"], 3 / 6)
-  want_loss = -np.mean(np.log([.8, .7, .6, .2, .3, .3]))
+  want_loss = -np.mean(np.log([0.8, 0.7, 0.6, 0.2, 0.3, 0.3]))
   np.testing.assert_allclose(got["loss"], want_loss, rtol=1e-5)
 
 
 def test_weights_exclude_padding():
   labels = tf.constant([1, 0, 0], tf.int64)
-  probs = tf.constant([[.9], [.2], [.99]])
+  probs = tf.constant([[0.9], [0.2], [0.99]])
   loss = metrics.loss_per_example(labels, probs, 1)
-  stats = metrics.batch_stats(labels, probs, loss, 1,
-                              weights=tf.constant([1.0, 1.0, 0.0]))
+  stats = metrics.batch_stats(
+    labels, probs, loss, 1, weights=tf.constant([1.0, 1.0, 0.0])
+  )
   got = metrics.summarize(stats.numpy(), 1)
   assert got["count"] == 2 and got["accuracy"] == 1.0
-  np.testing.assert_allclose(got["loss"], -np.mean(np.log([.9, .8])), rtol=1e-5)
+  np.testing.assert_allclose(
+    got["loss"], -np.mean(np.log([0.9, 0.8])), rtol=1e-5
+  )
 
 
 def test_auc_matches_pairwise_definition():
@@ -38,9 +49,12 @@ def test_auc_matches_pairwise_definition():
   scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 0.999)
   # Scores on bin centres so binning loses nothing; ties count half.
   scores = (np.floor(scores * metrics.AUC_BINS) + 0.5) / metrics.AUC_BINS
-  stats = metrics.batch_stats(tf.constant(labels), tf.constant(scores[:, None],
-                                                              tf.float32),
-                              tf.zeros(400), 1)
+  stats = metrics.batch_stats(
+    tf.constant(labels),
+    tf.constant(scores[:, None], tf.float32),
+    tf.zeros(400),
+    1,
+  )
   got = metrics.summarize(stats.numpy(), 1)["auc"]
   pos, neg = scores[labels == 1], scores[labels == 0]
   want = np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None]))
@@ -60,9 +74,14 @@ def test_top5_is_an_exact_weighted_count_with_ties():
   # Scores on a coarse grid: many ties straddle the 5th place.
   probs = (rng.integers(0, 6, (300, 12)) / 8.0).astype(np.float32)
   weights = (rng.random(300) < 0.8).astype(np.float32)  # 0 = padding
-  stats = metrics.batch_stats(tf.constant(labels), tf.constant(probs),
-                              tf.zeros(300), 12, weights=tf.constant(weights),
-                              with_confusion=True)
+  stats = metrics.batch_stats(
+    tf.constant(labels),
+    tf.constant(probs),
+    tf.zeros(300),
+    12,
+    weights=tf.constant(weights),
+    with_confusion=True,
+  )
   parts = metrics.StatsLayout(12, with_confusion=True).parts(stats.numpy())
   want = _top5_by_numpy(labels, probs, weights)
   assert parts["top5"][0] == want
@@ -75,15 +94,18 @@ def test_top5_is_an_exact_weighted_count_with_ties():
   order_count = float(np.sum((by_order == labels[:, None]).any(1) * weights))
   assert order_count != parts["top5"][0]
   # Nor does tf.math.in_top_k's rule (ties in the label's favour).
-  in_top_k = tf.math.in_top_k(tf.constant(labels, tf.int32), tf.constant(probs), 5)
+  in_top_k = tf.math.in_top_k(
+    tf.constant(labels, tf.int32), tf.constant(probs), 5
+  )
   assert float(np.sum(in_top_k.numpy() * weights)) != parts["top5"][0]
 
 
 def test_top5_of_a_collapsed_model_is_zero():
   # Equal scores everywhere: no class is among the 5 highest more than any
   # other, so none counts (in_top_k would count every one).
-  stats = metrics.batch_stats(tf.constant([0, 3, 7]), tf.fill([3, 12], 1 / 12),
-                              tf.zeros(3), 12)
+  stats = metrics.batch_stats(
+    tf.constant([0, 3, 7]), tf.fill([3, 12], 1 / 12), tf.zeros(3), 12
+  )
   assert metrics.summarize(stats.numpy(), 12)["top5_accuracy"] == 0.0
   nan_row = tf.constant([[np.nan] + [0.1] * 11])
   stats = metrics.batch_stats(tf.constant([1]), nan_row, tf.zeros(1), 12)
@@ -95,14 +117,21 @@ def test_top5_only_at_five_classes_or_more():
     layout = metrics.StatsLayout(num_classes)
     assert ("top5" in layout.slices) == has_top5
     width = max(1, num_classes)
-    stats = metrics.batch_stats(tf.constant([0, 0]),
-                                tf.fill([2, width], 1.0 / width), tf.zeros(2),
-                                num_classes)
+    stats = metrics.batch_stats(
+      tf.constant([0, 0]),
+      tf.fill([2, width], 1.0 / width),
+      tf.zeros(2),
+      num_classes,
+    )
     assert stats.shape[0] == layout.size
-    assert ("top5_accuracy" in metrics.summarize(stats.numpy(),
-                                                 num_classes)) == has_top5
+    assert (
+      "top5_accuracy" in metrics.summarize(stats.numpy(), num_classes)
+    ) == has_top5
   # With exactly 5 classes every label is in the top 5.
-  stats = metrics.batch_stats(tf.constant([4, 2]),
-                              tf.constant([[.9, .04, .03, .02, .01]] * 2),
-                              tf.zeros(2), 5)
+  stats = metrics.batch_stats(
+    tf.constant([4, 2]),
+    tf.constant([[0.9, 0.04, 0.03, 0.02, 0.01]] * 2),
+    tf.zeros(2),
+    5,
+  )
   assert metrics.summarize(stats.numpy(), 5)["top5_accuracy"] == 1.0

@@ -17,19 +17,27 @@ ORIGINAL_PARAMS = 62_378_344
 TINY_PARAMS = 24_609
 
 
-@pytest.mark.parametrize("name,num_classes,expected", [
+@pytest.mark.parametrize(
+  "name,num_classes,expected",
+  [
     ("seed", 1, SEED_PARAMS),
     ("seed_same", 1, SEED_SAME_PARAMS),
     ("original", 1000, ORIGINAL_PARAMS),
     ("tiny", 1, TINY_PARAMS),
-])
+  ],
+)
 def test_parameter_counts(name, num_classes, expected):
   assert model_lib.build_model(name, num_classes).count_params() == expected
 
 
 def test_original_at_224_padded_equals_227():
   # The paper's 227 input; the classic "224" figure only works padded.
-  assert model_lib.build_model("original", 1000).input_shape == (None, 227, 227, 3)
+  assert model_lib.build_model("original", 1000).input_shape == (
+    None,
+    227,
+    227,
+    3,
+  )
 
 
 def test_seed_flops_match_analysis():
@@ -76,8 +84,10 @@ def test_lrn_matches_paper_formula():
   x = np.random.default_rng(0).normal(size=(1, 1, 1, 8)).astype(np.float32)
   got = layer(x).numpy()[0, 0, 0]
   a = x[0, 0, 0]
-  want = [a[i] / (2 + 1e-4 * np.sum(a[max(0, i - 2):i + 3] ** 2)) ** 0.75
-          for i in range(8)]
+  want = [
+    a[i] / (2 + 1e-4 * np.sum(a[max(0, i - 2) : i + 3] ** 2)) ** 0.75
+    for i in range(8)
+  ]
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
@@ -86,15 +96,17 @@ def test_full_size_seed_training_step_reduces_loss():
   keras.utils.set_random_seed(0)
   model = model_lib.build_model("seed", 1)
   optimizer = keras.optimizers.Adam(1e-4)
-  images = tf.constant(np.random.default_rng(0).integers(
-      0, 255, (4, 224, 224, 3)), tf.uint8)
+  images = tf.constant(
+    np.random.default_rng(0).integers(0, 255, (4, 224, 224, 3)), tf.uint8
+  )
   labels = tf.constant([[0.0], [1.0], [0.0], [1.0]])
 
   @tf.function
   def step():
     with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(keras.losses.binary_crossentropy(
-          labels, model(images, training=True)))
+      loss = tf.reduce_mean(
+        keras.losses.binary_crossentropy(labels, model(images, training=True))
+      )
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss
@@ -109,7 +121,9 @@ def test_full_size_seed_training_step_reduces_loss():
 def test_fused_batch_norm_matches_keras(dtype):
   keras.mixed_precision.set_global_policy(dtype)
   try:
-    x = np.random.default_rng(0).normal(2.0, 3.0, (8, 6, 6, 5)).astype(np.float32)
+    x = (
+      np.random.default_rng(0).normal(2.0, 3.0, (8, 6, 6, 5)).astype(np.float32)
+    )
     fused = model_lib.FusedBatchNormalization(momentum=0.9)
     plain = keras.layers.BatchNormalization(momentum=0.9)
     for layer in (fused, plain):
@@ -119,15 +133,22 @@ def test_fused_batch_norm_matches_keras(dtype):
     tolerance = 1e-5 if dtype == "float32" else 3e-2
     # As float32: the numpy 1.26 of TF 2.17 cannot compare bfloat16 arrays.
     as_float = lambda outputs: tf.cast(outputs, tf.float32)
-    np.testing.assert_allclose(as_float(fused(x, training=True)),
-                               as_float(plain(x, training=True)),
-                               atol=tolerance, rtol=tolerance)
+    np.testing.assert_allclose(
+      as_float(fused(x, training=True)),
+      as_float(plain(x, training=True)),
+      atol=tolerance,
+      rtol=tolerance,
+    )
     for name in ("moving_mean", "moving_variance"):
-      np.testing.assert_allclose(getattr(fused, name).numpy(),
-                                 getattr(plain, name).numpy(), rtol=1e-5)
-    np.testing.assert_allclose(as_float(fused(x, training=False)),
-                               as_float(plain(x, training=False)),
-                               atol=tolerance, rtol=tolerance)
+      np.testing.assert_allclose(
+        getattr(fused, name).numpy(), getattr(plain, name).numpy(), rtol=1e-5
+      )
+    np.testing.assert_allclose(
+      as_float(fused(x, training=False)),
+      as_float(plain(x, training=False)),
+      atol=tolerance,
+      rtol=tolerance,
+    )
   finally:
     keras.mixed_precision.set_global_policy("float32")
 
@@ -135,14 +156,19 @@ def test_fused_batch_norm_matches_keras(dtype):
 def test_portable_copy_has_only_builtin_layers_and_same_outputs():
   model = model_lib.build_model("tiny", 1, 32)
   copy = model_lib.portable_copy(model, "tiny", 1, 32, 0.5)
-  assert not any(isinstance(l, model_lib.FusedBatchNormalization) for l in copy.layers)
+  assert not any(
+    isinstance(l, model_lib.FusedBatchNormalization) for l in copy.layers
+  )
   x = np.random.default_rng(1).integers(0, 255, (2, 32, 32, 3)).astype(np.uint8)
   np.testing.assert_allclose(copy(x), model(x), rtol=1e-6)
 
 
 @pytest.mark.multiprocess
-def test_cross_replica_batch_norm_statistics_are_the_global_batchs(cache_dir, tmp_path):
+def test_cross_replica_batch_norm_statistics_are_the_global_batchs(
+  cache_dir, tmp_path
+):
   from conftest import run_probe
+
   probe = "model:cross_replica_batch_norm"
   one = run_probe(probe, cache_dir, tmp_path, REPLICAS="1")
   two = run_probe(probe, cache_dir, tmp_path, REPLICAS="2")
@@ -155,6 +181,7 @@ def test_cross_replica_batch_norm_statistics_are_the_global_batchs(cache_dir, tm
 @pytest.mark.parametrize("xla", ["0", "1"])
 def test_replicas_draw_different_dropout_masks(cache_dir, tmp_path, xla):
   from conftest import run_probe
+
   got = run_probe("model:dropout_per_replica", cache_dir, tmp_path, XLA=xla)
   assert got["builtin_equal"], got  # What ReplicaDropout exists to avoid.
   assert not got["equal"], got

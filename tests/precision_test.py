@@ -21,10 +21,14 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 def _tiny(model_dir, cache_dir, **changes):
   return configs.get_config("tiny").replace(
-      model_dir=str(model_dir), epochs=1, synthetic_train_examples=128,
-      synthetic_eval_examples=64, checkpoint_every_steps=0,
-      synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
-      **changes)
+    model_dir=str(model_dir),
+    epochs=1,
+    synthetic_train_examples=128,
+    synthetic_eval_examples=64,
+    checkpoint_every_steps=0,
+    synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
+    **changes,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +41,20 @@ def runs(tmp_path_factory, cache_dir):
   def get(precision):
     if precision not in done:
       model_dir = tmp_path_factory.mktemp(precision) / "run"
-      trainer = train_lib.Trainer(_tiny(model_dir, cache_dir,
-                                        precision=precision))
+      trainer = train_lib.Trainer(
+        _tiny(model_dir, cache_dir, precision=precision)
+      )
       compute_dtype = trainer.model.get_layer("conv1").compute_dtype
       summary = trainer.run()
-      done[precision] = (model_dir, summary, compute_dtype,
-                         trainer.model.get_weights())
+      done[precision] = (
+        model_dir,
+        summary,
+        compute_dtype,
+        trainer.model.get_weights(),
+      )
       keras.mixed_precision.set_global_policy("float32")
     return done[precision]
+
   return get
 
 
@@ -52,8 +62,10 @@ def runs(tmp_path_factory, cache_dir):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_trains_in_its_precision_and_exports_in_float32(runs, precision):
   model_dir, summary, compute_dtype, _ = runs(precision)
-  assert compute_dtype == {"float32": "float32",
-                           "mixed_bfloat16": "bfloat16"}[precision]
+  assert (
+    compute_dtype
+    == {"float32": "float32", "mixed_bfloat16": "bfloat16"}[precision]
+  )
   assert summary["status"] == "completed" and summary["step"] == 4
   assert summary["exported"] == str(model_dir / "export")
   saved_model = str(model_dir / "export" / "saved_model")
@@ -77,25 +89,38 @@ def test_export_serves_the_trained_weights(runs, precision):
   serve = tf.saved_model.load(str(model_dir / "export" / "saved_model"))
   image = tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8))
   output = serve.signatures[serving.BYTES_SIGNATURE](
-      image_bytes=tf.stack([image]))
+    image_bytes=tf.stack([image])
+  )
   assert output["probabilities"].dtype == tf.float32
-  np.testing.assert_allclose(output["probabilities"].numpy().sum(), 1.0,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    output["probabilities"].numpy().sum(), 1.0, rtol=1e-6
+  )
 
 
 @pytest.mark.cpu_budget(20)
-@pytest.mark.parametrize("source,target", [("mixed_bfloat16", "float32"),
-                                           ("float32", "mixed_bfloat16")])
-def test_warm_start_from_a_run_in_another_precision(runs, tmp_path, cache_dir,
-                                                    source, target):
+@pytest.mark.parametrize(
+  "source,target",
+  [("mixed_bfloat16", "float32"), ("float32", "mixed_bfloat16")],
+)
+def test_warm_start_from_a_run_in_another_precision(
+  runs, tmp_path, cache_dir, source, target
+):
   source_dir, _, _, _ = runs(source)
-  trainer = train_lib.Trainer(_tiny(
-      tmp_path / "fine_tuned", cache_dir, precision=target,
-      init_from=str(source_dir), export=False))
+  trainer = train_lib.Trainer(
+    _tiny(
+      tmp_path / "fine_tuned",
+      cache_dir,
+      precision=target,
+      init_from=str(source_dir),
+      export=False,
+    )
+  )
   loaded = trainer.model.get_layer("conv1").kernel.numpy()
   exported = keras.models.load_model(source_dir / "export" / "model.keras")
-  np.testing.assert_array_equal(loaded,
-                                exported.get_layer("conv1").kernel.numpy())
+  np.testing.assert_array_equal(
+    loaded, exported.get_layer("conv1").kernel.numpy()
+  )
   assert trainer.model.get_layer("conv1").compute_dtype == (
-      "bfloat16" if target == "mixed_bfloat16" else "float32")
+    "bfloat16" if target == "mixed_bfloat16" else "float32"
+  )
   assert trainer.run()["status"] == "completed"

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.multiprocess
 
 def _image_bytes(fmt, mode="RGB", size=(60, 40), value=120):
   buffer = io.BytesIO()
-  pixels = np.random.default_rng(value).integers(0, 255, (size[1], size[0], 3),
-                                                 dtype=np.uint8)
+  pixels = np.random.default_rng(value).integers(
+    0, 255, (size[1], size[0], 3), dtype=np.uint8
+  )
   image = Image.fromarray(pixels).convert(mode)
   image.save(buffer, format=fmt)
   return buffer.getvalue()
@@ -40,7 +41,9 @@ def make_messy_folder(root):
     (cat / f"{i}.jpg").write_bytes(_image_bytes("JPEG", value=i))
     (dog / f"{i}.jpg").write_bytes(_image_bytes("JPEG", value=10 + i))
   (cat / "empty.jpg").write_bytes(b"")
-  (cat / "truncated.jpg").write_bytes(_image_bytes("JPEG", size=(200, 200))[:900])
+  (cat / "truncated.jpg").write_bytes(
+    _image_bytes("JPEG", size=(200, 200))[:900]
+  )
   (cat / "png_named.jpg").write_bytes(_image_bytes("PNG"))
   (cat / "cmyk.jpg").write_bytes(_image_bytes("JPEG", mode="CMYK"))
   (cat / "gray.jpg").write_bytes(_image_bytes("JPEG", mode="L"))
@@ -66,34 +69,58 @@ def read_all(pattern):
 
 
 def run_prepare(*args, cache_dir, timeout=300):
-  return subprocess.run([sys.executable, "-m", "trainer.prepare", *args],
-                        cwd=REPO, env=cli_env(cache_dir), capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "trainer.prepare", *args],
+    cwd=REPO,
+    env=cli_env(cache_dir),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def test_messy_folder_exact_counts(tmp_path, cache_dir):
   source = make_messy_folder(tmp_path / "PetImages")
   out = tmp_path / "out"
-  result = run_prepare(f"--source=folder:{source}", f"--out={out}",
-                       "--validation_fraction=0.2", "--num_shards=2",
-                       cache_dir=cache_dir)
+  result = run_prepare(
+    f"--source=folder:{source}",
+    f"--out={out}",
+    "--validation_fraction=0.2",
+    "--num_shards=2",
+    cache_dir=cache_dir,
+  )
   assert result.returncode == 0, result.stderr
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["class_names"] == ["Cat", "Dog"]
   splits = manifest["splits"]
-  total = {c: splits["train"]["per_class"].get(c, 0) + splits["validation"]["per_class"].get(c, 0)
-           for c in ("Cat", "Dog")}
+  total = {
+    c: splits["train"]["per_class"].get(c, 0)
+    + splits["validation"]["per_class"].get(c, 0)
+    for c in ("Cat", "Dog")
+  }
   assert total == {"Cat": 6, "Dog": 5}
-  assert splits["train"]["num_examples"] + splits["validation"]["num_examples"] == 11
+  assert (
+    splits["train"]["num_examples"] + splits["validation"]["num_examples"] == 11
+  )
   skipped = manifest["skipped"]
   assert skipped["count"] == 4
   assert {os.path.basename(s["file"]) for s in skipped["files"]} == {
-      "empty.jpg", "truncated.jpg", "Thumbs.db", "notes.txt"}
+    "empty.jpg",
+    "truncated.jpg",
+    "Thumbs.db",
+    "notes.txt",
+  }
   assert skipped["by_reason"]["empty file"] == 1
   assert "Skipped 4 unreadable file(s)" in result.stdout
   assert sorted(os.listdir(out)) == sorted(
-      ["manifest.json", "train-00000-of-00002", "train-00001-of-00002",
-       "validation-00000-of-00002", "validation-00001-of-00002"])
+    [
+      "manifest.json",
+      "train-00000-of-00002",
+      "train-00001-of-00002",
+      "validation-00000-of-00002",
+      "validation-00001-of-00002",
+    ]
+  )
   rows = read_all(str(out / "train-*")) + read_all(str(out / "validation-*"))
   assert len(rows) == 11 and sorted(l for l, _ in rows) == [0] * 6 + [1] * 5
   assert manifest["image_size"]["height"]["max"] == 40
@@ -103,8 +130,13 @@ def test_split_is_deterministic_and_resize_applies(tmp_path, cache_dir):
   source = make_messy_folder(tmp_path / "src")
   outputs = []
   for name in ("a", "b"):
-    result = run_prepare(f"--source=folder:{source}", f"--out={tmp_path / name}",
-                         "--resize_to=20", "--num_shards=1", cache_dir=cache_dir)
+    result = run_prepare(
+      f"--source=folder:{source}",
+      f"--out={tmp_path / name}",
+      "--resize_to=20",
+      "--num_shards=1",
+      cache_dir=cache_dir,
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / name / "manifest.json").read_text())
     outputs.append(manifest["splits"]["validation"]["per_class"])
@@ -118,9 +150,13 @@ def test_flat_kaggle_folder(tmp_path, cache_dir):
   for i in range(4):
     (source / f"cat.{i}.jpg").write_bytes(_image_bytes("JPEG", value=i))
     (source / f"dog.{i}.jpg").write_bytes(_image_bytes("JPEG", value=9 + i))
-  result = run_prepare(f"--source=folder:{source}", f"--out={tmp_path / 'o'}",
-                       "--validation_fraction=0.25", "--num_shards=1",
-                       cache_dir=cache_dir)
+  result = run_prepare(
+    f"--source=folder:{source}",
+    f"--out={tmp_path / 'o'}",
+    "--validation_fraction=0.25",
+    "--num_shards=1",
+    cache_dir=cache_dir,
+  )
   assert result.returncode == 0, result.stderr
   manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
   assert manifest["class_names"] == ["cat", "dog"]
@@ -131,16 +167,21 @@ def test_nothing_usable_exits_non_zero(tmp_path, cache_dir):
   for name in ("A", "B"):
     (tmp_path / "junk" / name).mkdir(parents=True)
     (tmp_path / "junk" / name / "x.jpg").write_bytes(b"")
-  result = run_prepare(f"--source=folder:{tmp_path / 'junk'}",
-                       f"--out={tmp_path / 'o'}", cache_dir=cache_dir)
+  result = run_prepare(
+    f"--source=folder:{tmp_path / 'junk'}",
+    f"--out={tmp_path / 'o'}",
+    cache_dir=cache_dir,
+  )
   assert result.returncode == 1
   assert "no usable images" in result.stderr
   assert not (tmp_path / "o" / "manifest.json").exists()
 
 
 def _shard_digests(directory):
-  return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-          for path in sorted(directory.glob("*-of-*"))}
+  return {
+    path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+    for path in sorted(directory.glob("*-of-*"))
+  }
 
 
 def test_folder_shards_mix_classes_in_a_seeded_order(tmp_path, cache_dir):
@@ -149,13 +190,19 @@ def test_folder_shards_mix_classes_in_a_seeded_order(tmp_path, cache_dir):
     (source / name).mkdir(parents=True)
     for i in range(40):
       (source / name / f"{i}.jpg").write_bytes(
-          _image_bytes("JPEG", size=(16, 16), value=100 * label + i))
+        _image_bytes("JPEG", size=(16, 16), value=100 * label + i)
+      )
   runs = {}
   for name, seed in (("a", 0), ("b", 0), ("other_seed", 1)):
     out = tmp_path / name
-    result = run_prepare(f"--source=folder:{source}", f"--out={out}",
-                         "--validation_fraction=0.25", "--num_shards=2",
-                         f"--split_seed={seed}", cache_dir=cache_dir)
+    result = run_prepare(
+      f"--source=folder:{source}",
+      f"--out={out}",
+      "--validation_fraction=0.25",
+      "--num_shards=2",
+      f"--split_seed={seed}",
+      cache_dir=cache_dir,
+    )
     assert result.returncode == 0, result.stderr
     runs[name] = _shard_digests(out)
   for shard in sorted((tmp_path / "a").glob("*-of-*")):
@@ -168,12 +215,23 @@ def test_folder_shards_mix_classes_in_a_seeded_order(tmp_path, cache_dir):
   assert all(runs["a"][n] != runs["other_seed"][n] for n in runs["a"])
 
 
-def test_killed_run_leaves_no_whole_looking_shard_and_rerun_finishes(tmp_path, cache_dir):
+def test_killed_run_leaves_no_whole_looking_shard_and_rerun_finishes(
+  tmp_path, cache_dir
+):
   out = tmp_path / "syn"
-  args = ["--source=synthetic", f"--out={out}", "--num_shards=40", "--workers=1"]
-  process = subprocess.Popen([sys.executable, "-m", "trainer.prepare", *args],
-                             cwd=REPO, env=cli_env(cache_dir),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  args = [
+    "--source=synthetic",
+    f"--out={out}",
+    "--num_shards=40",
+    "--workers=1",
+  ]
+  process = subprocess.Popen(
+    [sys.executable, "-m", "trainer.prepare", *args],
+    cwd=REPO,
+    env=cli_env(cache_dir),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 240
   while time.time() < deadline and not list(out.glob("train-*-of-00040")):
     time.sleep(0.05)
@@ -195,8 +253,14 @@ def test_killed_run_leaves_no_whole_looking_shard_and_rerun_finishes(tmp_path, c
 def test_tfds_source_with_seed_split(tmp_path, cache_dir):
   # trainer.prepare's flags would clash with other modules' in this process.
   command = probe_command("prepare:tfds_cats_vs_dogs", tmp_path / "cvd")
-  result = subprocess.run(command, cwd=REPO, env=cli_env(cache_dir),
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    command,
+    cwd=REPO,
+    env=cli_env(cache_dir),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   manifest = json.loads(result.stdout.strip().splitlines()[-1])
   assert manifest["class_names"] == ["cat", "dog"]
@@ -208,8 +272,13 @@ def test_tfds_source_with_seed_split(tmp_path, cache_dir):
 def _run_measuring_peak_rss_mb(args, log_path, cache_dir, timeout=180):
   """Runs a child process; returns (exit code, its peak RSS in MB)."""
   with open(log_path, "w") as log:
-    process = subprocess.Popen(args, cwd=REPO, env=cli_env(cache_dir),
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+      args,
+      cwd=REPO,
+      env=cli_env(cache_dir),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
   deadline = time.time() + timeout
   while True:
     pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -230,8 +299,10 @@ def test_tfds_source_streams_in_bounded_memory(tmp_path, cache_dir):
     out = tmp_path / f"n{num_examples}"
     log = tmp_path / f"n{num_examples}.log"
     code, peak_mb[num_examples] = _run_measuring_peak_rss_mb(
-        probe_command("prepare:tfds_large_images", num_examples, out), log,
-        cache_dir)
+      probe_command("prepare:tfds_large_images", num_examples, out),
+      log,
+      cache_dir,
+    )
     assert code == 0, log.read_text()[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     for split in ("train", "validation"):
@@ -241,9 +312,14 @@ def test_tfds_source_streams_in_bounded_memory(tmp_path, cache_dir):
 
 
 def test_shard_count_rule(cache_dir):
-  result = subprocess.run(probe_command("prepare:shard_counts"), cwd=REPO,
-                          env=cli_env(cache_dir), capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    probe_command("prepare:shard_counts"),
+    cwd=REPO,
+    env=cli_env(cache_dir),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   # ~150 MiB each; 10 per reader; never an empty shard.
   assert result.stdout.split()[-3:] == ["700", "40", "5"]

@@ -18,22 +18,32 @@ TINY = ["--config=tiny"]
 
 
 def _digests(text):
-  return dict(re.findall(
-      r"\[worker (\d)\] Finished: .*, weights sha256 ([0-9a-f]{64})$", text,
-      re.MULTILINE))
+  return dict(
+    re.findall(
+      r"\[worker (\d)\] Finished: .*, weights sha256 ([0-9a-f]{64})$",
+      text,
+      re.MULTILINE,
+    )
+  )
 
 
 def _popen(module, args, cache_dir, **env):
-  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
-                          env=cli_env(cache_dir, **env), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    env=cli_env(cache_dir, **env),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def kill_9_after_checkpoint(args, model_dir, step, cache_dir, timeout=300):
   """Starts `trainer.task *args --model_dir=model_dir` and kills it (SIGKILL)
   as soon as its step-`step` checkpoint exists."""
-  process = _popen("trainer.task", [*args, f"--model_dir={model_dir}"],
-                   cache_dir)
+  process = _popen(
+    "trainer.task", [*args, f"--model_dir={model_dir}"], cache_dir
+  )
   deadline = time.time() + timeout
   while not (model_dir / "checkpoints" / f"ckpt-{step}.index").exists():
     assert time.time() < deadline and process.poll() is None
@@ -58,14 +68,22 @@ def _wait_for_line(process, pattern, timeout):
 @pytest.mark.multiprocess
 def test_two_workers_end_with_identical_weights(run_cli, tmp_path):
   model_dir = tmp_path / "mw"
-  result = run_cli("launch.local", "--workers=2", "--", *TINY,
-                   "--strategy=multi_worker", f"--model_dir={model_dir}",
-                   timeout=600)
+  result = run_cli(
+    "launch.local",
+    "--workers=2",
+    "--",
+    *TINY,
+    "--strategy=multi_worker",
+    f"--model_dir={model_dir}",
+    timeout=600,
+  )
   assert result.returncode == 0, result.stdout[-4000:]
   digests = _digests(result.stdout)
   # Trainable weights and BatchNorm moving statistics, bit for bit.
   assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
-  assert "[worker 0] task=worker:0 chief=True strategy=multi_worker" in result.stdout
+  assert (
+    "[worker 0] task=worker:0 chief=True strategy=multi_worker" in result.stdout
+  )
   assert "[worker 1] task=worker:1 chief=False" in result.stdout
   assert "replicas=2" in result.stdout
   if "precision=mixed_bfloat16" in result.stdout:  # CPUs with AVX512_BF16/AMX
@@ -78,9 +96,18 @@ def test_two_workers_end_with_identical_weights(run_cli, tmp_path):
 
 @pytest.mark.multiprocess
 def test_killing_a_worker_stops_the_job_promptly(tmp_path, cache_dir):
-  launcher = _popen("launch.local", ["--workers=2", "--grace_secs=5", "--", *TINY,
-                                     "--epochs=1000", f"--model_dir={tmp_path / 'k'}"],
-                    cache_dir)
+  launcher = _popen(
+    "launch.local",
+    [
+      "--workers=2",
+      "--grace_secs=5",
+      "--",
+      *TINY,
+      "--epochs=1000",
+      f"--model_dir={tmp_path / 'k'}",
+    ],
+    cache_dir,
+  )
   lines = _wait_for_line(launcher, r"\[worker 0\] epoch 1/", timeout=300)
   pid = int(re.search(r"worker 1 pid (\d+)", "".join(lines)).group(1))
   killed_at = time.time()
@@ -112,8 +139,9 @@ def test_sigterm_saves_exits_preempted_and_resumes(tmp_path, cache_dir):
   assert status == {**status, "status": "preempted", "step": saved_step}
   assert (model_dir / "checkpoints" / f"ckpt-{saved_step}.index").exists()
 
-  resumed = _popen("trainer.task", [*TINY, "--epochs=3", f"--model_dir={model_dir}"],
-                   cache_dir)
+  resumed = _popen(
+    "trainer.task", [*TINY, "--epochs=3", f"--model_dir={model_dir}"], cache_dir
+  )
   out = resumed.stdout.read()
   assert resumed.wait(timeout=300) in (0,), out[-3000:]
   assert f"Resumed from {model_dir}/checkpoints/ckpt-{saved_step}: epoch" in out
@@ -123,26 +151,45 @@ def test_sigterm_saves_exits_preempted_and_resumes(tmp_path, cache_dir):
 def _final_state(model_dir):
   """Every variable of the latest checkpoint: model, optimizer, loop state."""
   import tensorflow as tf
+
   reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
-  values = {name: np.asarray(reader.get_tensor(name))
-            for name in reader.get_variable_to_shape_map()
-            if "save_counter" not in name}
+  values = {
+    name: np.asarray(reader.get_tensor(name))
+    for name in reader.get_variable_to_shape_map()
+    if "save_counter" not in name
+  }
   # Numbers only (the object graph is a serialized proto).
-  return {name: value for name, value in values.items()
-          if np.issubdtype(value.dtype, np.number)}
+  return {
+    name: value
+    for name, value in values.items()
+    if np.issubdtype(value.dtype, np.number)
+  }
 
 
 @pytest.mark.multiprocess
-def test_kill_9_and_resume_matches_uninterrupted_run(tmp_path, cache_dir, run_cli):
-  common = [*TINY, "--deterministic", "--epochs=3", "--checkpoint_every_steps=4",
-            "--steps_per_call=2", "--precision=float32", "--export"]
+def test_kill_9_and_resume_matches_uninterrupted_run(
+  tmp_path, cache_dir, run_cli
+):
+  common = [
+    *TINY,
+    "--deterministic",
+    "--epochs=3",
+    "--checkpoint_every_steps=4",
+    "--steps_per_call=2",
+    "--precision=float32",
+    "--export",
+  ]
   run_cli("trainer.task", *common, f"--model_dir={tmp_path / 'a'}", check=True)
   interrupted_dir = tmp_path / "b"
   # Mid-epoch 2 (16 steps per epoch): step 20 is saved, then the kill lands.
   kill_9_after_checkpoint(common, interrupted_dir, 20, cache_dir)
-  assert json.loads((interrupted_dir / "status.json").read_text())["status"] == "running"
-  resumed = run_cli("trainer.task", *common, f"--model_dir={interrupted_dir}",
-                    check=True)
+  assert (
+    json.loads((interrupted_dir / "status.json").read_text())["status"]
+    == "running"
+  )
+  resumed = run_cli(
+    "trainer.task", *common, f"--model_dir={interrupted_dir}", check=True
+  )
   assert "Resumed from" in resumed.stdout
   a, b = _final_state(tmp_path / "a"), _final_state(interrupted_dir)
   assert a.keys() == b.keys()
@@ -163,9 +210,10 @@ def _checkpoints_are_finite(directory):
   """Every weight and optimizer slot of every checkpoint is finite (the loop
   state may hold +inf on purpose: "no best value yet")."""
   import tensorflow as tf
+
   checked = 0
   for index in directory.glob("ckpt-*.index"):
-    reader = tf.train.load_checkpoint(str(index)[:-len(".index")])
+    reader = tf.train.load_checkpoint(str(index)[: -len(".index")])
     for name in reader.get_variable_to_shape_map():
       if not name.startswith(("model/", "optimizer/")):
         continue
@@ -178,19 +226,30 @@ def _checkpoints_are_finite(directory):
 
 def _nan_config(policy, model_dir, cache_dir, precision="float32", **changes):
   import configs
+
   return configs.get_config("tiny").replace(
-      epochs=2, nan_policy=policy, model_dir=str(model_dir),
-      synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
-      checkpoint_every_steps=8, steps_per_call=4, export=False,
-      lr_schedule="cosine", precision=precision, **changes)
+    epochs=2,
+    nan_policy=policy,
+    model_dir=str(model_dir),
+    synthetic_dir=os.path.join(cache_dir, "alexnet_tf", "synthetic"),
+    checkpoint_every_steps=8,
+    steps_per_call=4,
+    export=False,
+    lr_schedule="cosine",
+    precision=precision,
+    **changes,
+  )
 
 
-def _trainer_with_nan_at(policy, model_dir, cache_dir, step, precision="float32",
-                         **changes):
+def _trainer_with_nan_at(
+  policy, model_dir, cache_dir, step, precision="float32", **changes
+):
   """A real NaN in the network before the call at `step`, through the Python API."""
   from trainer import train as train_lib
-  trainer = train_lib.Trainer(_nan_config(policy, model_dir, cache_dir,
-                                          precision, **changes))
+
+  trainer = train_lib.Trainer(
+    _nan_config(policy, model_dir, cache_dir, precision, **changes)
+  )
   real_call, calls = trainer.train_steps, []
 
   def call(iterator, num_steps, control):
@@ -206,22 +265,28 @@ def _trainer_with_nan_at(policy, model_dir, cache_dir, step, precision="float32"
 
 def test_nan_loss_stops_with_the_step(tmp_path, cache_dir):
   from trainer import train as train_lib
+
   with pytest.raises(train_lib.TrainingError, match=r"NaN/Inf at step 13"):
     _trainer_with_nan_at("error", tmp_path / "err", cache_dir, 12).run()
 
 
 # float16 wraps the optimizer in loss scaling, whose step counter differs
 # between Keras versions.
-@pytest.mark.parametrize("precision", [
-    "float32", pytest.param("mixed_float16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "precision",
+  ["float32", pytest.param("mixed_float16", marks=pytest.mark.slow)],
+)
 def test_nan_loss_rolls_back_and_keeps_the_schedule_on_the_step(
-    tmp_path, cache_dir, precision):
+  tmp_path, cache_dir, precision
+):
   import math
 
   from trainer import optimization
   from trainer import outputs
-  trainer = _trainer_with_nan_at("rollback", tmp_path / "rb", cache_dir, 12,
-                                 precision)
+
+  trainer = _trainer_with_nan_at(
+    "rollback", tmp_path / "rb", cache_dir, 12, precision
+  )
   summary = trainer.run()
   assert summary["status"] == "completed" and summary["step"] == 32
   assert int(trainer.state.rollbacks.numpy()) == 1
@@ -239,21 +304,29 @@ def test_nan_loss_rolls_back_and_keeps_the_schedule_on_the_step(
 
 
 def test_rollback_to_the_first_checkpoint_keeps_the_weight_averages(
-    tmp_path, cache_dir):
+  tmp_path, cache_dir
+):
   """--ema_decay: the NaN at step 4 rolls back to the step-0 checkpoint,
   taken before any update; the averages it restores are the weights then
   (Keras starts them at zero), or validation, best/ and the export would
   use weights shrunk towards zero for about 1/(1-decay) steps."""
   from trainer import optimization
-  trainer = _trainer_with_nan_at("rollback", tmp_path / "ema", cache_dir, 4,
-                                 ema_decay=0.99)
+
+  trainer = _trainer_with_nan_at(
+    "rollback", tmp_path / "ema", cache_dir, 4, ema_decay=0.99
+  )
   restore, seen = trainer.checkpoints.restore_latest, []
 
   def restore_and_look():
     path = restore()
     averages = optimization.weight_averages(trainer.optimizer)
-    seen.append((path, [np.asarray(a) for a in averages],
-                 [np.asarray(w) for w in trainer.model.trainable_variables]))
+    seen.append(
+      (
+        path,
+        [np.asarray(a) for a in averages],
+        [np.asarray(w) for w in trainer.model.trainable_variables],
+      )
+    )
     return path
 
   trainer.checkpoints.restore_latest = restore_and_look
@@ -274,13 +347,17 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, cache_dir):
 
   class NanUpdateAtStep8(train_lib.Trainer):
     def apply_gradients(self, gradients):
-      poisoned = tf.logical_and(self.optimizer.iterations == 7,
-                                self.state.rollbacks == 0)
+      poisoned = tf.logical_and(
+        self.optimizer.iterations == 7, self.state.rollbacks == 0
+      )
       factor = tf.where(poisoned, np.float32(np.nan), np.float32(1.0))
       super().apply_gradients([g * factor for g in gradients])
 
   import tensorflow as tf
-  trainer = NanUpdateAtStep8(_nan_config("rollback", tmp_path / "rb", cache_dir))
+
+  trainer = NanUpdateAtStep8(
+    _nan_config("rollback", tmp_path / "rb", cache_dir)
+  )
   summary = trainer.run()
   assert summary["status"] == "completed" and summary["step"] == 32
   assert int(trainer.state.rollbacks.numpy()) == 1

@@ -19,11 +19,13 @@ from trainer.errors import UserError
 
 @pytest.mark.cpu_budget(20)
 def test_early_stop_is_rederived_from_the_checkpoint_not_status_json(
-    tmp_path, cache_dir):
+  tmp_path, cache_dir
+):
   """A kill after the epoch's checkpoint but before status.json said
   'early_stopped' must not train another epoch."""
   config = _nan_config("error", tmp_path / "run", cache_dir).replace(
-      epochs=3, early_stopping_patience=1)
+    epochs=3, early_stopping_patience=1
+  )
   trainer = train_lib.Trainer(config.replace(epochs=1))
   assert trainer.run()["status"] == "completed"
   # As the epoch-end checkpoint of a run whose patience ran out leaves it.
@@ -31,27 +33,39 @@ def test_early_stop_is_rederived_from_the_checkpoint_not_status_json(
   trainer.checkpoints.restore_latest()
   trainer.state.epochs_without_improvement.assign(1)
   trainer.checkpoints.save(int(trainer.state.step.numpy()))
-  (tmp_path / "run" / "status.json").write_text(json.dumps(
-      {"status": "running", "epoch": 1, "step": 8}))
+  (tmp_path / "run" / "status.json").write_text(
+    json.dumps({"status": "running", "epoch": 1, "step": 8})
+  )
   copy_run(tmp_path / "run", tmp_path / "control")
   summary = train_lib.Trainer(config).run()
   assert summary["status"] == "early_stopped" and summary["epoch"] == 1
-  assert json.loads((tmp_path / "run" / "status.json").read_text())[
-      "status"] == "early_stopped"
+  assert (
+    json.loads((tmp_path / "run" / "status.json").read_text())["status"]
+    == "early_stopped"
+  )
   # Negative control: with patience left, the same state trains on.
-  summary = train_lib.Trainer(config.replace(
-      model_dir=str(tmp_path / "control"), early_stopping_patience=2,
-      epochs=2)).run()
+  summary = train_lib.Trainer(
+    config.replace(
+      model_dir=str(tmp_path / "control"), early_stopping_patience=2, epochs=2
+    )
+  ).run()
   assert summary["epoch"] == 2
 
 
-@pytest.mark.parametrize("given,message", [
-    ("mixed_bfloat16", "--precision=mixed_bfloat16, but this model dir's "
-     "checkpoints were written in float32"),
+@pytest.mark.parametrize(
+  "given,message",
+  [
+    (
+      "mixed_bfloat16",
+      "--precision=mixed_bfloat16, but this model dir's "
+      "checkpoints were written in float32",
+    ),
     ("mixed_float16", "--precision=mixed_float16, but"),
-])
-def test_another_precision_on_resume_is_one_line(tmp_path, cache_dir, given,
-                                                 message):
+  ],
+)
+def test_another_precision_on_resume_is_one_line(
+  tmp_path, cache_dir, given, message
+):
   config = _nan_config("error", tmp_path / "run", cache_dir).replace(epochs=1)
   train_lib.Trainer(config).run()
   recorded = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -66,20 +80,27 @@ def test_another_precision_on_resume_is_one_line(tmp_path, cache_dir, given,
 
 def test_auto_resolving_to_another_precision_says_so():
   from trainer import config as config_lib
+
   assert config_lib.precision_conflict(
-      "mixed_bfloat16", "float32", "auto").startswith(
-          "--precision=auto resolves to float32 on this machine, but this "
-          "model dir's checkpoints were written in mixed_bfloat16")
+    "mixed_bfloat16", "float32", "auto"
+  ).startswith(
+    "--precision=auto resolves to float32 on this machine, but this "
+    "model dir's checkpoints were written in mixed_bfloat16"
+  )
   assert config_lib.precision_conflict(None, "float32", "auto") is None
 
 
 def test_an_optimizer_variable_that_overflows_is_caught_before_a_checkpoint(
-    tmp_path, cache_dir):
+  tmp_path, cache_dir
+):
   """A weight average (--ema_decay) at inf leaves the weights finite, so a
   check of the weights alone lets it into the checkpoints - and into best/
   and the export, which use the averages."""
-  trainer = train_lib.Trainer(_nan_config(
-      "error", tmp_path / "run", cache_dir).replace(epochs=1, ema_decay=0.9))
+  trainer = train_lib.Trainer(
+    _nan_config("error", tmp_path / "run", cache_dir).replace(
+      epochs=1, ema_decay=0.9
+    )
+  )
   real_call = trainer.train_steps
 
   def call(iterator, num_steps, control):
@@ -89,8 +110,10 @@ def test_an_optimizer_variable_that_overflows_is_caught_before_a_checkpoint(
     return real_call(iterator, num_steps, control)
 
   trainer.train_steps = call
-  with pytest.raises(train_lib.TrainingError,
-                     match="weights or optimizer state became NaN/Inf at step 8"):
+  with pytest.raises(
+    train_lib.TrainingError,
+    match="weights or optimizer state became NaN/Inf at step 8",
+  ):
     trainer.run()
   weights = trainer.model.get_layer("predictions").bias.numpy()
   assert np.all(np.isfinite(weights))  # What a check of the weights sees.
@@ -99,12 +122,14 @@ def test_an_optimizer_variable_that_overflows_is_caught_before_a_checkpoint(
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_a_rollback_puts_the_schedule_where_the_failed_call_started(
-    tmp_path, cache_dir, precision):
+  tmp_path, cache_dir, precision
+):
   """The optimizer's count after a rollback is its count before the failed
   call - not the run's step, which under float16 also counts the steps
   loss scaling skipped."""
-  trainer = _trainer_with_nan_at("rollback", tmp_path / "rb", cache_dir, 12,
-                                 precision)
+  trainer = _trainer_with_nan_at(
+    "rollback", tmp_path / "rb", cache_dir, 12, precision
+  )
   seen = {}
   real_recover = trainer._recover_from_nan
 

@@ -11,18 +11,26 @@ import pytest
 
 from trainer import startup
 
-NO_DRIVER = ("I0000 00:00:1795693628.887148   16000 cudart_stub.cc:31] Could not "
-             "find cuda drivers on your machine, GPU will not be used.")
-ABSL_NOTE = ("WARNING: All log messages before absl::InitializeLog() is called "
-             "are written to STDERR")
-CUINIT = ("E0000 00:00:1795693633.666744   16000 cuda_platform.cc:52] failed "
-          "call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: "
-          "UNKNOWN ERROR (303)")
-ONEDNN = ("I0000 00:00:1796528840.650596    4730 port.cc:153] oneDNN custom "
-          "operations are on. You may see slightly different numerical "
-          "results due to floating-point round-off errors from different "
-          "computation orders. To turn them off, set the environment variable "
-          "`TF_ENABLE_ONEDNN_OPTS=0`.")
+NO_DRIVER = (
+  "I0000 00:00:1795693628.887148   16000 cudart_stub.cc:31] Could not "
+  "find cuda drivers on your machine, GPU will not be used."
+)
+ABSL_NOTE = (
+  "WARNING: All log messages before absl::InitializeLog() is called "
+  "are written to STDERR"
+)
+CUINIT = (
+  "E0000 00:00:1795693633.666744   16000 cuda_platform.cc:52] failed "
+  "call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: "
+  "UNKNOWN ERROR (303)"
+)
+ONEDNN = (
+  "I0000 00:00:1796528840.650596    4730 port.cc:153] oneDNN custom "
+  "operations are on. You may see slightly different numerical "
+  "results due to floating-point round-off errors from different "
+  "computation orders. To turn them off, set the environment variable "
+  "`TF_ENABLE_ONEDNN_OPTS=0`."
+)
 REAL = "W0000 00:00:1795693650.254164   16000 some_op.cc:12] A real warning."
 
 
@@ -51,8 +59,10 @@ def _stderr_lines(capfd, lines, fail=False):
 
 
 def test_probe_and_onednn_lines_are_dropped_and_real_lines_kept_in_order(capfd):
-  raised, lines = _stderr_lines(capfd, [ABSL_NOTE, ONEDNN, NO_DRIVER, REAL,
-                                        ABSL_NOTE, ONEDNN, NO_DRIVER, CUINIT])
+  raised, lines = _stderr_lines(
+    capfd,
+    [ABSL_NOTE, ONEDNN, NO_DRIVER, REAL, ABSL_NOTE, ONEDNN, NO_DRIVER, CUINIT],
+  )
   assert not raised
   assert lines == [REAL, "from python", "after"]
 
@@ -74,8 +84,14 @@ def _start(cache_dir, probe, onednn):
   """The stderr of `probe`, run as a user runs a command."""
   env = cli_env(cache_dir, TF_ENABLE_ONEDNN_OPTS=onednn)
   env.pop("TF_CPP_MIN_LOG_LEVEL")  # The CLI's own default, as a user runs it.
-  result = subprocess.run(probe_command(probe), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    probe_command(probe),
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   return result.stderr
 
@@ -86,7 +102,8 @@ def _start(cache_dir, probe, onednn):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_start_tensorflow_prints_nothing_on_a_machine_without_a_gpu(
-    cache_dir, onednn):
+  cache_dir, onednn
+):
   plain = _start(cache_dir, "startup:plain", onednn)
   if "Could not find cuda drivers" not in plain:
     pytest.skip("this TensorFlow finds a CUDA driver or probes silently")

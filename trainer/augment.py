@@ -19,13 +19,15 @@ import tensorflow as tf
 # ImageNet's RGB eigen-decomposition (pixels in [0, 1]), as published with
 # fb.resnet.torch (datasets/imagenet.lua) and used by the TF Model Garden.
 PCA_EIGENVALUES = (0.2175, 0.0188, 0.0045)
-PCA_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
-                    (-0.5808, -0.0045, -0.8140),
-                    (-0.5836, -0.6948, 0.4203))
+PCA_EIGENVECTORS = (
+  (-0.5675, 0.7192, 0.4009),
+  (-0.5808, -0.0045, -0.8140),
+  (-0.5836, -0.6948, 0.4203),
+)
 
 RANDAUGMENT_NUM_OPS = 2
 MAX_MAGNITUDE = 10  # RandAugment's magnitude scale, as timm and Model Garden.
-_FILL = 128.0       # Grey for pixels geometric ops bring in from outside.
+_FILL = 128.0  # Grey for pixels geometric ops bring in from outside.
 
 
 def _to_uint8(image):
@@ -46,8 +48,9 @@ def pca_lighting(image, std, seed):
     alpha ~ N(0, std) drawn once per image, rounded.
   """
   alpha = tf.random.stateless_normal([3], seed=seed, stddev=std)
-  shift = tf.linalg.matvec(tf.constant(PCA_EIGENVECTORS),
-                           alpha * tf.constant(PCA_EIGENVALUES))
+  shift = tf.linalg.matvec(
+    tf.constant(PCA_EIGENVECTORS), alpha * tf.constant(PCA_EIGENVALUES)
+  )
   return _to_uint8(tf.cast(image, tf.float32) + 255.0 * shift)
 
 
@@ -74,9 +77,13 @@ def _transform(image, matrix):
   """Projective transform (output -> input coordinates), grey fill."""
   shape = tf.shape(image)[:2]
   return tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=tf.reshape(matrix, [1, 8]),
-      output_shape=shape, fill_value=_FILL, interpolation="NEAREST",
-      fill_mode="CONSTANT")[0]
+    images=image[None],
+    transforms=tf.reshape(matrix, [1, 8]),
+    output_shape=shape,
+    fill_value=_FILL,
+    interpolation="NEAREST",
+    fill_mode="CONSTANT",
+  )[0]
 
 
 def _rotate(image, level, sign):
@@ -86,30 +93,35 @@ def _rotate(image, level, sign):
   cos, sin = tf.cos(angle), tf.sin(angle)
   x_offset = (width - (cos * width - sin * height)) / 2
   y_offset = (height - (sin * width + cos * height)) / 2
-  return _transform(image, tf.stack([cos, -sin, x_offset, sin, cos, y_offset,
-                                     0.0, 0.0]))
+  return _transform(
+    image, tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])
+  )
 
 
 def _shear_x(image, level, sign):
-  return _transform(image, tf.stack([1.0, sign * level * 0.3, 0.0,
-                                     0.0, 1.0, 0.0, 0.0, 0.0]))
+  return _transform(
+    image, tf.stack([1.0, sign * level * 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+  )
 
 
 def _shear_y(image, level, sign):
-  return _transform(image, tf.stack([1.0, 0.0, 0.0,
-                                     sign * level * 0.3, 1.0, 0.0, 0.0, 0.0]))
+  return _transform(
+    image, tf.stack([1.0, 0.0, 0.0, sign * level * 0.3, 1.0, 0.0, 0.0, 0.0])
+  )
 
 
 def _translate_x(image, level, sign):
   pixels = sign * level * 0.45 * tf.cast(tf.shape(image)[1], tf.float32)
-  return _transform(image, tf.stack([1.0, 0.0, -pixels,
-                                     0.0, 1.0, 0.0, 0.0, 0.0]))
+  return _transform(
+    image, tf.stack([1.0, 0.0, -pixels, 0.0, 1.0, 0.0, 0.0, 0.0])
+  )
 
 
 def _translate_y(image, level, sign):
   pixels = sign * level * 0.45 * tf.cast(tf.shape(image)[0], tf.float32)
-  return _transform(image, tf.stack([1.0, 0.0, 0.0,
-                                     0.0, 1.0, -pixels, 0.0, 0.0]))
+  return _transform(
+    image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, -pixels, 0.0, 0.0])
+  )
 
 
 def _auto_contrast(image, level, sign):
@@ -127,10 +139,12 @@ def _equalize_channel(channel):
   nonzero = tf.boolean_mask(histogram, histogram > 0)
   step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
   lookup = tf.clip_by_value(
-      (tf.concat([[0], tf.cumsum(histogram)[:-1]], 0) + step // 2) //
-      tf.maximum(step, 1), 0, 255)
-  equalized = tf.gather(tf.cast(lookup, tf.float32),
-                        tf.cast(channel, tf.int32))
+    (tf.concat([[0], tf.cumsum(histogram)[:-1]], 0) + step // 2)
+    // tf.maximum(step, 1),
+    0,
+    255,
+  )
+  equalized = tf.gather(tf.cast(lookup, tf.float32), tf.cast(channel, tf.int32))
   return tf.where(step > 0, equalized, channel)
 
 
@@ -147,10 +161,12 @@ def _invert(image, level, sign):
 def _posterize(image, level, sign):
   del sign
   drop = tf.cast(level * 4, tf.int32)  # keep 8..4 bits
-  shifted = tf.bitwise.right_shift(tf.cast(image, tf.uint8),
-                                   tf.cast(drop, tf.uint8))
-  return tf.cast(tf.bitwise.left_shift(shifted, tf.cast(drop, tf.uint8)),
-                 tf.float32)
+  shifted = tf.bitwise.right_shift(
+    tf.cast(image, tf.uint8), tf.cast(drop, tf.uint8)
+  )
+  return tf.cast(
+    tf.bitwise.left_shift(shifted, tf.cast(drop, tf.uint8)), tf.float32
+  )
 
 
 def _solarize(image, level, sign):
@@ -170,8 +186,9 @@ def _color(image, level, sign):
 
 def _contrast(image, level, sign):
   mean = tf.reduce_mean(tf.image.rgb_to_grayscale(image))
-  return _blend(image, tf.fill(tf.shape(image), mean),
-                _enhance_factor(level, sign))
+  return _blend(
+    image, tf.fill(tf.shape(image), mean), _enhance_factor(level, sign)
+  )
 
 
 def _brightness(image, level, sign):
@@ -181,8 +198,9 @@ def _brightness(image, level, sign):
 def _sharpness(image, level, sign):
   kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-  smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1],
-                                  padding="SAME")[0]
+  smooth = tf.nn.depthwise_conv2d(
+    image[None], kernel, [1, 1, 1, 1], padding="SAME"
+  )[0]
   return _blend(image, smooth, _enhance_factor(level, sign))
 
 
@@ -192,13 +210,23 @@ def _identity(image, level, sign):
 
 
 RANDAUGMENT_OPS = (
-    ("identity", _identity), ("auto_contrast", _auto_contrast),
-    ("equalize", _equalize), ("invert", _invert), ("rotate", _rotate),
-    ("posterize", _posterize), ("solarize", _solarize),
-    ("solarize_add", _solarize_add), ("color", _color),
-    ("contrast", _contrast), ("brightness", _brightness),
-    ("sharpness", _sharpness), ("shear_x", _shear_x), ("shear_y", _shear_y),
-    ("translate_x", _translate_x), ("translate_y", _translate_y))
+  ("identity", _identity),
+  ("auto_contrast", _auto_contrast),
+  ("equalize", _equalize),
+  ("invert", _invert),
+  ("rotate", _rotate),
+  ("posterize", _posterize),
+  ("solarize", _solarize),
+  ("solarize_add", _solarize_add),
+  ("color", _color),
+  ("contrast", _contrast),
+  ("brightness", _brightness),
+  ("sharpness", _sharpness),
+  ("shear_x", _shear_x),
+  ("shear_y", _shear_y),
+  ("translate_x", _translate_x),
+  ("translate_y", _translate_y),
+)
 
 
 def randaugment(image, magnitude, seed, num_ops=RANDAUGMENT_NUM_OPS):
@@ -218,13 +246,16 @@ def randaugment(image, magnitude, seed, num_ops=RANDAUGMENT_NUM_OPS):
   result = tf.cast(image, tf.float32)
   for index in range(num_ops):
     op_seed = tf.random.experimental.stateless_fold_in(seed, 100 + index)
-    choice = tf.random.stateless_uniform([], op_seed, 0, len(RANDAUGMENT_OPS),
-                                         dtype=tf.int32)
+    choice = tf.random.stateless_uniform(
+      [], op_seed, 0, len(RANDAUGMENT_OPS), dtype=tf.int32
+    )
     sign_seed = tf.random.experimental.stateless_fold_in(op_seed, 1)
     sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
     # Called by switch_case below, in this iteration: `sign` is this one's.
-    branches = [lambda op=op, image=result: op(image, level, sign)  # noqa: B023
-                for _, op in RANDAUGMENT_OPS]
+    branches = [
+      lambda op=op, image=result: op(image, level, sign)  # noqa: B023
+      for _, op in RANDAUGMENT_OPS
+    ]
     result = tf.switch_case(choice, branches)
     # Whole numbers between ops, as PIL's uint8 images.
     result = tf.clip_by_value(tf.round(result), 0, 255)
@@ -249,8 +280,9 @@ def soft_targets(labels, num_classes, label_smoothing=0.0):
 
 def mixing_seed(seed, step, replica_id):
   """The stateless seed of one replica's mixing at one global step."""
-  base = tf.stack([tf.constant(seed, tf.int64) * 100_003 + 7,
-                   tf.cast(step, tf.int64)])
+  base = tf.stack(
+    [tf.constant(seed, tf.int64) * 100_003 + 7, tf.cast(step, tf.int64)]
+  )
   return tf.random.experimental.stateless_fold_in(base, replica_id)
 
 
@@ -267,8 +299,9 @@ def _beta(alpha, seed):
     return i + 1, tf.where(below, middle, low), tf.where(below, high, middle)
 
   # A loop, not 30 unrolled copies: XLA compiles betainc once (~1 s).
-  _, low, high = tf.while_loop(lambda i, low, high: i < 30, halve,
-                               (0, tf.constant(0.0), tf.constant(1.0)))
+  _, low, high = tf.while_loop(
+    lambda i, low, high: i < 30, halve, (0, tf.constant(0.0), tf.constant(1.0))
+  )
   return (low + high) / 2
 
 
@@ -281,10 +314,14 @@ def _cutmix_keep_mask(height, width, lam, seed):
   centre = tf.random.stateless_uniform([2], seed, 0, 1)
   cy = tf.cast(centre[0] * tf.cast(height, tf.float32), tf.int32)
   cx = tf.cast(centre[1] * tf.cast(width, tf.float32), tf.int32)
-  top, bottom = (tf.clip_by_value(cy - cut_h // 2, 0, height),
-                 tf.clip_by_value(cy + cut_h // 2, 0, height))
-  left, right = (tf.clip_by_value(cx - cut_w // 2, 0, width),
-                 tf.clip_by_value(cx + cut_w // 2, 0, width))
+  top, bottom = (
+    tf.clip_by_value(cy - cut_h // 2, 0, height),
+    tf.clip_by_value(cy + cut_h // 2, 0, height),
+  )
+  left, right = (
+    tf.clip_by_value(cx - cut_w // 2, 0, width),
+    tf.clip_by_value(cx + cut_w // 2, 0, width),
+  )
   rows = tf.range(height)[:, None]
   cols = tf.range(width)[None, :]
   inside = ((rows >= top) & (rows < bottom)) & ((cols >= left) & (cols < right))
@@ -322,15 +359,20 @@ def mix_batch(images, targets, labels, mixup_alpha, cutmix_alpha, seed):
 
   def mixup():
     keep = _beta(mixup_alpha, seeds[2])
-    return (keep * tf.cast(images, tf.float32) +
-            (1 - keep) * tf.cast(partner_images, tf.float32)), keep
+    return (
+      keep * tf.cast(images, tf.float32)
+      + (1 - keep) * tf.cast(partner_images, tf.float32)
+    ), keep
 
   def cutmix():
-    keep_mask = _cutmix_keep_mask(height, width, _beta(cutmix_alpha, seeds[2]),
-                                  seeds[3])
+    keep_mask = _cutmix_keep_mask(
+      height, width, _beta(cutmix_alpha, seeds[2]), seeds[3]
+    )
     mixed = tf.where(keep_mask, images, partner_images)  # still uint8
-    return (tf.cast(mixed, tf.float32),
-            tf.reduce_mean(tf.cast(keep_mask, tf.float32)))
+    return (
+      tf.cast(mixed, tf.float32),
+      tf.reduce_mean(tf.cast(keep_mask, tf.float32)),
+    )
 
   if mixup_alpha > 0 and cutmix_alpha > 0:
     use_cutmix = tf.random.stateless_uniform([], seeds[1]) < 0.5
@@ -365,5 +407,6 @@ def training_batch(images, labels, config, step):
     replica_id = context.replica_id_in_sync_group if context else 0
     seed = mixing_seed(config.seed, step, replica_id)
     images, targets, labels, _ = mix_batch(
-        images, targets, labels, config.mixup_alpha, config.cutmix_alpha, seed)
+      images, targets, labels, config.mixup_alpha, config.cutmix_alpha, seed
+    )
   return images, targets, labels

@@ -62,7 +62,9 @@ config_lib.define_flags(FLAGS, DEFAULTS)
 flags.DEFINE_integer("steps", 12, "Timed training steps per phase.")
 flags.DEFINE_integer("warmup_steps", 4, "Untimed steps first (compilation).")
 flags.DEFINE_integer("input_batches", 40, "Batches timed in the input phase.")
-flags.DEFINE_integer("records", 1024, "Generated records (without --train_data).")
+flags.DEFINE_integer(
+  "records", 1024, "Generated records (without --train_data)."
+)
 flags.DEFINE_list("skip", [], f"Phases to skip, of {','.join(PHASES)}.")
 flags.DEFINE_string("json", "", "Also write the results here as JSON.")
 flags.DEFINE_string("phase", "", "Internal: run one phase and print its JSON.")
@@ -71,6 +73,7 @@ flags.DEFINE_string("phase", "", "Internal: run one phase and print its JSON.")
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What a phase needs besides the trainer's Config."""
+
   steps: int
   warmup_steps: int
   input_batches: int
@@ -93,6 +96,7 @@ def realistic_records(directory, count, seed=0):
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   from trainer import records  # pylint: disable=g-import-not-at-top
+
   if records.read_manifest(directory):
     return os.path.join(directory, "train-*")
   os.makedirs(directory, exist_ok=True)
@@ -107,24 +111,37 @@ def realistic_records(directory, count, seed=0):
       yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
       image = np.zeros((height, width, 3), np.float32)
       for _ in range(6):  # soft blobs of colour
-        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(30, 160)
+        cy, cx, r = (
+          rng.uniform(0, height),
+          rng.uniform(0, width),
+          rng.uniform(30, 160),
+        )
         weight = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
         image += weight[..., None] * rng.uniform(-120, 120, 3)
       image += 128 + 25 * np.sin(xx / rng.uniform(2, 9))[..., None]
       image += rng.normal(0, 9, image.shape)
       buffer = io.BytesIO()
       Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
-          buffer, format="JPEG", quality=80)
+        buffer, format="JPEG", quality=80
+      )
       label = index % 2
-      serialized.append(records.image_example(buffer.getvalue(), label, height,
-                                              width).SerializeToString())
+      serialized.append(
+        records.image_example(
+          buffer.getvalue(), label, height, width
+        ).SerializeToString()
+      )
       index += 1
     name = records.shard_name("train", shard, num_shards)
     records.write_shard(os.path.join(directory, name), serialized)
     shards.append({"file": name, "num_examples": len(serialized)})
-  records.write_manifest(directory, {"source": "benchmark", "class_names": ["a", "b"],
-                                     "splits": {"train": {"num_examples": count,
-                                                          "shards": shards}}})
+  records.write_manifest(
+    directory,
+    {
+      "source": "benchmark",
+      "class_names": ["a", "b"],
+      "splits": {"train": {"num_examples": count, "shards": shards}},
+    },
+  )
   return os.path.join(directory, "train-*")
 
 
@@ -135,6 +152,7 @@ def realistic_records(directory, count, seed=0):
 def phase_peak(config, settings):
   del config, settings
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   results = {}
   for dtype in ("float32", "bfloat16"):
     size = 2048
@@ -156,12 +174,13 @@ def phase_peak(config, settings):
       start = time.perf_counter()
       chain().numpy()
       best = min(best, time.perf_counter() - start)
-    results[f"{dtype}_gflops"] = 4 * 2 * size ** 3 / best / 1e9
+    results[f"{dtype}_gflops"] = 4 * 2 * size**3 / best / 1e9
   return results
 
 
 def _trainer(config):
   from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+
   return train_lib.Trainer(config, "benchmark")
 
 
@@ -169,9 +188,12 @@ def _time_train_calls(trainer, iterator, warmup_steps, steps):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+
   control = train_lib.requests_vector()
   per_call = min(trainer.steps_per_call, max(1, steps))
-  trainer.train_steps(iterator, tf.constant(max(1, warmup_steps)), control)[0].numpy()
+  trainer.train_steps(iterator, tf.constant(max(1, warmup_steps)), control)[
+    0
+  ].numpy()
   calls = max(1, steps // per_call)
   start = time.perf_counter()
   for _ in range(calls):
@@ -182,11 +204,17 @@ def _time_train_calls(trainer, iterator, warmup_steps, steps):
 
 def _flops_summary(trainer, images_per_sec, peaks):
   from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+
   flops = model_lib.training_flops_per_image(trainer.model)
-  peak_key = "bfloat16_gflops" if "bfloat16" in trainer.precision else "float32_gflops"
+  peak_key = (
+    "bfloat16_gflops" if "bfloat16" in trainer.precision else "float32_gflops"
+  )
   achieved = images_per_sec * flops / 1e9
-  result = {"images_per_sec": images_per_sec, "gflops": achieved,
-            "train_gflop_per_image": flops / 1e9}
+  result = {
+    "images_per_sec": images_per_sec,
+    "gflops": achieved,
+    "train_gflop_per_image": flops / 1e9,
+  }
   if peaks.get(peak_key):
     result["fraction_of_peak"] = achieved / peaks[peak_key]
     result["peak_used"] = peak_key
@@ -195,22 +223,30 @@ def _flops_summary(trainer, images_per_sec, peaks):
 
 def phase_step(config, settings):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   trainer = _trainer(config)
   size = trainer.image_size
   per_replica = trainer.per_replica_batch_size
-  images = tf.cast(tf.random.uniform([per_replica, size, size, 3], 0, 255), tf.uint8)
+  images = tf.cast(
+    tf.random.uniform([per_replica, size, size, 3], 0, 255), tf.uint8
+  )
   labels = tf.cast(tf.random.uniform([per_replica], 0, 2, tf.int32), tf.int64)
   skipped = tf.zeros([per_replica], tf.int64)
   dataset = trainer.strategy.distribute_datasets_from_function(
-      lambda ctx: tf.data.Dataset.from_tensors((images, labels, skipped)).repeat())
-  rate = _time_train_calls(trainer, iter(dataset), settings.warmup_steps,
-                           settings.steps)
+    lambda ctx: tf.data.Dataset.from_tensors((images, labels, skipped)).repeat()
+  )
+  rate = _time_train_calls(
+    trainer, iter(dataset), settings.warmup_steps, settings.steps
+  )
   result = _flops_summary(trainer, rate, settings.peaks)
-  result.update(precision=trainer.precision, strategy=trainer.info.name,
-                replicas=trainer.info.num_replicas,
-                all_reduce=trainer.all_reduce_dtype,
-                global_batch_size=trainer.config.global_batch_size,
-                model=trainer.config.model)
+  result.update(
+    precision=trainer.precision,
+    strategy=trainer.info.name,
+    replicas=trainer.info.num_replicas,
+    all_reduce=trainer.all_reduce_dtype,
+    global_batch_size=trainer.config.global_batch_size,
+    model=trainer.config.model,
+  )
   return result
 
 
@@ -218,10 +254,14 @@ def phase_input(config, settings):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from trainer import data  # pylint: disable=g-import-not-at-top
-  spec = data.make_input_spec(config.train_data, "train_data", config,
-                              config_lib.image_size(config))
+
+  spec = data.make_input_spec(
+    config.train_data, "train_data", config, config_lib.image_size(config)
+  )
   batch = config.global_batch_size
-  dataset = data.make_train_dataset(spec, tf.distribute.InputContext(1, 0, 1), batch)
+  dataset = data.make_train_dataset(
+    spec, tf.distribute.InputContext(1, 0, 1), batch
+  )
   iterator = iter(dataset)
   for _ in range(3):
     next(iterator)
@@ -230,18 +270,26 @@ def phase_input(config, settings):
     next(iterator)[0].numpy()
   rate = settings.input_batches * batch / (time.perf_counter() - start)
   cores = len(os.sched_getaffinity(0))
-  return {"images_per_sec": rate, "images_per_sec_per_core": rate / cores,
-          "cores": cores, "augment": config.augment}
+  return {
+    "images_per_sec": rate,
+    "images_per_sec_per_core": rate / cores,
+    "cores": cores,
+    "augment": config.augment,
+  }
 
 
 def phase_e2e(config, settings):
   trainer = _trainer(config)
   iterator = trainer.train_iterator(0, 0)
-  rate = _time_train_calls(trainer, iterator, settings.warmup_steps,
-                           settings.steps)
+  rate = _time_train_calls(
+    trainer, iterator, settings.warmup_steps, settings.steps
+  )
   result = _flops_summary(trainer, rate, settings.peaks)
-  result.update(peak_host_memory_mb=_peak_rss_mb(), precision=trainer.precision,
-                global_batch_size=trainer.config.global_batch_size)
+  result.update(
+    peak_host_memory_mb=_peak_rss_mb(),
+    precision=trainer.precision,
+    global_batch_size=trainer.config.global_batch_size,
+  )
   return result
 
 
@@ -252,14 +300,19 @@ def phase_seed(config, settings):
 
   from trainer import data  # pylint: disable=g-import-not-at-top
   from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+
   files = data.list_files(config.train_data, "train_data")
   schema = data.detect_schema(files[0])
   image_key, label_key = data.SCHEMA_KEYS[schema]
 
   def parse(record):
-    features = tf.io.parse_single_example(record, {
+    features = tf.io.parse_single_example(
+      record,
+      {
         image_key: tf.io.FixedLenFeature([], tf.string),
-        label_key: tf.io.FixedLenFeature([], tf.int64)})
+        label_key: tf.io.FixedLenFeature([], tf.int64),
+      },
+    )
     image = tf.io.decode_jpeg(features[image_key], channels=3)
     return image, features[label_key]
 
@@ -275,8 +328,11 @@ def phase_seed(config, settings):
   # our fused one); it feeds [0, 1] floats, so our in-model rescaling goes.
   model = model_lib.build_model("seed", 1, portable=True)
   seed_model = keras.Model(model.get_layer("conv1").input, model.output)
-  seed_model.compile(loss=keras.losses.BinaryCrossentropy(),
-                     optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+  seed_model.compile(
+    loss=keras.losses.BinaryCrossentropy(),
+    optimizer=keras.optimizers.Adam(1e-3),
+    metrics=["accuracy"],
+  )
 
   class BatchClock(keras.callbacks.Callback):
     """Steady state: time batches after the shuffle buffer filled and the
@@ -291,8 +347,13 @@ def phase_seed(config, settings):
 
   warmup, steps = max(4, settings.warmup_steps * 4), max(8, settings.steps * 4)
   clock = BatchClock()
-  seed_model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
-                 callbacks=[clock])
+  seed_model.fit(
+    dataset,
+    steps_per_epoch=warmup + steps,
+    epochs=1,
+    verbose=0,
+    callbacks=[clock],
+  )
   rate = steps * 4 / (clock.times[-1] - clock.times[warmup - 1])
   return {"images_per_sec": rate, "peak_host_memory_mb": _peak_rss_mb()}
 
@@ -301,42 +362,63 @@ def phase_scaling(config, settings):
   """2 workers x 1 core vs 1 process x 2 cores, same global batch."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   from launch import cluster  # pylint: disable=g-import-not-at-top
+
   one_process = config.replace(strategy="one_device")
   before = _run_phase("step", one_process, settings, repo)["images_per_sec"]
   envs, _ = cluster.worker_envs(2, "cpu", 1)
-  processes = [_spawn_phase("step", config.replace(strategy="multi_worker"),
-                            settings, repo, env) for env in envs]
+  processes = [
+    _spawn_phase(
+      "step", config.replace(strategy="multi_worker"), settings, repo, env
+    )
+    for env in envs
+  ]
   results = [_collect(p) for p in processes]
   multi = results[0]["images_per_sec"]
   # On a shared machine the speed drifts: bracket the workers' run.
   after = _run_phase("step", one_process, settings, repo)["images_per_sec"]
   single = (before + after) / 2
-  return {"one_process_images_per_sec": single,
-          "one_process_before_after": [before, after],
-          "two_workers_images_per_sec": multi,
-          "all_reduce": results[0]["all_reduce"],
-          "efficiency": multi / single}
+  return {
+    "one_process_images_per_sec": single,
+    "one_process_before_after": [before, after],
+    "two_workers_images_per_sec": multi,
+    "all_reduce": results[0]["all_reduce"],
+    "efficiency": multi / single,
+  }
 
 
 def phase_service(config, settings):
   """End-to-end with decoding moved to a tf.data service worker."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   from launch import cluster  # pylint: disable=g-import-not-at-top
+
   dispatcher_port, worker_port = cluster.free_ports(2)
   servers = []
-  for args in (["--role=dispatcher", f"--port={dispatcher_port}"],
-               ["--role=worker", f"--port={worker_port}",
-                f"--dispatcher=127.0.0.1:{dispatcher_port}"]):
+  for args in (
+    ["--role=dispatcher", f"--port={dispatcher_port}"],
+    [
+      "--role=worker",
+      f"--port={worker_port}",
+      f"--dispatcher=127.0.0.1:{dispatcher_port}",
+    ],
+  ):
     server = subprocess.Popen(
-        [sys.executable, "-m", "trainer.data_service", *args], cwd=repo,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+      [sys.executable, "-m", "trainer.data_service", *args],
+      cwd=repo,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+      text=True,
+    )
     servers.append(server)
     # Start the trainer only once the servers listen.
     if "listening" not in server.stdout.readline():
       raise RuntimeError(f"tf.data service {args[0]} did not start")
   try:
-    result = _run_phase("e2e", config.replace(
-        data_service=f"grpc://127.0.0.1:{dispatcher_port}"), settings, repo)
+    result = _run_phase(
+      "e2e",
+      config.replace(data_service=f"grpc://127.0.0.1:{dispatcher_port}"),
+      settings,
+      repo,
+    )
   finally:
     for server in servers:
       server.terminate()
@@ -349,13 +431,26 @@ def phase_service(config, settings):
 
 
 def _spawn_phase(name, config, settings, repo, env=None):
-  phase_input = json.dumps({"config": json.loads(config.to_json()),
-                            "settings": dataclasses.asdict(settings)})
+  phase_input = json.dumps(
+    {
+      "config": json.loads(config.to_json()),
+      "settings": dataclasses.asdict(settings),
+    }
+  )
   return subprocess.Popen(
-      [sys.executable, "-m", "trainer.benchmark", f"--phase={name}",
-       "--phase_input=" + phase_input],
-      cwd=repo, env=env or dict(os.environ), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-m",
+      "trainer.benchmark",
+      f"--phase={name}",
+      "--phase_input=" + phase_input,
+    ],
+    cwd=repo,
+    env=env or dict(os.environ),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _collect(process):
@@ -369,12 +464,19 @@ def _run_phase(name, config, settings, repo):
   return _collect(_spawn_phase(name, config, settings, repo))
 
 
-flags.DEFINE_string("phase_input", "", "Internal: the Config and Settings of "
-                    "--phase, as JSON.")
+flags.DEFINE_string(
+  "phase_input", "", "Internal: the Config and Settings of --phase, as JSON."
+)
 
-PHASE_FUNCTIONS = {"peak": phase_peak, "step": phase_step, "input": phase_input,
-                   "e2e": phase_e2e, "seed": phase_seed, "scaling": phase_scaling,
-                   "service": phase_service}
+PHASE_FUNCTIONS = {
+  "peak": phase_peak,
+  "step": phase_step,
+  "input": phase_input,
+  "e2e": phase_e2e,
+  "seed": phase_seed,
+  "scaling": phase_scaling,
+  "service": phase_service,
+}
 
 
 def _of_peak(result):
@@ -387,41 +489,86 @@ def format_table(results):
   rows = [("phase", "images/s", "GFLOP/s", "of peak", "notes")]
   peak = results.get("peak", {})
   if peak:
-    rows.append(("matmul peak", "", f"{peak['float32_gflops']:.0f} f32 / "
-                 f"{peak['bfloat16_gflops']:.0f} bf16", "", "2048x2048 matmuls"))
+    rows.append(
+      (
+        "matmul peak",
+        "",
+        f"{peak['float32_gflops']:.0f} f32 / "
+        f"{peak['bfloat16_gflops']:.0f} bf16",
+        "",
+        "2048x2048 matmuls",
+      )
+    )
   for name in ("step", "e2e"):
     if name in results:
       r = results[name]
-      notes = (f"{r.get('precision', '')}, batch {r.get('global_batch_size', '')}, "
-               f"{r['train_gflop_per_image']:.2f} GFLOP/image")
+      notes = (
+        f"{r.get('precision', '')}, batch {r.get('global_batch_size', '')}, "
+        f"{r['train_gflop_per_image']:.2f} GFLOP/image"
+      )
       if "peak_host_memory_mb" in r:
         notes += f", peak RSS {r['peak_host_memory_mb']:.0f} MB"
-      rows.append((name, f"{r['images_per_sec']:.1f}", f"{r['gflops']:.0f}",
-                   _of_peak(r), notes))
+      rows.append(
+        (
+          name,
+          f"{r['images_per_sec']:.1f}",
+          f"{r['gflops']:.0f}",
+          _of_peak(r),
+          notes,
+        )
+      )
   if "input" in results:
     r = results["input"]
-    rows.append(("input", f"{r['images_per_sec']:.0f}", "", "",
-                 f"{r['images_per_sec_per_core']:.0f}/core on {r['cores']} cores, "
-                 f"{r['augment']}"))
+    rows.append(
+      (
+        "input",
+        f"{r['images_per_sec']:.0f}",
+        "",
+        "",
+        f"{r['images_per_sec_per_core']:.0f}/core on {r['cores']} cores, "
+        f"{r['augment']}",
+      )
+    )
   if "seed" in results:
     r = results["seed"]
     ratio = results.get("speedup_vs_seed")
-    rows.append(("seed setup", f"{r['images_per_sec']:.1f}", "", "",
-                 f"fit, batch 4, float32; ours is {ratio:.1f}x" if ratio else ""))
+    rows.append(
+      (
+        "seed setup",
+        f"{r['images_per_sec']:.1f}",
+        "",
+        "",
+        f"fit, batch 4, float32; ours is {ratio:.1f}x" if ratio else "",
+      )
+    )
   if "service" in results:
     r = results["service"]
-    rows.append(("e2e via tf.data service", f"{r['images_per_sec']:.1f}",
-                 f"{r['gflops']:.0f}", _of_peak(r),
-                 "dispatcher + 1 worker on 127.0.0.1"))
+    rows.append(
+      (
+        "e2e via tf.data service",
+        f"{r['images_per_sec']:.1f}",
+        f"{r['gflops']:.0f}",
+        _of_peak(r),
+        "dispatcher + 1 worker on 127.0.0.1",
+      )
+    )
   if "scaling" in results:
     r = results["scaling"]
-    rows.append(("2 workers", f"{r['two_workers_images_per_sec']:.1f}", "", "",
-                 f"vs {r['one_process_images_per_sec']:.1f} in one process: "
-                 f"efficiency {r['efficiency']:.2f}, all-reduce in "
-                 f"{r['all_reduce']}"))
+    rows.append(
+      (
+        "2 workers",
+        f"{r['two_workers_images_per_sec']:.1f}",
+        "",
+        "",
+        f"vs {r['one_process_images_per_sec']:.1f} in one process: "
+        f"efficiency {r['efficiency']:.2f}, all-reduce in "
+        f"{r['all_reduce']}",
+      )
+    )
   widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
-  return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths))
-                   for row in rows)
+  return "\n".join(
+    "  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows
+  )
 
 
 def main(argv):
@@ -435,11 +582,14 @@ def main(argv):
     return 0
   unknown = set(FLAGS.skip) - set(PHASES)
   if unknown:
-    raise app.UsageError(f"--skip: unknown phase(s) {sorted(unknown)}; valid: "
-                         f"{','.join(PHASES)}", exitcode=2)
+    raise app.UsageError(
+      f"--skip: unknown phase(s) {sorted(unknown)}; valid: {','.join(PHASES)}",
+      exitcode=2,
+    )
   import tempfile  # pylint: disable=g-import-not-at-top
 
   from trainer import synthetic  # pylint: disable=g-import-not-at-top
+
   try:
     config = config_lib.from_flags(FLAGS)
   except UserError as e:
@@ -447,14 +597,21 @@ def main(argv):
     return 1
   train_data = config.train_data
   if not train_data:
-    cache = os.path.join(os.path.dirname(synthetic.default_dir()),
-                         f"benchmark-jpeg-{FLAGS.records}")
+    cache = os.path.join(
+      os.path.dirname(synthetic.default_dir()),
+      f"benchmark-jpeg-{FLAGS.records}",
+    )
     train_data = realistic_records(cache, FLAGS.records)
   scratch = tempfile.mkdtemp(prefix="alexnet-bench-")
   # One endless epoch of training data, nothing else: the phases time steps.
-  config = config.replace(train_data=train_data, eval_data="", epochs=1,
-                          steps_per_epoch=10 ** 6, export=False,
-                          early_stopping_patience=0)
+  config = config.replace(
+    train_data=train_data,
+    eval_data="",
+    epochs=1,
+    steps_per_epoch=10**6,
+    export=False,
+    early_stopping_patience=0,
+  )
   settings = Settings(FLAGS.steps, FLAGS.warmup_steps, FLAGS.input_batches)
   results = {"train_data": train_data, "cpu_count": os.cpu_count()}
   for name in PHASES:
@@ -466,8 +623,9 @@ def main(argv):
     if name == "peak":
       settings = dataclasses.replace(settings, peaks=results["peak"])
   if "e2e" in results and "seed" in results:
-    results["speedup_vs_seed"] = (results["e2e"]["images_per_sec"] /
-                                  results["seed"]["images_per_sec"])
+    results["speedup_vs_seed"] = (
+      results["e2e"]["images_per_sec"] / results["seed"]["images_per_sec"]
+    )
   print(format_table(results))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:

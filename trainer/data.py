@@ -32,17 +32,20 @@ from trainer.errors import describe
 log = logging.getLogger(__name__)
 
 SCHEMA_KEYS = {
-    # schema: (encoded image key, label key)
-    "imagenet": ("image/encoded", "image/class/label"),
-    "tfds": ("image", "label"),
+  # schema: (encoded image key, label key)
+  "imagenet": ("image/encoded", "image/class/label"),
+  "tfds": ("image", "label"),
 }
-EVAL_CROP_FRACTION = 0.875  # Centre crop for evaluation, as in Inception/ResNet.
-MIN_CROP_AREA = 0.25        # Random-resized-crop area range (0.25, 1).
+EVAL_CROP_FRACTION = (
+  0.875  # Centre crop for evaluation, as in Inception/ResNet.
+)
+MIN_CROP_AREA = 0.25  # Random-resized-crop area range (0.25, 1).
 
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
   """What the pipelines need to know, resolved once per run."""
+
   files: tuple
   num_examples: int
   schema: str
@@ -54,11 +57,11 @@ class InputSpec:
   seed: int = 42
   deterministic: bool = False
   skip_corrupt: bool = False
-  data_service: str = ""       # grpc://HOST:PORT of a tf.data dispatcher
-  job_name: str = "alexnet"    # shared by every consumer of one run
+  data_service: str = ""  # grpc://HOST:PORT of a tf.data dispatcher
+  job_name: str = "alexnet"  # shared by every consumer of one run
   device_dtypes: bool = False  # cast batches for TPUs (see to_device_dtypes)
   randaugment_magnitude: int = 9
-  pca_lighting: float = 0.0    # std of the paper's colour augmentation
+  pca_lighting: float = 0.0  # std of the paper's colour augmentation
 
 
 def list_files(pattern: str, flag_name: str) -> tuple[str, ...]:
@@ -71,9 +74,11 @@ def list_files(pattern: str, flag_name: str) -> tuple[str, ...]:
     candidates = tf.io.gfile.glob(os.path.join(pattern, "*"))
   else:
     candidates = tf.io.gfile.glob(os.path.expanduser(pattern))
-  files = sorted(f for f in candidates
-                 if ".tmp-" not in f and not f.endswith(".json")
-                 and not tf.io.gfile.isdir(f))
+  files = sorted(
+    f
+    for f in candidates
+    if ".tmp-" not in f and not f.endswith(".json") and not tf.io.gfile.isdir(f)
+  )
   if not files:
     raise UserError(f"--{flag_name}={pattern!r} matches no files")
   return tuple(files)
@@ -84,8 +89,9 @@ def detect_schema(path):
   try:
     first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
   except tf.errors.OpError as e:
-    raise UserError(f"{path}: not a readable TFRecord file "
-                    f"({describe(e)})") from None
+    raise UserError(
+      f"{path}: not a readable TFRecord file ({describe(e)})"
+    ) from None
   if first is None:
     raise UserError(f"{path}: empty TFRecord file; cannot detect the schema")
   example = tf.train.Example.FromString(first.numpy())
@@ -93,9 +99,11 @@ def detect_schema(path):
   for schema, (image_key, label_key) in SCHEMA_KEYS.items():
     if image_key in keys and label_key in keys:
       return schema
-  raise UserError(f"{path}: unknown record layout with keys {sorted(keys)}; "
-                  f"expected {list(SCHEMA_KEYS['imagenet'])} or "
-                  f"{list(SCHEMA_KEYS['tfds'])}")
+  raise UserError(
+    f"{path}: unknown record layout with keys {sorted(keys)}; "
+    f"expected {list(SCHEMA_KEYS['imagenet'])} or "
+    f"{list(SCHEMA_KEYS['tfds'])}"
+  )
 
 
 def count_examples(files, counts_path=None, remember=False):
@@ -119,9 +127,13 @@ def count_examples(files, counts_path=None, remember=False):
   remembered = _read_counts(counts_path)
   if key in remembered:
     return remembered[key]
-  log.info("No manifest for %d file(s) in %s; counting records (once: the "
-           "count is kept in the model dir; --train_examples/--eval_examples "
-           "skip it).", len(files), os.path.dirname(files[0]))
+  log.info(
+    "No manifest for %d file(s) in %s; counting records (once: the "
+    "count is kept in the model dir; --train_examples/--eval_examples "
+    "skip it).",
+    len(files),
+    os.path.dirname(files[0]),
+  )
   dataset = tf.data.TFRecordDataset(list(files), num_parallel_reads=8)
   count = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
   if counts_path and remember:
@@ -147,31 +159,45 @@ def class_names(files, num_classes):
   return tuple(str(i) for i in range(max(2, num_classes)))
 
 
-def make_input_spec(pattern: str, flag_name: str, config: config_lib.Config,
-                    image_size: int, num_examples: int = 0,
-                    counts_path: str | None = None,
-                    remember_counts: bool = False) -> InputSpec:
+def make_input_spec(
+  pattern: str,
+  flag_name: str,
+  config: config_lib.Config,
+  image_size: int,
+  num_examples: int = 0,
+  counts_path: str | None = None,
+  remember_counts: bool = False,
+) -> InputSpec:
   """The InputSpec of `pattern`; `num_examples` 0 = count (see count_examples)."""
   files = list_files(pattern, flag_name)
   schema = config.schema if config.schema != "auto" else detect_schema(files[0])
-  num_examples = num_examples or count_examples(files, counts_path,
-                                                remember_counts)
-  return InputSpec(files=files, num_examples=num_examples,
-                   schema=schema, image_size=image_size,
-                   num_classes=config.num_classes,
-                   label_offset=config.label_offset, augment=config.augment,
-                   shuffle_buffer=config.shuffle_buffer, seed=config.seed,
-                   deterministic=config.deterministic,
-                   skip_corrupt=config.skip_corrupt,
-                   data_service=config.data_service,
-                   randaugment_magnitude=config.randaugment_magnitude,
-                   pca_lighting=config.pca_lighting)
+  num_examples = num_examples or count_examples(
+    files, counts_path, remember_counts
+  )
+  return InputSpec(
+    files=files,
+    num_examples=num_examples,
+    schema=schema,
+    image_size=image_size,
+    num_classes=config.num_classes,
+    label_offset=config.label_offset,
+    augment=config.augment,
+    shuffle_buffer=config.shuffle_buffer,
+    seed=config.seed,
+    deterministic=config.deterministic,
+    skip_corrupt=config.skip_corrupt,
+    data_service=config.data_service,
+    randaugment_magnitude=config.randaugment_magnitude,
+    pca_lighting=config.pca_lighting,
+  )
 
 
-def resolve_input_specs(config: config_lib.Config, image_size: int,
-                        counts_path: str | None = None,
-                        remember_counts: bool = False
-                        ) -> tuple[InputSpec, InputSpec | None]:
+def resolve_input_specs(
+  config: config_lib.Config,
+  image_size: int,
+  counts_path: str | None = None,
+  remember_counts: bool = False,
+) -> tuple[InputSpec, InputSpec | None]:
   """(train InputSpec, eval InputSpec or None); the synthetic set by default.
 
   counts_path, remember_counts: where example counts are remembered (see
@@ -180,25 +206,47 @@ def resolve_input_specs(config: config_lib.Config, image_size: int,
   train_pattern, eval_pattern = config.train_data, config.eval_data
   if not train_pattern:
     train_pattern, synthetic_eval = synthetic.ensure_dataset(
-        config.synthetic_dir, config.synthetic_train_examples,
-        config.synthetic_eval_examples,
-        image_size=int(round(image_size * 256 / 224)), seed=0)
+      config.synthetic_dir,
+      config.synthetic_train_examples,
+      config.synthetic_eval_examples,
+      image_size=int(round(image_size * 256 / 224)),
+      seed=0,
+    )
     eval_pattern = eval_pattern or (
-        synthetic_eval if config.synthetic_eval_examples else "")
-    log.info("No --train_data: using the built-in synthetic two-class set "
-             "(%s).", os.path.dirname(train_pattern))
-  train_spec = make_input_spec(train_pattern, "train_data", config, image_size,
-                               config.train_examples, counts_path,
-                               remember_counts)
-  eval_spec = (make_input_spec(eval_pattern, "eval_data", config, image_size,
-                               config.eval_examples, counts_path,
-                               remember_counts)
-               if eval_pattern else None)
+      synthetic_eval if config.synthetic_eval_examples else ""
+    )
+    log.info(
+      "No --train_data: using the built-in synthetic two-class set (%s).",
+      os.path.dirname(train_pattern),
+    )
+  train_spec = make_input_spec(
+    train_pattern,
+    "train_data",
+    config,
+    image_size,
+    config.train_examples,
+    counts_path,
+    remember_counts,
+  )
+  eval_spec = (
+    make_input_spec(
+      eval_pattern,
+      "eval_data",
+      config,
+      image_size,
+      config.eval_examples,
+      counts_path,
+      remember_counts,
+    )
+    if eval_pattern
+    else None
+  )
   return train_spec, eval_spec
 
 
-def resolve_eval_spec(config: config_lib.Config, image_size: int,
-                      counts_path: str | None = None) -> InputSpec:
+def resolve_eval_spec(
+  config: config_lib.Config, image_size: int, counts_path: str | None = None
+) -> InputSpec:
   """The validation InputSpec of a run: its --eval_data, else the synthetic
   validation split when it trained on the synthetic set.
 
@@ -208,11 +256,18 @@ def resolve_eval_spec(config: config_lib.Config, image_size: int,
     UserError: the run has no validation data.
   """
   if config.eval_data:
-    return make_input_spec(config.eval_data, "eval_data", config, image_size,
-                           config.eval_examples, counts_path=counts_path)
+    return make_input_spec(
+      config.eval_data,
+      "eval_data",
+      config,
+      image_size,
+      config.eval_examples,
+      counts_path=counts_path,
+    )
   if not config.train_data:
-    _, eval_spec = resolve_input_specs(config, image_size,
-                                       counts_path=counts_path)
+    _, eval_spec = resolve_input_specs(
+      config, image_size, counts_path=counts_path
+    )
     if eval_spec:
       return eval_spec
   raise UserError("no evaluation data: pass --eval_data")
@@ -224,10 +279,13 @@ def resolve_eval_spec(config: config_lib.Config, image_size: int,
 
 def _parse(serialized, spec):
   image_key, label_key = SCHEMA_KEYS[spec.schema]
-  features = tf.io.parse_single_example(serialized, {
+  features = tf.io.parse_single_example(
+    serialized,
+    {
       image_key: tf.io.FixedLenFeature([], tf.string),
       label_key: tf.io.FixedLenFeature([], tf.int64),
-  })
+    },
+  )
   return features[image_key], features[label_key] - spec.label_offset
 
 
@@ -244,9 +302,10 @@ def _check_label(label, source_file, spec):
   """
   num_labels = max(2, spec.num_classes)
   check = tf.debugging.Assert(
-      tf.logical_and(label >= 0, label < num_labels),
-      [_LABEL_CHECK, label, num_labels, spec.label_offset, source_file],
-      summarize=1)
+    tf.logical_and(label >= 0, label < num_labels),
+    [_LABEL_CHECK, label, num_labels, spec.label_offset, source_file],
+    summarize=1,
+  )
   with tf.control_dependencies([check]):
     return tf.identity(label)
 
@@ -254,36 +313,51 @@ def _check_label(label, source_file, spec):
 def label_error(error):
   """The one-line message for a label-range failure in `error`, or None."""
   import re  # pylint: disable=g-import-not-at-top
-  match = re.search(re.escape(_LABEL_CHECK) + r"\] \[(-?\d+)\] \[(\d+)\] "
-                    r"\[(-?\d+)\] \[([^\]]*)\]", str(error))
+
+  match = re.search(
+    re.escape(_LABEL_CHECK) + r"\] \[(-?\d+)\] \[(\d+)\] "
+    r"\[(-?\d+)\] \[([^\]]*)\]",
+    str(error),
+  )
   if not match:
     return None
   label, num_labels, offset, source = match.groups()
-  hint = ("labels that start at 1 need --label_offset=1" if offset == "0"
-          else "check --label_offset and --num_classes")
-  return (f"label {label} outside [0, {num_labels}) in {source} (after "
-          f"--label_offset={offset}); {hint}")
+  hint = (
+    "labels that start at 1 need --label_offset=1"
+    if offset == "0"
+    else "check --label_offset and --num_classes"
+  )
+  return (
+    f"label {label} outside [0, {num_labels}) in {source} (after "
+    f"--label_offset={offset}); {hint}"
+  )
 
 
 def _image_shape(encoded):
   """(height, width) without decoding pixels, for JPEGs; else by decoding."""
   return tf.cond(
-      tf.io.is_jpeg(encoded),
-      lambda: tf.io.extract_jpeg_shape(encoded)[:2],
-      lambda: tf.shape(tf.io.decode_image(encoded, channels=3,
-                                          expand_animations=False))[:2])
+    tf.io.is_jpeg(encoded),
+    lambda: tf.io.extract_jpeg_shape(encoded)[:2],
+    lambda: tf.shape(
+      tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    )[:2],
+  )
 
 
 def _decode_crop(encoded, crop_window):
   """Decodes only the crop window [y, x, h, w] (fused for JPEG)."""
+
   def decode_other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return tf.image.crop_to_bounding_box(image, crop_window[0], crop_window[1],
-                                         crop_window[2], crop_window[3])
-  return tf.cond(tf.io.is_jpeg(encoded),
-                 lambda: tf.io.decode_and_crop_jpeg(encoded, crop_window,
-                                                    channels=3),
-                 decode_other)
+    return tf.image.crop_to_bounding_box(
+      image, crop_window[0], crop_window[1], crop_window[2], crop_window[3]
+    )
+
+  return tf.cond(
+    tf.io.is_jpeg(encoded),
+    lambda: tf.io.decode_and_crop_jpeg(encoded, crop_window, channels=3),
+    decode_other,
+  )
 
 
 def _resize_uint8(image, size):
@@ -293,8 +367,9 @@ def _resize_uint8(image, size):
 
 def _center_crop_window(shape, fraction):
   height, width = shape[0], shape[1]
-  side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * fraction,
-                 tf.int32)
+  side = tf.cast(
+    tf.cast(tf.minimum(height, width), tf.float32) * fraction, tf.int32
+  )
   return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
@@ -310,32 +385,41 @@ def decode_for_eval(encoded, image_size, augment):
   return _resize_uint8(image, image_size)
 
 
-def decode_for_training(encoded, image_size, augment, seed,
-                        randaugment_magnitude=9, pca_lighting=0.0):
+def decode_for_training(
+  encoded, image_size, augment, seed, randaugment_magnitude=9, pca_lighting=0.0
+):
   """Training preprocessing with stateless randomness from `seed` ([2] int).
 
   randaugment_magnitude: M of --augment=randaugment.
   pca_lighting: std of the paper's colour augmentation; 0 = off.
   """
-  image = _decode_and_crop_for_training(encoded, image_size, augment, seed,
-                                        randaugment_magnitude)
+  image = _decode_and_crop_for_training(
+    encoded, image_size, augment, seed, randaugment_magnitude
+  )
   if pca_lighting:
     image = augment_lib.pca_lighting(
-        image, pca_lighting, tf.random.experimental.stateless_fold_in(seed, 3))
+      image, pca_lighting, tf.random.experimental.stateless_fold_in(seed, 3)
+    )
   return image
 
 
-def _decode_and_crop_for_training(encoded, image_size, augment, seed,
-                                  randaugment_magnitude):
+def _decode_and_crop_for_training(
+  encoded, image_size, augment, seed, randaugment_magnitude
+):
   if augment == "resize":
     return decode_for_eval(encoded, image_size, augment)
   shape = _image_shape(encoded)
   if augment in ("random_resized_crop", "randaugment"):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.concat([shape, [3]], 0), bounding_boxes=tf.zeros([1, 0, 4]),
-        seed=seed, min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(MIN_CROP_AREA, 1.0),
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+      tf.concat([shape, [3]], 0),
+      bounding_boxes=tf.zeros([1, 0, 4]),
+      seed=seed,
+      min_object_covered=0.0,
+      aspect_ratio_range=(3 / 4, 4 / 3),
+      area_range=(MIN_CROP_AREA, 1.0),
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True,
+    )
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
     image = _decode_crop(encoded, window)
     image.set_shape([None, None, 3])
@@ -345,18 +429,22 @@ def _decode_and_crop_for_training(encoded, image_size, augment, seed,
     image.set_shape([None, None, 3])
     scale_side = int(round(image_size * 256 / 224))
     shorter = tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
-    new_shape = tf.cast(tf.round(tf.cast(shape, tf.float32) * scale_side / shorter),
-                        tf.int32)
+    new_shape = tf.cast(
+      tf.round(tf.cast(shape, tf.float32) * scale_side / shorter), tf.int32
+    )
     image = tf.image.resize(image, new_shape)
-    image = tf.image.stateless_random_crop(image, [image_size, image_size, 3],
-                                           seed=seed)
+    image = tf.image.stateless_random_crop(
+      image, [image_size, image_size, 3], seed=seed
+    )
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
   flip_seed = tf.random.experimental.stateless_fold_in(seed, 1)
   image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
   if augment == "randaugment":
     image = augment_lib.randaugment(
-        image, randaugment_magnitude,
-        tf.random.experimental.stateless_fold_in(seed, 2))
+      image,
+      randaugment_magnitude,
+      tf.random.experimental.stateless_fold_in(seed, 2),
+    )
   return image
 
 
@@ -388,25 +476,31 @@ def _options(deterministic):
   options.deterministic = deterministic
   # Sharding is done here, per InputContext; tell tf.distribute not to try.
   options.experimental_distribute.auto_shard_policy = (
-      tf.data.experimental.AutoShardPolicy.OFF)
+    tf.data.experimental.AutoShardPolicy.OFF
+  )
   options.experimental_optimization.map_parallelization = True
   return options
 
 
 def _records_with_source(files, num_pipelines, pipeline_id, by_file):
   """(record, file) pairs of this pipeline's part of `files`."""
+
   def read(path):
     dataset = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
     if not by_file:
       dataset = dataset.shard(num_pipelines, pipeline_id)
     return dataset.map(lambda record: (record, path))
+
   return read
 
 
-def make_train_dataset(spec: InputSpec,
-                       input_context: tf.distribute.InputContext,
-                       global_batch_size: int, epoch: int = 0,
-                       skip_records: int = 0) -> tf.data.Dataset:
+def make_train_dataset(
+  spec: InputSpec,
+  input_context: tf.distribute.InputContext,
+  global_batch_size: int,
+  epoch: int = 0,
+  skip_records: int = 0,
+) -> tf.data.Dataset:
   """One epoch's training stream for this input pipeline, repeated.
 
   Args:
@@ -439,13 +533,18 @@ def make_train_dataset(spec: InputSpec,
     files = files[pipeline_id::pipelines]
   epoch_seed = spec.seed * 100_003 + epoch
   file_dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
-      len(files), seed=epoch_seed)
+    len(files), seed=epoch_seed
+  )
   dataset = file_dataset.interleave(
-      _records_with_source(spec.files, pipelines, pipeline_id, by_file),
-      cycle_length=min(len(files), 16), block_length=1,
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=spec.deterministic)
-  dataset = dataset.shuffle(spec.shuffle_buffer, seed=epoch_seed,
-                            reshuffle_each_iteration=True)
+    _records_with_source(spec.files, pipelines, pipeline_id, by_file),
+    cycle_length=min(len(files), 16),
+    block_length=1,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=spec.deterministic,
+  )
+  dataset = dataset.shuffle(
+    spec.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=True
+  )
   dataset = dataset.repeat().skip(skip_records)
   # Position-based seeds: an image's augmentation depends on where it is in
   # the epoch, not on which thread decoded it.
@@ -457,19 +556,33 @@ def make_train_dataset(spec: InputSpec,
     # Each pipeline draws its own crops: the same position in two pipelines
     # (or workers) is a different image and must not get the same crop.
     seed = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.cast(epoch_seed, tf.int64), position]), pipeline_id)
-    image = decode_for_training(encoded, spec.image_size, spec.augment, seed,
-                                spec.randaugment_magnitude, spec.pca_lighting)
+      tf.stack([tf.cast(epoch_seed, tf.int64), position]), pipeline_id
+    )
+    image = decode_for_training(
+      encoded,
+      spec.image_size,
+      spec.augment,
+      seed,
+      spec.randaugment_magnitude,
+      spec.pca_lighting,
+    )
     return image, label, position, source
 
   # Skipping needs positions in order to count the gaps it leaves.
-  dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=spec.deterministic or spec.skip_corrupt)
+  dataset = dataset.map(
+    preprocess,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=spec.deterministic or spec.skip_corrupt,
+  )
   if spec.skip_corrupt:
     dataset = dataset.ignore_errors()
   dataset = dataset.map(
-      lambda image, label, position, source: (
-          image, _check_label(label, source, spec), position))
+    lambda image, label, position, source: (
+      image,
+      _check_label(label, source, spec),
+      position,
+    )
+  )
 
   def count_skipped(last_position, element):
     image, label, position = element
@@ -479,17 +592,26 @@ def make_train_dataset(spec: InputSpec,
   dataset = dataset.scan(tf.constant(skip_records - 1, tf.int64), count_skipped)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   if spec.data_service:
-    dataset = dataset.apply(tf.data.experimental.service.distribute(
+    dataset = dataset.apply(
+      tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
-        service=spec.data_service, job_name=f"{spec.job_name}-epoch{epoch}"))
+        service=spec.data_service,
+        job_name=f"{spec.job_name}-epoch{epoch}",
+      )
+    )
   if spec.device_dtypes:  # After the service: it still ships uint8.
     dataset = dataset.map(to_device_dtypes)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(
-      _options(spec.deterministic))
+    _options(spec.deterministic)
+  )
 
 
-def eval_steps(num_examples: int, num_pipelines: int, num_replicas: int,
-               per_replica_batch_size: int) -> int:
+def eval_steps(
+  num_examples: int,
+  num_pipelines: int,
+  num_replicas: int,
+  per_replica_batch_size: int,
+) -> int:
   """Steps that cover every pipeline's share of an eval set exactly once."""
   per_pipeline = -(-num_examples // num_pipelines)
   replicas_per_pipeline = num_replicas // num_pipelines
@@ -497,9 +619,12 @@ def eval_steps(num_examples: int, num_pipelines: int, num_replicas: int,
   return -(-batches // replicas_per_pipeline)
 
 
-def make_eval_dataset(spec: InputSpec,
-                      input_context: tf.distribute.InputContext,
-                      global_batch_size: int, steps: int) -> tf.data.Dataset:
+def make_eval_dataset(
+  spec: InputSpec,
+  input_context: tf.distribute.InputContext,
+  global_batch_size: int,
+  steps: int,
+) -> tf.data.Dataset:
   """Every example of `spec` exactly once, padded with weight-0 examples.
 
   Records are sharded by position over all files read in a fixed order, so
@@ -514,11 +639,14 @@ def make_eval_dataset(spec: InputSpec,
   pipelines = input_context.num_input_pipelines
   batch_size = input_context.get_per_replica_batch_size(global_batch_size)
   replicas_per_pipeline = input_context.num_replicas_in_sync // pipelines
-  dataset = tf.data.TFRecordDataset(list(spec.files), num_parallel_reads=4,
-                                    buffer_size=8 << 20)
+  dataset = tf.data.TFRecordDataset(
+    list(spec.files), num_parallel_reads=4, buffer_size=8 << 20
+  )
   dataset = dataset.shard(pipelines, input_context.input_pipeline_id)
-  source = tf.constant(",".join(os.path.basename(f) for f in spec.files[:3]) +
-                       ("..." if len(spec.files) > 3 else ""))
+  source = tf.constant(
+    ",".join(os.path.basename(f) for f in spec.files[:3])
+    + ("..." if len(spec.files) > 3 else "")
+  )
 
   def preprocess(record):
     encoded, label = _parse(record, spec)
@@ -528,15 +656,23 @@ def make_eval_dataset(spec: InputSpec,
   dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   if spec.skip_corrupt:
     dataset = dataset.ignore_errors()
-  dataset = dataset.map(lambda image, label, weight: (
-      image, _check_label(label, source, spec), weight))
-  padding = tf.data.Dataset.from_tensors((
+  dataset = dataset.map(
+    lambda image, label, weight: (
+      image,
+      _check_label(label, source, spec),
+      weight,
+    )
+  )
+  padding = tf.data.Dataset.from_tensors(
+    (
       tf.zeros([spec.image_size, spec.image_size, 3], tf.uint8),
-      tf.constant(0, tf.int64), tf.constant(0.0))).repeat()
+      tf.constant(0, tf.int64),
+      tf.constant(0.0),
+    )
+  ).repeat()
   dataset = dataset.concatenate(padding)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.take(steps * replicas_per_pipeline)
   if spec.device_dtypes:
     dataset = dataset.map(to_device_dtypes)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(False))
-

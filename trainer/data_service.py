@@ -27,26 +27,40 @@ from absl import flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("role", None, ["dispatcher", "worker", "vertex"],
-                  "Which server to run; vertex: this replica's part of a "
-                  "Vertex AI data service pool (from CLUSTER_SPEC).")
+flags.DEFINE_enum(
+  "role",
+  None,
+  ["dispatcher", "worker", "vertex"],
+  "Which server to run; vertex: this replica's part of a "
+  "Vertex AI data service pool (from CLUSTER_SPEC).",
+)
 flags.DEFINE_integer("port", 0, "Port to listen on.")
 flags.DEFINE_string("dispatcher", "", "Worker: the dispatcher's HOST:PORT.")
-flags.DEFINE_string("host", "127.0.0.1", "Worker: the address the dispatcher "
-                    "and trainers reach this worker at.")
+flags.DEFINE_string(
+  "host",
+  "127.0.0.1",
+  "Worker: the address the dispatcher and trainers reach this worker at.",
+)
 
 
 def _start(role, port, dispatcher="", host="127.0.0.1"):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   service = tf.data.experimental.service
   if role == "dispatcher":
     server = service.DispatchServer(service.DispatcherConfig(port=port))
   else:
     if not dispatcher:
-      raise app.UsageError("--role=worker needs --dispatcher=HOST:PORT", exitcode=2)
-    server = service.WorkerServer(service.WorkerConfig(
+      raise app.UsageError(
+        "--role=worker needs --dispatcher=HOST:PORT", exitcode=2
+      )
+    server = service.WorkerServer(
+      service.WorkerConfig(
         dispatcher_address=dispatcher.replace("grpc://", ""),
-        worker_address=f"{host}:{port}", port=port))
+        worker_address=f"{host}:{port}",
+        port=port,
+      )
+    )
   print(f"tf.data service {role} listening on {host}:{port}", flush=True)
   return server
 
@@ -62,8 +76,11 @@ def vertex_roles(cluster_spec, pool):
   """[(role, host, port)] this replica runs, from Vertex AI's CLUSTER_SPEC."""
   task = cluster_spec["task"]
   if task["type"] != pool:
-    raise app.UsageError(f"--role=vertex runs in {pool}; CLUSTER_SPEC says "
-                         f"this replica is in {task['type']}", exitcode=2)
+    raise app.UsageError(
+      f"--role=vertex runs in {pool}; CLUSTER_SPEC says "
+      f"this replica is in {task['type']}",
+      exitcode=2,
+    )
   servers = cluster_spec["cluster"][pool]
   host, port = servers[task["index"]].rsplit(":", 1)
   if task["index"] == 0:
@@ -75,9 +92,14 @@ def vertex_roles(cluster_spec, pool):
 def serve_vertex(cluster_spec):
   """Runs this Vertex replica's servers until the process is terminated."""
   from trainer import strategy  # pylint: disable=g-import-not-at-top
+
   dispatcher = strategy.vertex_dispatcher(cluster_spec)
-  servers = [_start(role, port, dispatcher, host) for role, host, port
-             in vertex_roles(cluster_spec, strategy.DATA_SERVICE_POOL)]
+  servers = [
+    _start(role, port, dispatcher, host)
+    for role, host, port in vertex_roles(
+      cluster_spec, strategy.DATA_SERVICE_POOL
+    )
+  ]
   servers[0].join()
 
 
@@ -85,8 +107,10 @@ def main(argv):
   del argv
   if FLAGS.role == "vertex":
     if not os.environ.get("CLUSTER_SPEC"):
-      raise app.UsageError("--role=vertex needs Vertex AI's CLUSTER_SPEC "
-                           "environment variable", exitcode=2)
+      raise app.UsageError(
+        "--role=vertex needs Vertex AI's CLUSTER_SPEC environment variable",
+        exitcode=2,
+      )
     serve_vertex(json.loads(os.environ["CLUSTER_SPEC"]))
     return 0
   if not FLAGS.port:

@@ -19,13 +19,18 @@ class UsageError(UserError):
 def describe(error):
   """The first meaningful line of an exception, TensorFlow's noise removed."""
   import re  # pylint: disable=g-import-not-at-top
+
   text = getattr(error, "message", None) or str(error)
   text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
-  lines = [l.strip() for l in text.strip().splitlines()
-           if l.strip() and not l.strip().startswith((
-               "Graph execution error", "Detected at node", "File \"",
-               "Traceback"))
-           and not l.startswith(" ")]
+  lines = [
+    l.strip()
+    for l in text.strip().splitlines()
+    if l.strip()
+    and not l.strip().startswith(
+      ("Graph execution error", "Detected at node", "File \"", "Traceback")
+    )
+    and not l.startswith(" ")
+  ]
   if not lines:
     return type(error).__name__
   return re.sub(r"\s*\[Op:\w+\]$", "", lines[0])
@@ -35,9 +40,11 @@ def parse_flags(argv):
   """absl's flags_parser for the CLIs: a bad flag or value is one usage line
   (absl names the flag and, for enums, the valid values) and exit 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"Usage error: {e}\nRun with --helpshort for the flags.",
-          file=sys.stderr)
+    print(
+      f"Usage error: {e}\nRun with --helpshort for the flags.", file=sys.stderr
+    )
     sys.exit(USAGE_EXIT_CODE)

@@ -18,11 +18,14 @@ MAX_CONFUSION_CLASSES = 64  # Beyond this the matrix costs more than it tells.
 
 def make_eval_step(model, num_classes, with_confusion):
   """One replica's step: function(images, labels, weights) -> statistics."""
+
   def replica_step(images, labels, weights):
     probabilities = model(images, training=False)
     per_example = metrics.loss_per_example(labels, probabilities, num_classes)
-    return metrics.batch_stats(labels, probabilities, per_example, num_classes,
-                               weights, with_confusion)
+    return metrics.batch_stats(
+      labels, probabilities, per_example, num_classes, weights, with_confusion
+    )
+
   return replica_step
 
 
@@ -38,8 +41,11 @@ def make_eval_call(strategy, model, num_classes, with_confusion=None):
     totals = tf.zeros([size], tf.float32)
     for _ in tf.range(num_steps):
       images, labels, weights = next(iterator)
-      totals += strategy.reduce("SUM", strategy.run(
-          replica_step, args=(images, labels, weights)), axis=None)
+      totals += strategy.reduce(
+        "SUM",
+        strategy.run(replica_step, args=(images, labels, weights)),
+        axis=None,
+      )
     return totals
 
   eval_call.with_confusion = with_confusion
@@ -54,14 +60,17 @@ def evaluate(strategy, num_pipelines, eval_call, spec, global_batch_size):
   (non-zero only with --skip_corrupt).
   """
   replicas = strategy.num_replicas_in_sync
-  steps = data.eval_steps(spec.num_examples, num_pipelines, replicas,
-                          global_batch_size // replicas)
+  steps = data.eval_steps(
+    spec.num_examples, num_pipelines, replicas, global_batch_size // replicas
+  )
   dataset = strategy_lib.distribute_datasets(
-      strategy,
-      lambda ctx: data.make_eval_dataset(spec, ctx, global_batch_size, steps))
+    strategy,
+    lambda ctx: data.make_eval_dataset(spec, ctx, global_batch_size, steps),
+  )
   totals = eval_call(iter(dataset), tf.constant(steps)).numpy()
-  figures = metrics.summarize(totals, eval_call.num_classes,
-                              eval_call.with_confusion)
+  figures = metrics.summarize(
+    totals, eval_call.num_classes, eval_call.with_confusion
+  )
   figures["skipped"] = spec.num_examples - figures["count"]
   figures["totals"] = totals
   return figures
@@ -76,13 +85,22 @@ def per_class_report(confusion, class_names):
   with np.errstate(divide="ignore", invalid="ignore"):
     precision = np.where(predicted > 0, true_positive / predicted, 0.0)
     recall = np.where(actual > 0, true_positive / actual, 0.0)
-    f1 = np.where(precision + recall > 0,
-                  2 * precision * recall / (precision + recall), 0.0)
-  rows = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                 "f1": float(f1[i]), "support": int(actual[i])}
-          for i, name in enumerate(class_names)}
-  macro = {key: float(np.mean([r[key] for r in rows.values()]))
-           for key in ("precision", "recall", "f1")}
+    f1 = np.where(
+      precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0
+    )
+  rows = {
+    name: {
+      "precision": float(precision[i]),
+      "recall": float(recall[i]),
+      "f1": float(f1[i]),
+      "support": int(actual[i]),
+    }
+    for i, name in enumerate(class_names)
+  }
+  macro = {
+    key: float(np.mean([r[key] for r in rows.values()]))
+    for key in ("precision", "recall", "f1")
+  }
   return rows, macro
 
 

@@ -52,20 +52,38 @@ from trainer.errors import describe  # pylint: disable=g-import-not-at-top
 FORMATS = ("tflite",)
 QUANTIZATIONS = ("none", "float16", "int8")
 SIGNATURE = serving.PIXELS_SIGNATURE
-INSTALL_HINT = "pip install ai-edge-litert (or pip install 'alexnet-tf[tflite]')"
+INSTALL_HINT = (
+  "pip install ai-edge-litert (or pip install 'alexnet-tf[tflite]')"
+)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "A training run's model dir (local or "
-                    "gs://) with export/saved_model.")
+flags.DEFINE_string(
+  "model_dir",
+  None,
+  "A training run's model dir (local or gs://) with export/saved_model.",
+)
 flags.DEFINE_enum("format", "tflite", FORMATS, "Edge format to write.")
-flags.DEFINE_enum("quantize", "none", QUANTIZATIONS, "'none' (float32), "
-                  "'float16' (weights) or 'int8' (weights and activations, "
-                  "calibrated on validation images; float32 input/output).")
-flags.DEFINE_string("eval_data", "", "Validation TFRecords to check (and, for "
-                    "int8, calibrate) on; default: the run's --eval_data (or "
-                    "its synthetic validation split).")
-flags.DEFINE_integer("calibration_images", 200, "int8: validation images the "
-                     "converter measures activation ranges on.", lower_bound=1)
+flags.DEFINE_enum(
+  "quantize",
+  "none",
+  QUANTIZATIONS,
+  "'none' (float32), "
+  "'float16' (weights) or 'int8' (weights and activations, "
+  "calibrated on validation images; float32 input/output).",
+)
+flags.DEFINE_string(
+  "eval_data",
+  "",
+  "Validation TFRecords to check (and, for "
+  "int8, calibrate) on; default: the run's --eval_data (or "
+  "its synthetic validation split).",
+)
+flags.DEFINE_integer(
+  "calibration_images",
+  200,
+  "int8: validation images the converter measures activation ranges on.",
+  lower_bound=1,
+)
 flags.mark_flag_as_required("model_dir")
 
 
@@ -78,16 +96,19 @@ def _interpreter_class():
   try:
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise UserError("the LiteRT interpreter (ai_edge_litert) is not "
-                    f"installed: {INSTALL_HINT}") from None
+    raise UserError(
+      "the LiteRT interpreter (ai_edge_litert) is not "
+      f"installed: {INSTALL_HINT}"
+    ) from None
   return Interpreter
 
 
 def _validation_batches(spec, batch_size=32):
   """(float32 images, labels) of every validation image once, in batches."""
   steps = data.eval_steps(spec.num_examples, 1, 1, batch_size)
-  dataset = data.make_eval_dataset(spec, tf.distribute.InputContext(),
-                                   batch_size, steps)
+  dataset = data.make_eval_dataset(
+    spec, tf.distribute.InputContext(), batch_size, steps
+  )
   for images, labels, weights in dataset:
     real = weights.numpy() > 0  # drop the padding that fills the last batch
     yield images.numpy()[real].astype(np.float32), labels.numpy()[real]
@@ -106,14 +127,16 @@ def convert(saved_model_dir, quantize, calibration_images=()):
     bytes.
   """
   converter = tf.lite.TFLiteConverter.from_saved_model(
-      saved_model_dir, signature_keys=[SIGNATURE])
+    saved_model_dir, signature_keys=[SIGNATURE]
+  )
   if quantize == "float16":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
   elif quantize == "int8":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: (
-        [image[np.newaxis]] for image in calibration_images)
+      [image[np.newaxis]] for image in calibration_images
+    )
     # Integer kernels only: an op that cannot be quantized fails the
     # conversion instead of silently staying float.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -130,29 +153,40 @@ def compare(flatbuffer, saved_model_dir, spec):
   """Top-1 agreement, the largest probability difference and the accuracies
   of the .tflite and the SavedModel on every image of `spec`."""
   runner = _interpreter_class()(model_content=flatbuffer).get_signature_runner(
-      SIGNATURE)
+    SIGNATURE
+  )
   loaded = tf.saved_model.load(saved_model_dir)
   count = agree = lite_correct = saved_correct = 0
   largest_difference = 0.0
   for images, labels in _validation_batches(spec):
     lite_probabilities = next(iter(runner(image=images).values()))
     saved_probabilities = loaded.serve(tf.constant(images)).numpy()
-    largest_difference = max(largest_difference, float(np.max(np.abs(
-        lite_probabilities - saved_probabilities))))
+    largest_difference = max(
+      largest_difference,
+      float(np.max(np.abs(lite_probabilities - saved_probabilities))),
+    )
     lite, saved = _top1(lite_probabilities), _top1(saved_probabilities)
     count += len(labels)
     agree += int(np.sum(lite == saved))
     lite_correct += int(np.sum(lite == labels))
     saved_correct += int(np.sum(saved == labels))
-  return {"num_images": count, "agreement": agree / count,
-          "max_probability_difference": largest_difference,
-          "accuracy": {"tflite": lite_correct / count,
-                       "saved_model": saved_correct / count}}
+  return {
+    "num_images": count,
+    "agreement": agree / count,
+    "max_probability_difference": largest_difference,
+    "accuracy": {
+      "tflite": lite_correct / count,
+      "saved_model": saved_correct / count,
+    },
+  }
 
 
 def _directory_bytes(path):
-  return sum(tf.io.gfile.stat(os.path.join(root, name)).length
-             for root, _, names in tf.io.gfile.walk(path) for name in names)
+  return sum(
+    tf.io.gfile.stat(os.path.join(root, name)).length
+    for root, _, names in tf.io.gfile.walk(path)
+    for name in names
+  )
 
 
 def run(model_dir, quantize="none", eval_data="", calibration_images=200):
@@ -161,79 +195,106 @@ def run(model_dir, quantize="none", eval_data="", calibration_images=200):
   run_dir = outputs.RunDir.of(model_dir)
   saved_model_dir = run_dir.saved_model
   if not tf.io.gfile.exists(os.path.join(saved_model_dir, "saved_model.pb")):
-    raise UserError(f"--model_dir={model_dir}: no SavedModel in "
-                    f"{saved_model_dir} (a run exports it when it completes)")
+    raise UserError(
+      f"--model_dir={model_dir}: no SavedModel in "
+      f"{saved_model_dir} (a run exports it when it completes)"
+    )
   if not tf.io.gfile.exists(run_dir.config):
-    raise UserError(f"--model_dir={model_dir}: no config.json (not a training run)")
+    raise UserError(
+      f"--model_dir={model_dir}: no config.json (not a training run)"
+    )
   reduced = serving.reduced_compute_dtype(saved_model_dir, SIGNATURE)
   if reduced:  # The converter would fail, after pages of MLIR errors.
     raise UserError(
-        f"--model_dir={model_dir}: its SavedModel computes in {reduced} (the "
-        "run set --export_precision=training) and TFLite converts float32 "
-        "models only: export with --export_precision=float32, the default")
+      f"--model_dir={model_dir}: its SavedModel computes in {reduced} (the "
+      "run set --export_precision=training) and TFLite converts float32 "
+      "models only: export with --export_precision=float32, the default"
+    )
   config = config_lib.load(run_dir.config)
   config = config.replace(eval_data=eval_data or config.eval_data)
   image_size = config_lib.image_size(config)
   try:
-    spec = data.resolve_eval_spec(config, image_size,
-                                  counts_path=run_dir.example_counts)
+    spec = data.resolve_eval_spec(
+      config, image_size, counts_path=run_dir.example_counts
+    )
   except UserError as e:
     if quantize == "int8":
-      raise UserError(f"--quantize=int8 calibrates on validation images: "
-                      f"{e}") from None
+      raise UserError(
+        f"--quantize=int8 calibrates on validation images: {e}"
+      ) from None
     spec = None
   calibration = []
   if quantize == "int8":
     for images, _ in _validation_batches(spec):
-      calibration.extend(images[:calibration_images - len(calibration)])
+      calibration.extend(images[: calibration_images - len(calibration)])
       if len(calibration) == calibration_images:
         break
   try:
     flatbuffer = convert(saved_model_dir, quantize, calibration)
-  except Exception as e:  # The converter raises bare Exceptions (ConverterError).
-    raise UserError(f"converting {saved_model_dir} failed: {describe(e)}") from None
+  except (
+    Exception
+  ) as e:  # The converter raises bare Exceptions (ConverterError).
+    raise UserError(
+      f"converting {saved_model_dir} failed: {describe(e)}"
+    ) from None
   path = tflite_path(model_dir, quantize)
   records.write_bytes_atomically(path, flatbuffer)
-  report = {"tflite": path, "format": "tflite", "quantize": quantize,
-            "size_bytes": len(flatbuffer), "saved_model": saved_model_dir,
-            "saved_model_bytes": _directory_bytes(saved_model_dir),
-            "converter": f"tf.lite.TFLiteConverter (TensorFlow {tf.__version__})",
-            "interpreter": f"ai_edge_litert {importlib.metadata.version('ai-edge-litert')}",
-            "calibration_images": len(calibration),
-            "eval_data": list(spec.files) if spec else [],
-            "num_images": 0, "agreement": None,
-            "max_probability_difference": None, "accuracy": None}
+  report = {
+    "tflite": path,
+    "format": "tflite",
+    "quantize": quantize,
+    "size_bytes": len(flatbuffer),
+    "saved_model": saved_model_dir,
+    "saved_model_bytes": _directory_bytes(saved_model_dir),
+    "converter": f"tf.lite.TFLiteConverter (TensorFlow {tf.__version__})",
+    "interpreter": f"ai_edge_litert {importlib.metadata.version('ai-edge-litert')}",
+    "calibration_images": len(calibration),
+    "eval_data": list(spec.files) if spec else [],
+    "num_images": 0,
+    "agreement": None,
+    "max_probability_difference": None,
+    "accuracy": None,
+  }
   if spec:
     report.update(compare(flatbuffer, saved_model_dir, spec))
-  records.write_text_atomically(path + ".json",
-                                json.dumps(report, indent=2) + "\n")
+  records.write_text_atomically(
+    path + ".json", json.dumps(report, indent=2) + "\n"
+  )
   return report
 
 
 def format_summary(report):
-  lines = [f"Wrote {report['tflite']}: {report['size_bytes']:,} bytes "
-           f"(SavedModel {report['saved_model_bytes']:,} bytes)"]
+  lines = [
+    f"Wrote {report['tflite']}: {report['size_bytes']:,} bytes "
+    f"(SavedModel {report['saved_model_bytes']:,} bytes)"
+  ]
   if report["agreement"] is None:
-    lines.append("Agreement with the SavedModel not checked: no validation "
-                 "data (pass --eval_data).")
+    lines.append(
+      "Agreement with the SavedModel not checked: no validation "
+      "data (pass --eval_data)."
+    )
   else:
     accuracy = report["accuracy"]
-    lines += [f"Top-1 agreement with the SavedModel: {report['agreement']:.2%} "
-              f"of {report['num_images']} validation images (probabilities "
-              f"differ by at most {report['max_probability_difference']:.2g})",
-              f"Top-1 accuracy: tflite {accuracy['tflite']:.4f}, SavedModel "
-              f"{accuracy['saved_model']:.4f}"]
+    lines += [
+      f"Top-1 agreement with the SavedModel: {report['agreement']:.2%} "
+      f"of {report['num_images']} validation images (probabilities "
+      f"differ by at most {report['max_probability_difference']:.2g})",
+      f"Top-1 accuracy: tflite {accuracy['tflite']:.4f}, SavedModel "
+      f"{accuracy['saved_model']:.4f}",
+    ]
   lines.append(f"Report: {report['tflite']}.json")
   return "\n".join(lines)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
-                         exitcode=errors.USAGE_EXIT_CODE)
+    raise app.UsageError(
+      f"Unexpected arguments: {argv[1:]}", exitcode=errors.USAGE_EXIT_CODE
+    )
   try:
-    report = run(FLAGS.model_dir, FLAGS.quantize, FLAGS.eval_data,
-                 FLAGS.calibration_images)
+    report = run(
+      FLAGS.model_dir, FLAGS.quantize, FLAGS.eval_data, FLAGS.calibration_images
+    )
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1

@@ -22,21 +22,29 @@ import os
 CRASH_EXIT_CODE = 86
 
 POINTS = (
-    # Each checkpoint save (step and epoch checkpoints) and its index.
-    "checkpoint_save:before", "checkpoint_save:after",
-    # Epoch end: best/ is saved before the latest checkpoint.
-    "epoch_end:before", "best_save:after", "epoch_checkpoint:after",
-    "metrics:after", "status:after",
-    # The early-stop and plateau decisions, after the epoch's checkpoint.
-    "early_stop:decided",
-    # A NaN rollback, once the weights are back.
-    "rollback:after",
-    # The final export: before, between its files, before its marker.
-    "export:before", "export:keras_written", "export:saved_model_written",
-    "export:before_marker", "export:after",
-    # The end of the run.
-    "finish:after",
+  # Each checkpoint save (step and epoch checkpoints) and its index.
+  "checkpoint_save:before",
+  "checkpoint_save:after",
+  # Epoch end: best/ is saved before the latest checkpoint.
+  "epoch_end:before",
+  "best_save:after",
+  "epoch_checkpoint:after",
+  "metrics:after",
+  "status:after",
+  # The early-stop and plateau decisions, after the epoch's checkpoint.
+  "early_stop:decided",
+  # A NaN rollback, once the weights are back.
+  "rollback:after",
+  # The final export: before, between its files, before its marker.
+  "export:before",
+  "export:keras_written",
+  "export:saved_model_written",
+  "export:before_marker",
+  "export:after",
+  # The end of the run.
+  "finish:after",
 )
+
 
 def _parse(value):
   """'NAME:WHEN[:N]' -> (point, N), or None."""
@@ -45,8 +53,10 @@ def _parse(value):
   parts = value.split(":")
   point = ":".join(parts[:2])
   if point not in POINTS or len(parts) > 3:
-    raise ValueError(f"ALEXNET_CRASH_AT={value!r}: not POINT[:N] with POINT "
-                     f"one of {', '.join(POINTS)}")
+    raise ValueError(
+      f"ALEXNET_CRASH_AT={value!r}: not POINT[:N] with POINT "
+      f"one of {', '.join(POINTS)}"
+    )
   return point, int(parts[2]) if len(parts) == 3 else 1
 
 
@@ -78,5 +88,6 @@ def plant_nan(step, model):
   if _FAULTS.nan_at_step and step == _FAULTS.nan_at_step:
     _FAULTS.nan_at_step = 0
     import numpy as np  # pylint: disable=g-import-not-at-top
+
     kernel = model.get_layer("predictions").kernel
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))

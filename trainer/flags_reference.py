@@ -39,6 +39,7 @@ class Flag:
     minimum: the smallest valid value, or None.
     section: the heading the flag is listed under.
   """
+
   name: str
   type_name: str
   default: object
@@ -54,14 +55,18 @@ def config_flags():
   # Config() leaves `config` empty (a Config built in code); the flag
   # defaults to configs.DEFAULT, so the page says what a user gets.
   defaults = defaults.replace(config=configs.DEFAULT)
-  return [Flag(name=field.name,
-               type_name=getattr(field.type, "__name__", str(field.type)),
-               default=getattr(defaults, field.name),
-               help=field.metadata["help"],
-               choices=field.metadata["choices"],
-               minimum=field.metadata["minimum"],
-               section=field.metadata["section"])
-          for field in config_lib.fields()]
+  return [
+    Flag(
+      name=field.name,
+      type_name=getattr(field.type, "__name__", str(field.type)),
+      default=getattr(defaults, field.name),
+      help=field.metadata["help"],
+      choices=field.metadata["choices"],
+      minimum=field.metadata["minimum"],
+      section=field.metadata["section"],
+    )
+    for field in config_lib.fields()
+  ]
 
 
 def named_config_changes(names=configs.NAMES):
@@ -97,8 +102,13 @@ def _value(value):
 
 def _text(text):
   """Help text made safe for one Markdown table cell (GitHub and MkDocs)."""
-  for plain, escaped in (("\\", "\\\\"), ("|", "\\|"), ("*", "\\*"),
-                         ("<", "&lt;"), (">", "&gt;")):
+  for plain, escaped in (
+    ("\\", "\\\\"),
+    ("|", "\\|"),
+    ("*", "\\*"),
+    ("<", "&lt;"),
+    (">", "&gt;"),
+  ):
     text = text.replace(plain, escaped)
   return " ".join(text.split())
 
@@ -123,44 +133,52 @@ def render(flags, changes):
     The page, ending with a newline.
   """
   lines = [
-      "# Flags",
-      "",
-      "<!-- Generated from trainer/config.py by "
-      f"`{REGENERATE_COMMAND}`; do not edit. -->",
-      "",
-      "Every field of `Config` (`trainer/config.py`) is a flag of "
-      "`python -m trainer.task`, and a key of the `config.json` a run writes. "
-      "The defaults below are `Config()`'s, which every named config starts "
-      "from; the named config `--config` picks (`" + configs.DEFAULT + "` "
-      "when none is given) replaces them with its values (the last column; "
-      "the configs are described in "
-      "[Configs and training recipes](../configs.md)), and a flag given on "
-      "the command line replaces both. `python -m trainer.task --helpshort` "
-      "prints the same flags with the defaults of the `--config` given.",
-      "",
-      "Valid values lists the choices or the minimum the field declares; "
-      "`Config`'s `validate()` checks a few more ranges and formats (see the "
-      "help text), and the [troubleshooting page](../troubleshooting.md) has "
-      "the message each check prints.",
-      "",
-      f"Regenerate this page from the repository root with `{REGENERATE_COMMAND}`.",
+    "# Flags",
+    "",
+    "<!-- Generated from trainer/config.py by "
+    f"`{REGENERATE_COMMAND}`; do not edit. -->",
+    "",
+    "Every field of `Config` (`trainer/config.py`) is a flag of "
+    "`python -m trainer.task`, and a key of the `config.json` a run writes. "
+    "The defaults below are `Config()`'s, which every named config starts "
+    "from; the named config `--config` picks (`" + configs.DEFAULT + "` "
+    "when none is given) replaces them with its values (the last column; "
+    "the configs are described in "
+    "[Configs and training recipes](../configs.md)), and a flag given on "
+    "the command line replaces both. `python -m trainer.task --helpshort` "
+    "prints the same flags with the defaults of the `--config` given.",
+    "",
+    "Valid values lists the choices or the minimum the field declares; "
+    "`Config`'s `validate()` checks a few more ranges and formats (see the "
+    "help text), and the [troubleshooting page](../troubleshooting.md) has "
+    "the message each check prints.",
+    "",
+    f"Regenerate this page from the repository root with `{REGENERATE_COMMAND}`.",
   ]
   sections = []
   for flag in flags:
     if flag.section not in sections:
       sections.append(flag.section)
   for section in sections:
-    lines += ["", f"## {section}", "",
-              "| flag | type | default | help | valid values | named configs |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+      "",
+      f"## {section}",
+      "",
+      "| flag | type | default | help | valid values | named configs |",
+      "| --- | --- | --- | --- | --- | --- |",
+    ]
     for flag in flags:
       if flag.section != section:
         continue
-      named = "; ".join(f"`{name}`: {_value(value)}"
-                        for name, value in changes.get(flag.name, []))
-      lines.append(f"| `--{flag.name}` | {flag.type_name} | "
-                   f"{_value(flag.default)} | {_text(flag.help)} | "
-                   f"{_valid_values(flag)} | {named} |")
+      named = "; ".join(
+        f"`{name}`: {_value(value)}"
+        for name, value in changes.get(flag.name, [])
+      )
+      lines.append(
+        f"| `--{flag.name}` | {flag.type_name} | "
+        f"{_value(flag.default)} | {_text(flag.help)} | "
+        f"{_valid_values(flag)} | {named} |"
+      )
   return "\n".join(lines) + "\n"
 
 
@@ -187,8 +205,10 @@ def difference(expected, actual):
     if want != got:
       return f"line {number}: generated {want!r}, committed {got!r}"
   shorter = min(len(expected_lines), len(actual_lines)) + 1
-  return (f"line {shorter}: generated {len(expected_lines)} lines, committed "
-          f"{len(actual_lines)}")
+  return (
+    f"line {shorter}: generated {len(expected_lines)} lines, committed "
+    f"{len(actual_lines)}"
+  )
 
 
 def main(argv):
@@ -198,8 +218,11 @@ def main(argv):
     The exit status: 0, or 2 for an unknown argument.
   """
   if argv[1:] not in ([], ["--write"]):
-    print(f"Usage: python -m trainer.flags_reference [--write]\n"
-          f"Unexpected arguments: {argv[1:]}", file=sys.stderr)
+    print(
+      f"Usage: python -m trainer.flags_reference [--write]\n"
+      f"Unexpected arguments: {argv[1:]}",
+      file=sys.stderr,
+    )
     return 2
   text = page()
   if argv[1:] == ["--write"]:

@@ -54,13 +54,17 @@ def report(metric_name, record):
     return
   if metric_name not in record:
     logged = sorted(k for k in record if k not in ("epoch", "step"))
-    raise UserError(f"--hypertune_metric={metric_name}: this run logs no "
-                    f"{metric_name} (it logs {', '.join(logged)}); val_ metrics "
-                    "need validation data (--eval_data)")
+    raise UserError(
+      f"--hypertune_metric={metric_name}: this run logs no "
+      f"{metric_name} (it logs {', '.join(logged)}); val_ metrics "
+      "need validation data (--eval_data)"
+    )
   reporter = _reporter(os.environ.get("CLOUD_ML_HP_METRIC_FILE", ""))
   reporter.report_hyperparameter_tuning_metric(
-      hyperparameter_metric_tag=metric_name, metric_value=record[metric_name],
-      global_step=record["epoch"])
+    hyperparameter_metric_tag=metric_name,
+    metric_value=record[metric_name],
+    global_step=record["epoch"],
+  )
 
 
 # One reporter per metric file for the life of the process: the library
@@ -73,8 +77,9 @@ def _reporter(metric_file):
     import hypertune  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise UserError(
-        f"this process is Vertex AI tuning trial {trial_id()} "
-        f"({TRIAL_ID_ENV} is set) and must report --hypertune_metric, but the "
-        "cloudml-hypertune package is missing: pip install cloudml-hypertune "
-        "(or alexnet-tf[vertex]) where the trainer runs") from None
+      f"this process is Vertex AI tuning trial {trial_id()} "
+      f"({TRIAL_ID_ENV} is set) and must report --hypertune_metric, but the "
+      "cloudml-hypertune package is missing: pip install cloudml-hypertune "
+      "(or alexnet-tf[vertex]) where the trainer runs"
+    ) from None
   return hypertune.HyperTune()

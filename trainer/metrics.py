@@ -82,8 +82,15 @@ class StatsLayout:
     return {name: totals[where] for name, where in self.slices.items()}
 
 
-def batch_stats(labels, probabilities, per_example_loss, num_classes,
-                weights=None, with_confusion=False, skipped=None):
+def batch_stats(
+  labels,
+  probabilities,
+  per_example_loss,
+  num_classes,
+  weights=None,
+  with_confusion=False,
+  skipped=None,
+):
   """The summable statistics of one batch, as a flat float32 vector laid out
   by StatsLayout(num_classes, with_confusion, skipped is not None)."""
   if weights is None:
@@ -91,12 +98,20 @@ def batch_stats(labels, probabilities, per_example_loss, num_classes,
   labels = tf.cast(labels, tf.int64)
   predictions = predicted_classes(probabilities, num_classes)
   correct = tf.cast(tf.equal(predictions, labels), tf.float32)
-  parts = [tf.stack([tf.reduce_sum(per_example_loss * weights),
-                     tf.reduce_sum(correct * weights),
-                     tf.reduce_sum(weights)])]
+  parts = [
+    tf.stack(
+      [
+        tf.reduce_sum(per_example_loss * weights),
+        tf.reduce_sum(correct * weights),
+        tf.reduce_sum(weights),
+      ]
+    )
+  ]
   if num_classes == 1:
     score = tf.cast(probabilities[:, 0], tf.float32)
-    bins = tf.clip_by_value(tf.cast(score * AUC_BINS, tf.int32), 0, AUC_BINS - 1)
+    bins = tf.clip_by_value(
+      tf.cast(score * AUC_BINS, tf.int32), 0, AUC_BINS - 1
+    )
     positive = tf.cast(labels, tf.float32) * weights
     negative = (1.0 - tf.cast(labels, tf.float32)) * weights
     parts.append(tf.math.unsorted_segment_sum(positive, bins, AUC_BINS))
@@ -105,8 +120,9 @@ def batch_stats(labels, probabilities, per_example_loss, num_classes,
     parts.append([tf.reduce_sum(top_k_hits(labels, probabilities) * weights)])
   if with_confusion:
     k = max(2, num_classes)
-    confusion = tf.math.confusion_matrix(labels, predictions, num_classes=k,
-                                         weights=weights, dtype=tf.float32)
+    confusion = tf.math.confusion_matrix(
+      labels, predictions, num_classes=k, weights=weights, dtype=tf.float32
+    )
     parts.append(tf.reshape(confusion, [-1]))
   if skipped is not None:
     parts.append([tf.cast(tf.reduce_sum(skipped), tf.float32)])
@@ -123,10 +139,15 @@ def top_k_hits(labels, probabilities, k=TOP_K):
   depends on class order. A row with a non-finite score is a miss.
   """
   probabilities = tf.cast(probabilities, tf.float32)
-  label_scores = tf.gather(probabilities, tf.cast(labels, tf.int32), axis=1,
-                           batch_dims=1)
-  at_least_as_high = tf.reduce_sum(tf.cast(
-      probabilities >= label_scores[:, None], tf.int32), axis=1) - 1
+  label_scores = tf.gather(
+    probabilities, tf.cast(labels, tf.int32), axis=1, batch_dims=1
+  )
+  at_least_as_high = (
+    tf.reduce_sum(
+      tf.cast(probabilities >= label_scores[:, None], tf.int32), axis=1
+    )
+    - 1
+  )
   finite = tf.reduce_all(tf.math.is_finite(probabilities), axis=1)
   return tf.cast(tf.logical_and(at_least_as_high < k, finite), tf.float32)
 
@@ -141,8 +162,10 @@ def auc_from_histograms(positive, negative):
   # Index 0 is now the highest-score bin: negatives below bin i are those
   # in later bins.
   negatives_below = total_neg - np.cumsum(negative)
-  return float(np.sum(positive * (negatives_below + 0.5 * negative)) /
-               (total_pos * total_neg))
+  return float(
+    np.sum(positive * (negatives_below + 0.5 * negative))
+    / (total_pos * total_neg)
+  )
 
 
 def summarize(totals, num_classes, with_confusion=False, with_skipped=False):
@@ -150,17 +173,22 @@ def summarize(totals, num_classes, with_confusion=False, with_skipped=False):
   top5_accuracy, confusion_matrix, skipped when the layout has them."""
   parts = StatsLayout(num_classes, with_confusion, with_skipped).parts(totals)
   loss_sum, correct, count = parts["sums"]
-  result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
-            "count": int(round(count))}
+  result = {
+    "loss": loss_sum / max(count, 1),
+    "accuracy": correct / max(count, 1),
+    "count": int(round(count)),
+  }
   if "auc_positive" in parts:
-    result["auc"] = auc_from_histograms(parts["auc_positive"],
-                                        parts["auc_negative"])
+    result["auc"] = auc_from_histograms(
+      parts["auc_positive"], parts["auc_negative"]
+    )
   if "top5" in parts:
     result["top5_accuracy"] = parts["top5"][0] / max(count, 1)
   if "confusion" in parts:
     k = max(2, num_classes)
-    result["confusion_matrix"] = np.rint(
-        parts["confusion"].reshape(k, k)).astype(int).tolist()
+    result["confusion_matrix"] = (
+      np.rint(parts["confusion"].reshape(k, k)).astype(int).tolist()
+    )
   if "skipped" in parts:
     result["skipped"] = int(round(parts["skipped"][0]))
   return result

@@ -43,13 +43,22 @@ class LocalResponseNormalization(keras.layers.Layer):
 
   def call(self, inputs):
     normalized = tf.nn.local_response_normalization(
-        tf.cast(inputs, tf.float32), depth_radius=self.depth_radius,
-        bias=self.bias, alpha=self.alpha, beta=self.beta)
+      tf.cast(inputs, tf.float32),
+      depth_radius=self.depth_radius,
+      bias=self.bias,
+      alpha=self.alpha,
+      beta=self.beta,
+    )
     return tf.cast(normalized, inputs.dtype)
 
   def get_config(self):
-    return {**super().get_config(), "depth_radius": self.depth_radius,
-            "bias": self.bias, "alpha": self.alpha, "beta": self.beta}
+    return {
+      **super().get_config(),
+      "depth_radius": self.depth_radius,
+      "bias": self.bias,
+      "alpha": self.alpha,
+      "beta": self.beta,
+    }
 
 
 @keras.saving.register_keras_serializable(package="alexnet_tf")
@@ -69,16 +78,31 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   """
 
   def call(self, inputs, training=None, mask=None):
-    if (not training or not self.trainable or self.synchronized or mask is not None
-        or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
+    if (
+      not training
+      or not self.trainable
+      or self.synchronized
+      or mask is not None
+      or len(inputs.shape) != 4
+      or self.axis not in (-1, 3)
+    ):
       return super().call(inputs, training=training, mask=mask)
     scale = self.gamma if self.scale else tf.ones([inputs.shape[-1]])
     offset = self.beta if self.center else tf.zeros([inputs.shape[-1]])
-    dtype = inputs.dtype if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16) else tf.float32
+    dtype = (
+      inputs.dtype
+      if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16)
+      else tf.float32
+    )
     outputs, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-        x=tf.cast(inputs, dtype), scale=tf.cast(scale, tf.float32),
-        offset=tf.cast(offset, tf.float32), mean=tf.zeros([0]),
-        variance=tf.zeros([0]), epsilon=self.epsilon, is_training=True)
+      x=tf.cast(inputs, dtype),
+      scale=tf.cast(scale, tf.float32),
+      offset=tf.cast(offset, tf.float32),
+      mean=tf.zeros([0]),
+      variance=tf.zeros([0]),
+      epsilon=self.epsilon,
+      is_training=True,
+    )
     # The fused op reports the Bessel-corrected variance; Keras averages the
     # biased one into moving_variance.
     count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
@@ -93,13 +117,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
       # the subtraction keeps float32's precision when |mean| >> std.
       center = tf.cast(self.moving_mean, tf.float32)
       offset, mean_square = context.all_reduce(
-          "MEAN", [mean - center, variance + tf.square(mean - center)])
+        "MEAN", [mean - center, variance + tf.square(mean - center)]
+      )
       mean = center + offset
       variance = tf.maximum(mean_square - tf.square(offset), 0.0)
     momentum = self.momentum
-    self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+    self.moving_mean.assign(
+      self.moving_mean * momentum + mean * (1.0 - momentum)
+    )
     self.moving_variance.assign(
-        self.moving_variance * momentum + variance * (1.0 - momentum))
+      self.moving_variance * momentum + variance * (1.0 - momentum)
+    )
     return tf.cast(outputs, self.compute_dtype)
 
 
@@ -116,20 +144,27 @@ class ReplicaDropout(keras.layers.Dropout):
 
   def call(self, inputs, training=False):
     context = tf.distribute.get_replica_context()
-    if (not training or self.rate == 0 or self.noise_shape is not None
-        or context is None or context.num_replicas_in_sync == 1):
+    if (
+      not training
+      or self.rate == 0
+      or self.noise_shape is not None
+      or context is None
+      or context.num_replicas_in_sync == 1
+    ):
       return super().call(inputs, training=training)
     seed = tf.cast(self.seed_generator.next(), tf.int64)
     seed = tf.random.experimental.stateless_fold_in(
-        seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
+      seed, tf.cast(context.replica_id_in_sync_group, tf.int64)
+    )
     keep = tf.random.stateless_uniform(tf.shape(inputs), seed) >= self.rate
     scaled = inputs / tf.cast(1.0 - self.rate, inputs.dtype)
     return tf.where(keep, scaled, tf.zeros_like(inputs))
 
 
 def _conv(filters, kernel, strides, padding, name):
-  return keras.layers.Conv2D(filters, kernel, strides, padding=padding,
-                             activation="relu", name=name)
+  return keras.layers.Conv2D(
+    filters, kernel, strides, padding=padding, activation="relu", name=name
+  )
 
 
 def _pool(name):
@@ -143,8 +178,9 @@ def _batch_norm(name, options):
   synchronized, momentum, fused = options
   if fused:
     return FusedBatchNormalization(momentum=momentum, name=name)
-  return keras.layers.BatchNormalization(synchronized=synchronized,
-                                         momentum=momentum, name=name)
+  return keras.layers.BatchNormalization(
+    synchronized=synchronized, momentum=momentum, name=name
+  )
 
 
 def _head(x, num_classes, widths, dropout_rate, portable):
@@ -156,8 +192,9 @@ def _head(x, num_classes, widths, dropout_rate, portable):
   # The output layer stays float32 under mixed precision: the loss and the
   # probabilities are computed at full precision.
   activation = "sigmoid" if num_classes == 1 else "softmax"
-  return keras.layers.Dense(num_classes, activation=activation,
-                            dtype="float32", name="predictions")(x)
+  return keras.layers.Dense(
+    num_classes, activation=activation, dtype="float32", name="predictions"
+  )(x)
 
 
 def _features(name, x, batch_norm):
@@ -194,10 +231,16 @@ def _features(name, x, batch_norm):
   return _pool("pool2")(x), (64,)
 
 
-def build_model(name="seed", num_classes=1, image_size=None,
-                dropout_rate=0.5, sync_batch_norm=False,
-                batch_norm_momentum=0.99, fused_batch_norm=True,
-                portable=False):
+def build_model(
+  name="seed",
+  num_classes=1,
+  image_size=None,
+  dropout_rate=0.5,
+  sync_batch_norm=False,
+  batch_norm_momentum=0.99,
+  fused_batch_norm=True,
+  portable=False,
+):
   """Builds an AlexNet variant.
 
   Args:
@@ -222,27 +265,36 @@ def build_model(name="seed", num_classes=1, image_size=None,
       variant.
   """
   if name not in MODEL_NAMES:
-    raise ValueError(f"Unknown model. Expected one of {MODEL_NAMES}. "
-                     f"Received: name={name!r}")
+    raise ValueError(
+      f"Unknown model. Expected one of {MODEL_NAMES}. Received: name={name!r}"
+    )
   if num_classes < 1:
-    raise ValueError(f"num_classes must be >= 1. Received: num_classes={num_classes}")
+    raise ValueError(
+      f"num_classes must be >= 1. Received: num_classes={num_classes}"
+    )
   image_size = image_size or MODEL_IMAGE_SIZES[name]
 
   inputs = keras.Input((image_size, image_size, 3), name="image")
   x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
   try:
-    x, widths = _features(name, x, (sync_batch_norm, batch_norm_momentum,
-                                    fused_batch_norm and not portable))
+    x, widths = _features(
+      name,
+      x,
+      (sync_batch_norm, batch_norm_momentum, fused_batch_norm and not portable),
+    )
   except ValueError as e:
     # Keras' message names a pooling layer's shapes; say what to change.
-    raise ValueError(f"image_size={image_size} is too small for model "
-                     f"{name!r}: {str(e).splitlines()[0]}") from None
+    raise ValueError(
+      f"image_size={image_size} is too small for model "
+      f"{name!r}: {str(e).splitlines()[0]}"
+    ) from None
   outputs = _head(x, num_classes, widths, dropout_rate, portable)
   return keras.Model(inputs, outputs, name=f"alexnet_{name}")
 
 
-def portable_copy(model, name, num_classes, image_size, dropout_rate,
-                  dtype_policy="float32"):
+def portable_copy(
+  model, name, num_classes, image_size, dropout_rate, dtype_policy="float32"
+):
   """The same network and weights with built-in Keras layers (for export;
   `original`'s LRN is ours and registered for loading), computing under the
   Keras dtype policy `dtype_policy` (e.g. "float32", "mixed_bfloat16").
@@ -254,8 +306,9 @@ def portable_copy(model, name, num_classes, image_size, dropout_rate,
   # copy alone, then put back what the run uses.
   keras.mixed_precision.set_global_policy(dtype_policy)
   try:
-    copy = build_model(name, num_classes, image_size, dropout_rate,
-                       portable=True)
+    copy = build_model(
+      name, num_classes, image_size, dropout_rate, portable=True
+    )
   finally:
     keras.mixed_precision.set_global_policy(trained_policy)
   copy.set_weights(model.get_weights())
@@ -287,7 +340,9 @@ def training_flops_per_image(model):
   first convolution needs no input gradient.
   """
   forward = forward_flops_per_image(model)
-  first_conv = next(l for l in model.layers if isinstance(l, keras.layers.Conv2D))
+  first_conv = next(
+    l for l in model.layers if isinstance(l, keras.layers.Conv2D)
+  )
   out_h, out_w, out_c = first_conv.output.shape[1:]
   k_h, k_w, in_c, _ = first_conv.kernel.shape
   first_conv_flops = 2 * out_h * out_w * out_c * k_h * k_w * in_c

@@ -22,9 +22,18 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
   (so the rate is still a function of the step and the checkpointed state).
   """
 
-  def __init__(self, kind, peak, steps_per_epoch, total_epochs,
-               constant_epochs=10, warmup_epochs=0.0, multiplier=None,
-               boundaries=(), plateau_factor=None):
+  def __init__(
+    self,
+    kind,
+    peak,
+    steps_per_epoch,
+    total_epochs,
+    constant_epochs=10,
+    warmup_epochs=0.0,
+    multiplier=None,
+    boundaries=(),
+    plateau_factor=None,
+  ):
     self.kind = kind
     self.peak = peak
     self.steps_per_epoch = steps_per_epoch
@@ -46,14 +55,16 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
       rate = self.peak * tf.exp(-0.1 * decay_epochs)
     elif self.kind == "step":
       epoch = tf.floor(step / self.steps_per_epoch)
-      passed = tf.add_n([tf.cast(epoch >= b, tf.float32)
-                         for b in self.boundaries] or [0.0])
+      passed = tf.add_n(
+        [tf.cast(epoch >= b, tf.float32) for b in self.boundaries] or [0.0]
+      )
       rate = self.peak * tf.pow(0.1, passed)
     elif self.kind == "plateau":
       rate = self.peak * tf.cast(self.plateau_factor, tf.float32)
     else:  # cosine over the steps after warmup
       progress = (step - self.warmup_steps) / max(
-          1, self.total_steps - self.warmup_steps)
+        1, self.total_steps - self.warmup_steps
+      )
       progress = tf.clip_by_value(progress, 0.0, 1.0)
       rate = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
     if self.warmup_steps:
@@ -64,11 +75,14 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     return rate
 
   def get_config(self):
-    return {"kind": self.kind, "peak": self.peak,
-            "steps_per_epoch": self.steps_per_epoch,
-            "constant_epochs": self.constant_epochs,
-            "warmup_steps": self.warmup_steps,
-            "boundaries": list(self.boundaries)}
+    return {
+      "kind": self.kind,
+      "peak": self.peak,
+      "steps_per_epoch": self.steps_per_epoch,
+      "constant_epochs": self.constant_epochs,
+      "warmup_steps": self.warmup_steps,
+      "boundaries": list(self.boundaries),
+    }
 
 
 class _AllReduceIn:
@@ -90,8 +104,12 @@ class _AllReduceIn:
     if tf.distribute.has_strategy() and replica_context is not None:
       grads = list(grads)
       present = [i for i, g in enumerate(grads) if g is not None]
-      narrow = [grads[i] if self.all_reduce_dtype is None
-                else tf.cast(grads[i], self.all_reduce_dtype) for i in present]
+      narrow = [
+        grads[i]
+        if self.all_reduce_dtype is None
+        else tf.cast(grads[i], self.all_reduce_dtype)
+        for i in present
+      ]
       summed = replica_context.all_reduce("sum", narrow)
       for i, value in zip(present, summed):
         grads[i] = tf.cast(value, grads[i].dtype)
@@ -127,19 +145,28 @@ class FusedAdam(_AllReduceIn, keras.optimizers.Adam):
     return self._momentums[index], self._velocities[index]
 
   def update_step(self, gradient, variable, learning_rate):
-    if (not self.fused or self.amsgrad or isinstance(gradient, tf.IndexedSlices)
-        or not hasattr(self, "_momentums")):
+    if (
+      not self.fused
+      or self.amsgrad
+      or isinstance(gradient, tf.IndexedSlices)
+      or not hasattr(self, "_momentums")
+    ):
       return super().update_step(gradient, variable, learning_rate)
     m, v = self._slots(variable)
     dtype = variable.dtype
     step = tf.cast(self.iterations + 1, dtype)
     tf.raw_ops.ResourceApplyAdam(
-        var=variable.handle, m=m.value.handle, v=v.value.handle,
-        beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
-        beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
-        lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype),
-        beta2=tf.cast(self.beta_2, dtype), epsilon=tf.cast(self.epsilon, dtype),
-        grad=tf.cast(gradient, dtype))
+      var=variable.handle,
+      m=m.value.handle,
+      v=v.value.handle,
+      beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
+      beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+      lr=tf.cast(learning_rate, dtype),
+      beta1=tf.cast(self.beta_1, dtype),
+      beta2=tf.cast(self.beta_2, dtype),
+      epsilon=tf.cast(self.epsilon, dtype),
+      grad=tf.cast(gradient, dtype),
+    )
 
 
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
@@ -161,7 +188,8 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     if context is None or context.num_replicas_in_sync == 1:
       return finite
     overflowed = context.all_reduce(
-        tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+      tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
+    )
     return tf.equal(overflowed, 0.0)
 
 
@@ -174,8 +202,9 @@ def step_counter(optimizer):
   return getattr(optimizer, "inner_optimizer", optimizer).iterations
 
 
-def build_optimizer(config, schedule, loss_scaling, fused=True,
-                    all_reduce_dtype="float32"):
+def build_optimizer(
+  config, schedule, loss_scaling, fused=True, all_reduce_dtype="float32"
+):
   """Adam (the seed) or SGD with momentum (the paper), optionally loss-scaled.
 
   all_reduce_dtype: the dtype gradients are summed across replicas in.
@@ -190,11 +219,16 @@ def build_optimizer(config, schedule, loss_scaling, fused=True,
   if config.ema_decay:
     regularisation.update(use_ema=True, ema_momentum=config.ema_decay)
   if config.optimizer == "adam":
-    optimizer = FusedAdam(schedule, weight_decay=weight_decay, fused=fused,
-                          **regularisation)
+    optimizer = FusedAdam(
+      schedule, weight_decay=weight_decay, fused=fused, **regularisation
+    )
   else:
-    optimizer = SGD(schedule, momentum=config.momentum,
-                    weight_decay=weight_decay, **regularisation)
+    optimizer = SGD(
+      schedule,
+      momentum=config.momentum,
+      weight_decay=weight_decay,
+      **regularisation,
+    )
   if all_reduce_dtype != "float32":
     optimizer.all_reduce_dtype = tf.as_dtype(all_reduce_dtype)
   if loss_scaling:
@@ -242,8 +276,11 @@ class AveragedWeights:
     """weights: the trainable weights the optimizer was built with."""
     averages = weight_averages(optimizer)
     self._strategy = strategy
-    self._pairs = [] if averages is None else [
-        (w.value, a.value) for w, a in zip(weights, averages)]
+    self._pairs = (
+      []
+      if averages is None
+      else [(w.value, a.value) for w, a in zip(weights, averages)]
+    )
     self._swap = tf.function(self._swap_all) if self._pairs else None
     self._copy = tf.function(self._copy_all) if self._pairs else None
 
@@ -258,13 +295,15 @@ class AveragedWeights:
 
   def _copy_all(self):
     for weight, average in self._pairs:
-      self._strategy.extended.update(average, _copy_values, args=(weight,),
-                                     group=False)
+      self._strategy.extended.update(
+        average, _copy_values, args=(weight,), group=False
+      )
 
   def _swap_all(self):
     for weight, average in self._pairs:
-      self._strategy.extended.update(weight, _swap_values, args=(average,),
-                                     group=False)
+      self._strategy.extended.update(
+        weight, _swap_values, args=(average,), group=False
+      )
 
   @contextlib.contextmanager
   def swapped_in(self):

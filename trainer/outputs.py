@@ -52,7 +52,6 @@ STEP_FIGURES = ("loss", "accuracy", "top5_accuracy", "auc", "learning_rate")
 
 
 class _ChiefOnly(logging.Filter):
-
   def __init__(self, is_chief):
     super().__init__()
     self.is_chief = is_chief
@@ -64,8 +63,9 @@ class _ChiefOnly(logging.Filter):
 def report_to_stdout(is_chief=True):
   """Sends the trainer's messages to stdout (idempotent; on non-chief
   workers, only the lines every worker says)."""
-  handler = next((h for h in log.handlers
-                  if getattr(h, "alexnet_stdout", False)), None)
+  handler = next(
+    (h for h in log.handlers if getattr(h, "alexnet_stdout", False)), None
+  )
   if handler is None:
     handler = logging.StreamHandler(sys.stdout)  # Flushes every line.
     handler.alexnet_stdout = True
@@ -85,6 +85,7 @@ class RunDir:
   $AIP_TENSORBOARD_LOG_DIR). Where they went is recorded in config.json, so
   tools that read a finished run (`RunDir.of`) find them.
   """
+
   root: str
   checkpoint_root: str
   log_dir: str
@@ -95,9 +96,11 @@ class RunDir:
     if model_dir:
       return cls(model_dir, model_dir, os.path.join(model_dir, "logs"))
     root = os.environ.get("AIP_MODEL_DIR") or os.path.join("runs", config_name)
-    return cls(root, os.environ.get("AIP_CHECKPOINT_DIR") or root,
-               os.environ.get("AIP_TENSORBOARD_LOG_DIR") or
-               os.path.join(root, "logs"))
+    return cls(
+      root,
+      os.environ.get("AIP_CHECKPOINT_DIR") or root,
+      os.environ.get("AIP_TENSORBOARD_LOG_DIR") or os.path.join(root, "logs"),
+    )
 
   @classmethod
   def of(cls, model_dir: str) -> RunDir:
@@ -106,8 +109,11 @@ class RunDir:
     if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
       with tf.io.gfile.GFile(os.path.join(model_dir, "config.json")) as f:
         recorded = json.load(f).get(config_lib.RUN_DIR_KEY, {})
-    return cls(model_dir, recorded.get("checkpoint_root", model_dir),
-               recorded.get("log_dir", os.path.join(model_dir, "logs")))
+    return cls(
+      model_dir,
+      recorded.get("checkpoint_root", model_dir),
+      recorded.get("log_dir", os.path.join(model_dir, "logs")),
+    )
 
   def _at(self, *parts):
     return os.path.join(self.root, *parts)
@@ -122,7 +128,8 @@ class RunDir:
   keras_model = property(lambda self: self._at("export", "model.keras"))
   saved_model = property(lambda self: self._at("export", "saved_model"))
   export_class_names = property(
-      lambda self: self._at("export", "class_names.txt"))
+    lambda self: self._at("export", "class_names.txt")
+  )
   # Written last: an export without it is partial (a run killed while
   # exporting), and the next run of the same command completes it.
   export_complete = property(lambda self: self._at("export", "COMPLETE"))
@@ -131,9 +138,11 @@ class RunDir:
     """export/model.tflite, or model-QUANTIZE.tflite (trainer.export)."""
     suffix = "" if quantize == "none" else f"-{quantize}"
     return self._at("export", f"model{suffix}.tflite")
+
   eval = property(lambda self: self._at("eval"))
   checkpoints = property(
-      lambda self: os.path.join(self.checkpoint_root, "checkpoints"))
+    lambda self: os.path.join(self.checkpoint_root, "checkpoints")
+  )
   best = property(lambda self: os.path.join(self.checkpoint_root, "best"))
   profile = property(lambda self: os.path.join(self.log_dir, "profile"))
 
@@ -154,11 +163,16 @@ class CheckpointSet:
     if is_chief:
       saving, self._scratch = run_dir, None
     else:
-      self._scratch = tempfile.mkdtemp(prefix=f"alexnet-{task.replace(':', '')}-")
+      self._scratch = tempfile.mkdtemp(
+        prefix=f"alexnet-{task.replace(':', '')}-"
+      )
       saving = RunDir(self._scratch, self._scratch, self._scratch)
     self.latest = tf.train.CheckpointManager(
-        checkpoint, saving.checkpoints, max_to_keep=max_to_keep)
-    self.best = tf.train.CheckpointManager(checkpoint, saving.best, max_to_keep=1)
+      checkpoint, saving.checkpoints, max_to_keep=max_to_keep
+    )
+    self.best = tf.train.CheckpointManager(
+      checkpoint, saving.best, max_to_keep=1
+    )
     # Every worker restores from the chief's files: they are the shared truth.
     self._chief_latest_dir = run_dir.checkpoints
     self._chief_best_dir = run_dir.best
@@ -199,26 +213,39 @@ class RunWriter:
     if is_chief:
       for split in ("train", "validation"):
         self._summaries[split] = tf.summary.create_file_writer(
-            run_dir.summaries(split))
+          run_dir.summaries(split)
+        )
 
   def write_config(self, config, class_names, resolved):
     """config.json: the options, where the run's files went and `resolved`
     (what `auto` resolved to here, e.g. {"precision": ...})."""
     if self.is_chief:
-      values = {**json.loads(config.to_json()),
-                config_lib.RUN_DIR_KEY: self.run_dir.recorded(),
-                config_lib.RESOLVED_KEY: resolved}
+      values = {
+        **json.loads(config.to_json()),
+        config_lib.RUN_DIR_KEY: self.run_dir.recorded(),
+        config_lib.RESOLVED_KEY: resolved,
+      }
       records.write_text_atomically(
-          self.run_dir.config, json.dumps(values, indent=2, sort_keys=True) + "\n")
-      records.write_text_atomically(self.run_dir.class_names,
-                                    "\n".join(class_names) + "\n")
+        self.run_dir.config, json.dumps(values, indent=2, sort_keys=True) + "\n"
+      )
+      records.write_text_atomically(
+        self.run_dir.class_names, "\n".join(class_names) + "\n"
+      )
 
   def write_status(self, status, state):
     if self.is_chief:
       records.write_text_atomically(
-          self.run_dir.status,
-          json.dumps({"status": status, "epoch": int(state.epoch.numpy()),
-                      "step": int(state.step.numpy()), "time": time.time()}) + "\n")
+        self.run_dir.status,
+        json.dumps(
+          {
+            "status": status,
+            "epoch": int(state.epoch.numpy()),
+            "step": int(state.step.numpy()),
+            "time": time.time(),
+          }
+        )
+        + "\n",
+      )
 
   def read_status(self):
     path = self.run_dir.status
@@ -230,8 +257,9 @@ class RunWriter:
   def write_input_images(self, images):
     """A few augmented training inputs, to check the pipeline by eye."""
     with self._summaries["train"].as_default():
-      tf.summary.image("augmented_inputs", images, step=0,
-                       max_outputs=len(images))
+      tf.summary.image(
+        "augmented_inputs", images, step=0, max_outputs=len(images)
+      )
     self._summaries["train"].flush()
 
   def append_metrics(self, record):
@@ -245,15 +273,25 @@ class RunWriter:
     kept = []
     if tf.io.gfile.exists(path):
       with tf.io.gfile.GFile(path) as f:
-        kept = [line for line in f.read().splitlines() if line.strip() and
-                json.loads(line)["epoch"] < record["epoch"]]
+        kept = [
+          line
+          for line in f.read().splitlines()
+          if line.strip() and json.loads(line)["epoch"] < record["epoch"]
+        ]
     records.write_text_atomically(
-        path, "".join(f"{line}\n" for line in kept) + json.dumps(record) +
-        "\n")
+      path, "".join(f"{line}\n" for line in kept) + json.dumps(record) + "\n"
+    )
     step = record["step"]
     with self._summaries["train"].as_default():
-      for key in ("loss", "accuracy", "top5_accuracy", "auc", "learning_rate",
-                  "images_per_sec", "skipped"):
+      for key in (
+        "loss",
+        "accuracy",
+        "top5_accuracy",
+        "auc",
+        "learning_rate",
+        "images_per_sec",
+        "skipped",
+      ):
         if key in record:
           tf.summary.scalar(key, record[key], step=step)
     with self._summaries["validation"].as_default():
@@ -301,13 +339,24 @@ def _format(value):
 
 def epoch_line(record, total_epochs):
   parts = [f"epoch {record['epoch']}/{total_epochs}", f"step {record['step']}"]
-  for key in ("loss", "accuracy", "top5_accuracy", "auc", "val_loss",
-              "val_accuracy", "val_top5_accuracy", "val_auc", "learning_rate",
-              "skipped", "val_skipped"):
+  for key in (
+    "loss",
+    "accuracy",
+    "top5_accuracy",
+    "auc",
+    "val_loss",
+    "val_accuracy",
+    "val_top5_accuracy",
+    "val_auc",
+    "learning_rate",
+    "skipped",
+    "val_skipped",
+  ):
     # Validation always counts skipped records; a 0 matters only to
     # --skip_corrupt runs (which also count "skipped").
-    quiet = (key == "val_skipped" and not record.get(key)
-             and "skipped" not in record)
+    quiet = (
+      key == "val_skipped" and not record.get(key) and "skipped" not in record
+    )
     if key in record and not quiet:
       parts.append(f"{key} {_format(record[key])}")
   parts.append(f"{record['images_per_sec']:.1f} images/s")
@@ -321,13 +370,16 @@ class Progress:
     self.enabled = is_chief and sys.stdout.isatty()
     if self.enabled:
       print(f"Epoch {epoch + 1}/{total_epochs}")
-      self._bar = keras.utils.Progbar(steps, stateful_metrics=[
-          "loss", "accuracy", "images/s"])
+      self._bar = keras.utils.Progbar(
+        steps, stateful_metrics=["loss", "accuracy", "images/s"]
+      )
 
   def update(self, step, loss, accuracy, images_per_sec):
     if self.enabled:
-      self._bar.update(step, [("loss", loss), ("accuracy", accuracy),
-                              ("images/s", images_per_sec)])
+      self._bar.update(
+        step,
+        [("loss", loss), ("accuracy", accuracy), ("images/s", images_per_sec)],
+      )
 
 
 def weights_digest(model):

@@ -20,6 +20,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 def _save(figure, path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=100)
   plt.close(figure)
@@ -41,14 +42,33 @@ def training_curves_figure(records):
   epochs = [r["epoch"] for r in records]
   figure, axes = plt.subplots(2, 2, figsize=(12, 8))
   panels = [
-      (axes[0, 0], "Model Accuracy", "Accuracy",
-       [("accuracy", "Training Accuracy"), ("val_accuracy", "Validation Accuracy")]),
-      (axes[0, 1], "Model Loss", "Loss",
-       [("loss", "Training Loss"), ("val_loss", "Validation Loss")]),
-      (axes[1, 0], "Learning Rate", "Learning rate",
-       [("learning_rate", "Learning Rate")]),
-      (axes[1, 1], "Throughput", "Images/s",
-       [("images_per_sec", "Training images/s")]),
+    (
+      axes[0, 0],
+      "Model Accuracy",
+      "Accuracy",
+      [
+        ("accuracy", "Training Accuracy"),
+        ("val_accuracy", "Validation Accuracy"),
+      ],
+    ),
+    (
+      axes[0, 1],
+      "Model Loss",
+      "Loss",
+      [("loss", "Training Loss"), ("val_loss", "Validation Loss")],
+    ),
+    (
+      axes[1, 0],
+      "Learning Rate",
+      "Learning rate",
+      [("learning_rate", "Learning Rate")],
+    ),
+    (
+      axes[1, 1],
+      "Throughput",
+      "Images/s",
+      [("images_per_sec", "Training images/s")],
+    ),
   ]
   for axis, title, ylabel, series in panels:
     for key, label in series:
@@ -58,7 +78,9 @@ def training_curves_figure(records):
     axis.set_title(title)
     axis.set_xlabel("Epoch")
     # Epochs are whole numbers: no 1.25 or 0.96 ticks on short runs.
-    axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    axis.xaxis.set_major_locator(
+      ticker.MaxNLocator(integer=True, min_n_ticks=1)
+    )
     axis.set_ylabel(ylabel)
     axis.legend()
   figure.tight_layout()
@@ -86,8 +108,14 @@ def confusion_matrix(matrix, class_names, path):
     threshold = matrix.max() / 2 if matrix.size else 0
     for i in range(matrix.shape[0]):
       for j in range(matrix.shape[1]):
-        axis.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                  color="white" if matrix[i, j] > threshold else "black")
+        axis.text(
+          j,
+          i,
+          str(matrix[i, j]),
+          ha="center",
+          va="center",
+          color="white" if matrix[i, j] > threshold else "black",
+        )
   figure.tight_layout()
   return _save(figure, path)
 
@@ -107,6 +135,7 @@ def roc_curve(fpr, tpr, auc, path):
 def plot_run(model_dir):
   """Draws MODEL_DIR/training_curves.png; returns its path, or None if empty."""
   from trainer import outputs  # pylint: disable=g-import-not-at-top
+
   records = outputs.read_metrics(model_dir)
   if not records:
     return None

@@ -29,18 +29,23 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from trainer.errors import describe  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("json", False, "One JSON object per image instead of a table.")
+flags.DEFINE_bool(
+  "json", False, "One JSON object per image instead of a table."
+)
 
 
 def load_signature(model_path):
   """The bytes-in serving signature of a model dir or SavedModel dir."""
   from trainer import outputs  # pylint: disable=g-import-not-at-top
+
   candidates = [outputs.RunDir.of(model_path).saved_model, model_path]
   for path in candidates:
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
       return tf.saved_model.load(path).signatures["serving_default"], path
-  raise FileNotFoundError(f"no SavedModel in {model_path} (looked for "
-                          f"{candidates[0]} and {candidates[1]})")
+  raise FileNotFoundError(
+    f"no SavedModel in {model_path} (looked for "
+    f"{candidates[0]} and {candidates[1]})"
+  )
 
 
 def expand(patterns):
@@ -71,19 +76,22 @@ def predict(signature, paths):
     except (tf.errors.OpError, OSError) as e:
       results.append({"image": path, "error": describe(e)})
       continue
-    results.append({
+    results.append(
+      {
         "image": path,
         "class": output["classes"].numpy()[0].decode(),
         "probability": float(output["scores"].numpy()[0]),
         "probabilities": [float(p) for p in output["probabilities"].numpy()[0]],
-    })
+      }
+    )
   return results
 
 
 def main(argv):
   if len(argv) < 3:
-    raise app.UsageError("Usage: python -m trainer.predict MODEL IMAGE...",
-                         exitcode=2)
+    raise app.UsageError(
+      "Usage: python -m trainer.predict MODEL IMAGE...", exitcode=2
+    )
   try:
     signature, _ = load_signature(argv[1])
   except (FileNotFoundError, tf.errors.OpError) as e:
@@ -95,11 +103,14 @@ def main(argv):
     if FLAGS.json:
       print(json.dumps(result))
     elif "error" in result:
-      print(f"{result['image']:<{width}}  error: {result['error']}",
-            file=sys.stderr)
+      print(
+        f"{result['image']:<{width}}  error: {result['error']}", file=sys.stderr
+      )
     else:
-      print(f"{result['image']:<{width}}  {result['class']}  "
-            f"{result['probability']:.4f}")
+      print(
+        f"{result['image']:<{width}}  {result['class']}  "
+        f"{result['probability']:.4f}"
+      )
   return 1 if any("error" in r for r in results) else 0
 
 

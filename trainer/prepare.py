@@ -54,8 +54,16 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from trainer import records  # pylint: disable=g-import-not-at-top
 from trainer.errors import UserError  # pylint: disable=g-import-not-at-top
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
-                    ".tiff")
+IMAGE_EXTENSIONS = (
+  ".jpg",
+  ".jpeg",
+  ".png",
+  ".bmp",
+  ".gif",
+  ".webp",
+  ".tif",
+  ".tiff",
+)
 TARGET_SHARD_BYTES = 150 << 20  # Middle of the 100-200 MB sweet spot for GCS.
 MAX_LISTED_SKIPS = 1000
 
@@ -63,7 +71,8 @@ MAX_LISTED_SKIPS = 1000
 @dataclasses.dataclass(frozen=True)
 class Item:
   """One image to write: where its bytes come from and its label."""
-  name: str        # a path, "tfds:<tfds_id>" or "synthetic:<split>:<index>"
+
+  name: str  # a path, "tfds:<tfds_id>" or "synthetic:<split>:<index>"
   label: int
   encoded: bytes = b""  # set for in-memory sources (TFDS, synthetic)
 
@@ -71,6 +80,7 @@ class Item:
 @dataclasses.dataclass(frozen=True)
 class Split:
   """The items of one split, in the order they are written."""
+
   num_items: int
   items: Iterable[Item]  # a list, or a one-pass stream (TFDS, synthetic)
 
@@ -112,18 +122,28 @@ def convert_image(encoded, resize_to=0, quality=90):
       image.load()  # Full decode: catches truncated and corrupt data.
     except Image.DecompressionBombWarning as e:
       raise ValueError(f"image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (
+      OSError,
+      SyntaxError,
+      ValueError,
+      Image.DecompressionBombError,
+    ) as e:
       reason = str(e).split(" (")[0] or type(e).__name__
       if "cannot identify image file" in reason:
         reason = "not an image"
       raise ValueError(reason) from None
   needs_resize = resize_to and min(image.size) > resize_to
-  if (source_format == "JPEG" and image.mode == "RGB" and not needs_resize
-      and _tf_can_decode_jpeg(encoded)):
+  if (
+    source_format == "JPEG"
+    and image.mode == "RGB"
+    and not needs_resize
+    and _tf_can_decode_jpeg(encoded)
+  ):
     return encoded, image.height, image.width
   if image.mode != "RGB":
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and
-                                        "transparency" in image.info):
+    if image.mode in ("RGBA", "LA") or (
+      image.mode == "P" and "transparency" in image.info
+    ):
       # Composite transparency onto white rather than black.
       rgba = image.convert("RGBA")
       image = Image.new("RGB", image.size, (255, 255, 255))
@@ -132,9 +152,11 @@ def convert_image(encoded, resize_to=0, quality=90):
       image = image.convert("RGB")
   if needs_resize:
     scale = resize_to / min(image.size)
-    image = image.resize((max(1, round(image.width * scale)),
-                          max(1, round(image.height * scale))),
-                         Image.Resampling.BILINEAR, reducing_gap=2.0)
+    image = image.resize(
+      (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+      Image.Resampling.BILINEAR,
+      reducing_gap=2.0,
+    )
   buffer = io.BytesIO()
   image.save(buffer, format="JPEG", quality=quality)
   return buffer.getvalue(), image.height, image.width
@@ -149,7 +171,9 @@ def _convert(item, resize_to, quality):
     encoded, height, width = convert_image(encoded, resize_to, quality)
     return Converted(item.name, item.label, encoded, height, width)
   except (ValueError, OSError, tf.errors.OpError) as e:
-    return Converted(item.name, item.label, skip_reason=str(e) or type(e).__name__)
+    return Converted(
+      item.name, item.label, skip_reason=str(e) or type(e).__name__
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -173,8 +197,9 @@ def folder_source(path, validation_fraction, split_seed):
   if not tf.io.gfile.isdir(path):
     raise UserError(f"--source=folder:{path}: not a directory")
   entries = sorted(tf.io.gfile.listdir(path))
-  subdirs = [e.rstrip("/") for e in entries
-             if tf.io.gfile.isdir(os.path.join(path, e))]
+  subdirs = [
+    e.rstrip("/") for e in entries if tf.io.gfile.isdir(os.path.join(path, e))
+  ]
   by_class = collections.defaultdict(list)
   if subdirs:
     for class_name in subdirs:
@@ -190,9 +215,11 @@ def folder_source(path, validation_fraction, split_seed):
       if _is_image(name) and _label_from_filename(name):
         by_class[_label_from_filename(name)].append(os.path.join(path, name))
   if len(by_class) < 2:
-    raise UserError(f"--source=folder:{path}: found {len(by_class)} class(es); "
-                    "expected one sub-folder per class (Cat/, Dog/) or file "
-                    "names that start with the class (cat.1.jpg, dog.2.jpg)")
+    raise UserError(
+      f"--source=folder:{path}: found {len(by_class)} class(es); "
+      "expected one sub-folder per class (Cat/, Dog/) or file "
+      "names that start with the class (cat.1.jpg, dog.2.jpg)"
+    )
   class_names = sorted(by_class)
   splits = {"train": [], "validation": []}
   rng = random.Random(split_seed)
@@ -207,9 +234,11 @@ def folder_source(path, validation_fraction, split_seed):
     # after a crash writes the same examples to the same shards.
     rng.shuffle(items)
   sizes = [tf.io.gfile.stat(i.name).length for i in splits["train"][:200]]
-  return (class_names, {split: Split(len(items), items)
-                        for split, items in splits.items()},
-          sum(sizes) / max(1, len(sizes)))
+  return (
+    class_names,
+    {split: Split(len(items), items) for split, items in splits.items()},
+    sum(sizes) / max(1, len(sizes)),
+  )
 
 
 def _num_examples(dataset):
@@ -221,20 +250,28 @@ def _num_examples(dataset):
 
 def tfds_source(name, data_dir, validation_fraction, split_seed):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   builder = tfds.builder(name, data_dir=data_dir or None)
   builder.download_and_prepare()
   info = builder.info
-  image_keys = [k for k, v in info.features.items()
-                if isinstance(v, tfds.features.Image)]
-  label_keys = [k for k, v in info.features.items()
-                if isinstance(v, tfds.features.ClassLabel)]
+  image_keys = [
+    k for k, v in info.features.items() if isinstance(v, tfds.features.Image)
+  ]
+  label_keys = [
+    k
+    for k, v in info.features.items()
+    if isinstance(v, tfds.features.ClassLabel)
+  ]
   if not image_keys or not label_keys:
-    raise UserError(f"--source=tfds:{name}: not an image-classification "
-                    f"dataset (features: {list(info.features)})")
+    raise UserError(
+      f"--source=tfds:{name}: not an image-classification "
+      f"dataset (features: {list(info.features)})"
+    )
   image_key, label_key = image_keys[0], label_keys[0]
   available = set(info.splits)
-  validation_split = next((s for s in ("validation", "test") if s in available),
-                          None)
+  validation_split = next(
+    (s for s in ("validation", "test") if s in available), None
+  )
   if validation_split:
     split_specs = {"train": "train", "validation": validation_split}
   else:
@@ -247,22 +284,34 @@ def tfds_source(name, data_dir, validation_fraction, split_seed):
 
   def read(spec):
     return builder.as_dataset(
-        split=spec, shuffle_files=not info.disable_shuffling,
-        read_config=read_config,
-        decoders={image_key: tfds.decode.SkipDecoding()})
+      split=spec,
+      shuffle_files=not info.disable_shuffling,
+      read_config=read_config,
+      decoders={image_key: tfds.decode.SkipDecoding()},
+    )
 
   def stream(spec):
     # One example at a time: memory does not grow with the split.
     for example in read(spec).as_numpy_iterator():
-      yield Item(f"tfds:{example['tfds_id'].decode()}",
-                 int(example[label_key]), example[image_key])
+      yield Item(
+        f"tfds:{example['tfds_id'].decode()}",
+        int(example[label_key]),
+        example[image_key],
+      )
 
-  splits = {split: Split(_num_examples(read(spec)), stream(spec))
-            for split, spec in split_specs.items()}
-  sample = [len(example[image_key]) for example in
-            read(split_specs["train"]).take(200).as_numpy_iterator()]
-  return (list(info.features[label_key].names), splits,
-          sum(sample) / max(1, len(sample)))
+  splits = {
+    split: Split(_num_examples(read(spec)), stream(spec))
+    for split, spec in split_specs.items()
+  }
+  sample = [
+    len(example[image_key])
+    for example in read(split_specs["train"]).take(200).as_numpy_iterator()
+  ]
+  return (
+    list(info.features[label_key].names),
+    splits,
+    sum(sample) / max(1, len(sample)),
+  )
 
 
 def synthetic_source(train_examples, eval_examples, size):
@@ -276,9 +325,13 @@ def synthetic_source(train_examples, eval_examples, size):
       encoded = synthetic.encode_jpeg(synthetic.draw_image(rng, i % 2, size))
       yield Item(f"synthetic:{split}:{i}", i % 2, encoded)
 
-  splits = {split: Split(count, draw(split, count, seed))
-            for split, count, seed in (("train", train_examples, 0),
-                                       ("validation", eval_examples, 1))}
+  splits = {
+    split: Split(count, draw(split, count, seed))
+    for split, count, seed in (
+      ("train", train_examples, 0),
+      ("validation", eval_examples, 1),
+    )
+  }
   return list(synthetic.CLASS_NAMES), splits, 20_000
 
 
@@ -304,8 +357,10 @@ class _Progress:
     if self.tty:
       width = 30
       filled = int(width * self.done / max(1, self.total))
-      sys.stderr.write(f"\r{self.label} [{'=' * filled}{' ' * (width - filled)}]"
-                       f" {self.done}/{self.total}")
+      sys.stderr.write(
+        f"\r{self.label} [{'=' * filled}{' ' * (width - filled)}]"
+        f" {self.done}/{self.total}"
+      )
       if self.done >= self.total:
         sys.stderr.write("\n")
     elif percent // 10 != self._last_percent // 10:
@@ -343,8 +398,9 @@ def _in_order(pool, function, items, window):
     yield pending.popleft().result()
 
 
-def write_split(out, split_name, split, num_shards, resize_to, quality, workers,
-                tally):
+def write_split(
+  out, split_name, split, num_shards, resize_to, quality, workers, tally
+):
   """Converts and writes one split, streaming.
 
   Args:
@@ -372,13 +428,14 @@ def write_split(out, split_name, split, num_shards, resize_to, quality, workers,
       # Deterministic: the feature map's order would otherwise vary with the
       # process's hash seed, and re-runs should write identical bytes.
       yield records.image_example(
-          converted.encoded, converted.label, converted.height,
-          converted.width).SerializeToString(deterministic=True)
+        converted.encoded, converted.label, converted.height, converted.width
+      ).SerializeToString(deterministic=True)
 
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     for index in range(num_shards):
-      count = ((index + 1) * split.num_items // num_shards -
-               index * split.num_items // num_shards)
+      count = (
+        index + 1
+      ) * split.num_items // num_shards - index * split.num_items // num_shards
       chunk = itertools.islice(items, count)
       name = records.shard_name(split_name, index, num_shards)
       path = os.path.join(out, name)
@@ -391,11 +448,16 @@ def write_split(out, split_name, split, num_shards, resize_to, quality, workers,
           labels[label] += 1
           tally.add_image(height, width)
           num_examples += 1
-        shards.append({"file": name, "num_examples": num_examples,
-                       "resumed": True})
+        shards.append(
+          {"file": name, "num_examples": num_examples, "resumed": True}
+        )
       else:
-        converted = _in_order(pool, lambda i: _convert(i, resize_to, quality),
-                              chunk, window=2 * workers)
+        converted = _in_order(
+          pool,
+          lambda i: _convert(i, resize_to, quality),
+          chunk,
+          window=2 * workers,
+        )
         written = records.write_shard(path, serialize(converted))
         shards.append({"file": name, "num_examples": written})
       progress.add(count)
@@ -412,14 +474,28 @@ def _size_stats(counts):
     if seen > total // 2:
       median = size
       break
-  return {"min": sizes[0], "max": sizes[-1],
-          "mean": round(sum(s * n for s, n in counts.items()) / total, 1),
-          "median": median}
+  return {
+    "min": sizes[0],
+    "max": sizes[-1],
+    "mean": round(sum(s * n for s, n in counts.items()) / total, 1),
+    "median": median,
+  }
 
 
-def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
-            num_shards=0, readers=1, quality=90, tfds_data_dir="", workers=8,
-            synthetic_examples=(2048, 512), synthetic_size=256):
+def prepare(
+  source,
+  out,
+  resize_to=0,
+  validation_fraction=0.2,
+  split_seed=0,
+  num_shards=0,
+  readers=1,
+  quality=90,
+  tfds_data_dir="",
+  workers=8,
+  synthetic_examples=(2048, 512),
+  synthetic_size=256,
+):
   """Writes `source` as sharded TFRecords plus manifest.json under `out`.
 
   Returns:
@@ -431,16 +507,20 @@ def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
   kind, _, argument = source.partition(":")
   if kind == "folder":
     class_names, splits, bytes_per_image = folder_source(
-        argument, validation_fraction, split_seed)
+      argument, validation_fraction, split_seed
+    )
   elif kind == "tfds":
     class_names, splits, bytes_per_image = tfds_source(
-        argument, tfds_data_dir, validation_fraction, split_seed)
+      argument, tfds_data_dir, validation_fraction, split_seed
+    )
   elif kind == "synthetic":
-    class_names, splits, bytes_per_image = synthetic_source(*synthetic_examples,
-                                                             synthetic_size)
+    class_names, splits, bytes_per_image = synthetic_source(
+      *synthetic_examples, synthetic_size
+    )
   else:
-    raise UserError(f"--source={source!r}: expected tfds:NAME, folder:PATH or "
-                    "synthetic")
+    raise UserError(
+      f"--source={source!r}: expected tfds:NAME, folder:PATH or synthetic"
+    )
   if resize_to:
     # A JPEG's size scales roughly with its pixel count.
     bytes_per_image = min(bytes_per_image, 0.35 * resize_to * resize_to * 4 / 3)
@@ -449,35 +529,54 @@ def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
   for split_name, split in splits.items():
     if not split.num_items:
       continue
-    count = num_shards or choose_num_shards(split.num_items, bytes_per_image,
-                                            readers)
+    count = num_shards or choose_num_shards(
+      split.num_items, bytes_per_image, readers
+    )
     count = min(count, split.num_items)
-    shards, labels = write_split(out, split_name, split, count, resize_to,
-                                 quality, workers, tally)
+    shards, labels = write_split(
+      out, split_name, split, count, resize_to, quality, workers, tally
+    )
     manifest_splits[split_name] = {
-        "num_examples": sum(s["num_examples"] for s in shards),
-        "per_class": {class_names[label]: n
-                      for label, n in sorted(labels.items())},
-        "shards": shards, "pattern": f"{split_name}-*-of-{count:05d}"}
+      "num_examples": sum(s["num_examples"] for s in shards),
+      "per_class": {
+        class_names[label]: n for label, n in sorted(labels.items())
+      },
+      "shards": shards,
+      "pattern": f"{split_name}-*-of-{count:05d}",
+    }
   total = sum(s["num_examples"] for s in manifest_splits.values())
   num_skipped = sum(tally.skip_reasons.values())
   manifest = {
-      "source": source, "class_names": class_names, "schema": "imagenet",
-      "features": {"image/encoded": "JPEG bytes", "image/class/label": "int64",
-                   "image/format": "bytes", "image/height": "int64",
-                   "image/width": "int64"},
-      "resize_to": resize_to, "split_seed": split_seed,
-      "validation_fraction": validation_fraction,
-      "splits": manifest_splits,
-      "image_size": ({"height": _size_stats(tally.heights),
-                      "width": _size_stats(tally.widths)}
-                     if tally.heights else {}),
-      "skipped": {"count": num_skipped, "by_reason": dict(tally.skip_reasons),
-                  "files": tally.listed_skips},
+    "source": source,
+    "class_names": class_names,
+    "schema": "imagenet",
+    "features": {
+      "image/encoded": "JPEG bytes",
+      "image/class/label": "int64",
+      "image/format": "bytes",
+      "image/height": "int64",
+      "image/width": "int64",
+    },
+    "resize_to": resize_to,
+    "split_seed": split_seed,
+    "validation_fraction": validation_fraction,
+    "splits": manifest_splits,
+    "image_size": (
+      {"height": _size_stats(tally.heights), "width": _size_stats(tally.widths)}
+      if tally.heights
+      else {}
+    ),
+    "skipped": {
+      "count": num_skipped,
+      "by_reason": dict(tally.skip_reasons),
+      "files": tally.listed_skips,
+    },
   }
   if total == 0:
-    raise UserError(f"--source={source}: no usable images "
-                    f"({num_skipped} skipped: {dict(tally.skip_reasons)})")
+    raise UserError(
+      f"--source={source}: no usable images "
+      f"({num_skipped} skipped: {dict(tally.skip_reasons)})"
+    )
   records.write_manifest(out, manifest)
   return manifest
 
@@ -488,22 +587,44 @@ def prepare(source, out, resize_to=0, validation_fraction=0.2, split_seed=0,
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "tfds:NAME, folder:PATH or synthetic.")
 flags.DEFINE_string("out", None, "Output directory, local or gs://.")
-flags.DEFINE_integer("resize_to", 0, "Resize so the shorter side is at most N "
-                     "px and re-encode as JPEG (0 = keep sizes).")
-flags.DEFINE_float("validation_fraction", 0.2, "Validation share when the "
-                   "source has no validation split.")
-flags.DEFINE_integer("split_seed", 0, "Seed of the validation split and of "
-                     "the order examples are written in.")
-flags.DEFINE_integer("num_shards", 0, "Shards per split (0 = ~150 MB each, "
-                     "at least 10 per reader).")
-flags.DEFINE_integer("readers", 1, "Input pipelines (workers/hosts) that will "
-                     "read the data; sets the minimum shard count.")
+flags.DEFINE_integer(
+  "resize_to",
+  0,
+  "Resize so the shorter side is at most N "
+  "px and re-encode as JPEG (0 = keep sizes).",
+)
+flags.DEFINE_float(
+  "validation_fraction",
+  0.2,
+  "Validation share when the source has no validation split.",
+)
+flags.DEFINE_integer(
+  "split_seed",
+  0,
+  "Seed of the validation split and of the order examples are written in.",
+)
+flags.DEFINE_integer(
+  "num_shards",
+  0,
+  "Shards per split (0 = ~150 MB each, at least 10 per reader).",
+)
+flags.DEFINE_integer(
+  "readers",
+  1,
+  "Input pipelines (workers/hosts) that will "
+  "read the data; sets the minimum shard count.",
+)
 flags.DEFINE_integer("jpeg_quality", 90, "Quality of re-encoded JPEGs.")
 flags.DEFINE_string("tfds_data_dir", "", "TFDS data dir (may be gs://).")
 flags.DEFINE_integer("workers", 8, "Decode/encode threads.")
-flags.DEFINE_list("synthetic_examples", ["2048", "512"], "Train,validation "
-                  "sizes for --source=synthetic.")
-flags.DEFINE_integer("synthetic_size", 256, "Image side for --source=synthetic.")
+flags.DEFINE_list(
+  "synthetic_examples",
+  ["2048", "512"],
+  "Train,validation sizes for --source=synthetic.",
+)
+flags.DEFINE_integer(
+  "synthetic_size", 256, "Image side for --source=synthetic."
+)
 
 
 def main(argv):
@@ -512,22 +633,34 @@ def main(argv):
   if not FLAGS.source or not FLAGS.out:
     raise app.UsageError("--source and --out are required", exitcode=2)
   try:
-    manifest = prepare(FLAGS.source, FLAGS.out, FLAGS.resize_to,
-                       FLAGS.validation_fraction, FLAGS.split_seed,
-                       FLAGS.num_shards, FLAGS.readers, FLAGS.jpeg_quality,
-                       FLAGS.tfds_data_dir, FLAGS.workers,
-                       tuple(int(n) for n in FLAGS.synthetic_examples),
-                       FLAGS.synthetic_size)
+    manifest = prepare(
+      FLAGS.source,
+      FLAGS.out,
+      FLAGS.resize_to,
+      FLAGS.validation_fraction,
+      FLAGS.split_seed,
+      FLAGS.num_shards,
+      FLAGS.readers,
+      FLAGS.jpeg_quality,
+      FLAGS.tfds_data_dir,
+      FLAGS.workers,
+      tuple(int(n) for n in FLAGS.synthetic_examples),
+      FLAGS.synthetic_size,
+    )
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
   for split, info in manifest["splits"].items():
-    print(f"{split}: {info['num_examples']} images in {len(info['shards'])} "
-          f"shards {info['per_class']}")
+    print(
+      f"{split}: {info['num_examples']} images in {len(info['shards'])} "
+      f"shards {info['per_class']}"
+    )
   skipped = manifest["skipped"]
   if skipped["count"]:
-    print(f"Skipped {skipped['count']} unreadable file(s): "
-          f"{skipped['by_reason']} (listed in manifest.json)")
+    print(
+      f"Skipped {skipped['count']} unreadable file(s): "
+      f"{skipped['by_reason']} (listed in manifest.json)"
+    )
   print(f"Wrote {os.path.join(FLAGS.out, records.MANIFEST)}")
   return 0
 

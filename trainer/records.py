@@ -17,30 +17,41 @@ MANIFEST = "manifest.json"
 
 def image_example(encoded, label, height, width, image_format="jpeg"):
   """A tf.train.Example in the ImageNet / Model Garden layout."""
+
   def _bytes(value):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
   def _int(value):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
-  return tf.train.Example(features=tf.train.Features(feature={
-      "image/encoded": _bytes(encoded),
-      "image/format": _bytes(image_format.encode()),
-      "image/class/label": _int(label),
-      "image/height": _int(height),
-      "image/width": _int(width),
-  }))
+  return tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        "image/encoded": _bytes(encoded),
+        "image/format": _bytes(image_format.encode()),
+        "image/class/label": _int(label),
+        "image/height": _int(height),
+        "image/width": _int(width),
+      }
+    )
+  )
 
 
 def read_labels_and_sizes(path):
   """Yields (label, height, width) of each `image_example` in a shard."""
-  features = {key: tf.io.FixedLenFeature([], tf.int64) for key in
-              ("image/class/label", "image/height", "image/width")}
+  features = {
+    key: tf.io.FixedLenFeature([], tf.int64)
+    for key in ("image/class/label", "image/height", "image/width")
+  }
   dataset = tf.data.TFRecordDataset(path).map(
-      lambda record: tf.io.parse_single_example(record, features))
+    lambda record: tf.io.parse_single_example(record, features)
+  )
   for example in dataset.as_numpy_iterator():
-    yield (int(example["image/class/label"]), int(example["image/height"]),
-           int(example["image/width"]))
+    yield (
+      int(example["image/class/label"]),
+      int(example["image/height"]),
+      int(example["image/width"]),
+    )
 
 
 def shard_name(split, index, count):
@@ -81,8 +92,10 @@ def write_text_atomically(path, text):
 
 
 def write_manifest(directory, manifest):
-  write_text_atomically(os.path.join(directory, MANIFEST),
-                        json.dumps(manifest, indent=2, sort_keys=True))
+  write_text_atomically(
+    os.path.join(directory, MANIFEST),
+    json.dumps(manifest, indent=2, sort_keys=True),
+  )
 
 
 def read_manifest(directory):

@@ -32,12 +32,21 @@ def reduced_compute_dtype(saved_model_dir, signature=PIXELS_SIGNATURE):
   it (exported with --export_precision=training), else None."""
   graph = tf.saved_model.load(saved_model_dir).signatures[signature].graph
   graph_def = graph.as_graph_def()
-  nodes = [*graph_def.node,
-           *(node for function in graph_def.library.function
-             for node in function.node_def)]
+  nodes = [
+    *graph_def.node,
+    *(
+      node
+      for function in graph_def.library.function
+      for node in function.node_def
+    ),
+  ]
   for dtype in (tf.bfloat16, tf.float16):
-    if any(node.attr[key].type == dtype.as_datatype_enum
-           for node in nodes for key in ("T", "DstT") if key in node.attr):
+    if any(
+      node.attr[key].type == dtype.as_datatype_enum
+      for node in nodes
+      for key in ("T", "DstT")
+      if key in node.attr
+    ):
       return dtype.name
   return None
 
@@ -47,20 +56,24 @@ def serving_function(model, image_size, augment, class_names):
   names = tf.constant(list(class_names))
   binary = model.output_shape[-1] == 1
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string,
-                                              name="image_bytes")])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+  )
   def serve_bytes(image_bytes):
     images = tf.map_fn(
-        lambda encoded: data.decode_for_eval(encoded, image_size, augment),
-        image_bytes, fn_output_signature=tf.TensorSpec(
-            [image_size, image_size, 3], tf.uint8))
+      lambda encoded: data.decode_for_eval(encoded, image_size, augment),
+      image_bytes,
+      fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+    )
     probabilities = tf.cast(model(images, training=False), tf.float32)
     if binary:
       probabilities = tf.concat([1.0 - probabilities, probabilities], axis=1)
     best = tf.argmax(probabilities, axis=1)
-    return {"probabilities": probabilities,
-            "classes": tf.gather(names, best),
-            "scores": tf.reduce_max(probabilities, axis=1)}
+    return {
+      "probabilities": probabilities,
+      "classes": tf.gather(names, best),
+      "scores": tf.reduce_max(probabilities, axis=1),
+    }
 
   return serve_bytes
 
@@ -82,10 +95,16 @@ def export(model, run_dir, image_size, augment, class_names):
   faults.point("export:keras_written")
   archive = keras.export.ExportArchive()
   archive.track(model)
-  archive.add_endpoint(BYTES_SIGNATURE,
-                       serving_function(model, image_size, augment, class_names))
-  archive.add_endpoint(PIXELS_SIGNATURE, model.call, input_signature=[tf.TensorSpec(
-      [None, image_size, image_size, 3], tf.float32, name="image")])
+  archive.add_endpoint(
+    BYTES_SIGNATURE, serving_function(model, image_size, augment, class_names)
+  )
+  archive.add_endpoint(
+    PIXELS_SIGNATURE,
+    model.call,
+    input_signature=[
+      tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="image")
+    ],
+  )
   if "verbose" in inspect.signature(archive.write_out).parameters:
     # Keras 3.6+ lists every variable the endpoints capture unless told
     # not to; Keras 3.4 and 3.5 have no such argument.

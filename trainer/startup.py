@@ -30,10 +30,14 @@ import re
 import sys
 import tempfile
 
-_ABSL_NOTE = ("WARNING: All log messages before absl::InitializeLog() is "
-              "called are written to STDERR")
-_NO_DRIVER = re.compile(r"\] Could not find cuda drivers on your machine, GPU "
-                        r"will not be used\.$")
+_ABSL_NOTE = (
+  "WARNING: All log messages before absl::InitializeLog() is "
+  "called are written to STDERR"
+)
+_NO_DRIVER = re.compile(
+  r"\] Could not find cuda drivers on your machine, GPU "
+  r"will not be used\.$"
+)
 _CUINIT_FAILED = re.compile(r"\] failed call to cuInit: ")
 _ONEDNN_ON = re.compile(r"\] oneDNN custom operations are on\. ")
 
@@ -43,10 +47,14 @@ def _without_probe_lines(lines):
   lines."""
   texts = [line.decode("utf-8", "replace").rstrip("\r\n") for line in lines]
   no_driver = any(_NO_DRIVER.search(text) for text in texts)
-  return [line for line, text in zip(lines, texts)
-          if text != _ABSL_NOTE and not _NO_DRIVER.search(text)
-          and not _ONEDNN_ON.search(text)
-          and not (no_driver and _CUINIT_FAILED.search(text))]
+  return [
+    line
+    for line, text in zip(lines, texts)
+    if text != _ABSL_NOTE
+    and not _NO_DRIVER.search(text)
+    and not _ONEDNN_ON.search(text)
+    and not (no_driver and _CUINIT_FAILED.search(text))
+  ]
 
 
 @contextlib.contextmanager
@@ -85,5 +93,6 @@ def start_tensorflow():
   """
   with without_probe_noise():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     tf.config.list_physical_devices()  # Loads the CUDA platform: cuInit.
   return tf

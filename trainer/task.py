@@ -45,13 +45,19 @@ flags.adopt_module_key_flags(config_lib)  # So --helpshort lists them.
 def _finished_line(summary):
   """The run's last line, from the summary train() returns."""
   epochs = summary["epoch"]
-  parts = [f"{summary['status']} - {epochs} epoch{'' if epochs == 1 else 's'}",
-           f"step {summary['step']}"]
+  parts = [
+    f"{summary['status']} - {epochs} epoch{'' if epochs == 1 else 's'}",
+    f"step {summary['step']}",
+  ]
   if summary["best_val_accuracy"] >= 0:  # -1: there was no validation data.
     parts.append(f"best val_accuracy {summary['best_val_accuracy']:.4f}")
-  best_metric, best_value = (summary.get("best_metric"),
-                             summary.get("best_metric_value", float("inf")))
-  if best_metric not in (None, "val_accuracy") and abs(best_value) < float("inf"):
+  best_metric, best_value = (
+    summary.get("best_metric"),
+    summary.get("best_metric_value", float("inf")),
+  )
+  if best_metric not in (None, "val_accuracy") and abs(best_value) < float(
+    "inf"
+  ):
     parts.append(f"best {best_metric} {best_value:.4f}")
   if summary.get("exported"):
     parts.append(f"exported to {summary['exported']}")
@@ -64,8 +70,9 @@ def _finished_line(summary):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}",
-                         exitcode=errors.USAGE_EXIT_CODE)
+    raise app.UsageError(
+      f"Unexpected arguments: {argv[1:]}", exitcode=errors.USAGE_EXIT_CODE
+    )
   # TensorFlow's and Keras' INFO lines (collectives, savers) drown the
   # progress; keep ours.
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -77,11 +84,13 @@ def main(argv):
     hypertune.require_reporter(config.hypertune_metric)
     startup.start_tensorflow()  # After flags are checked: errors come fast.
     from trainer import train
+
     summary = train.train(config, configs.run_name(config.config))
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return errors.USAGE_EXIT_CODE if isinstance(e, errors.UsageError) else 1
   from trainer import outputs  # pylint: disable=g-import-not-at-top
+
   outputs.log.info(_finished_line(summary), extra=outputs.EVERY_WORKER)
   if summary["status"] == "preempted":
     return PREEMPTED_EXIT_CODE

@@ -97,8 +97,9 @@ def _check_writable(directory, name):
       f.write("ok")
     tf.io.gfile.remove(probe)
   except (tf.errors.OpError, OSError) as e:
-    raise UserError(f"{name}={directory}: not writable "
-                    f"({describe(e)})") from None
+    raise UserError(
+      f"{name}={directory}: not writable ({describe(e)})"
+    ) from None
 
 
 class _TrainState:
@@ -108,31 +109,38 @@ class _TrainState:
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+    self.best_val_accuracy = tf.Variable(
+      -1.0, dtype=tf.float64, trainable=False
+    )
     self.best_monitor = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
-    self.epochs_without_improvement = tf.Variable(0, dtype=tf.int64,
-                                                  trainable=False)
+    self.epochs_without_improvement = tf.Variable(
+      0, dtype=tf.int64, trainable=False
+    )
     self.lr_multiplier = tf.Variable(1.0, dtype=tf.float32, trainable=False)
     self.rollbacks = tf.Variable(0, dtype=tf.int64, trainable=False)
     # --best_metric's best value so far, signed so that lower is better.
-    self.best_metric_value = tf.Variable(np.inf, dtype=tf.float64,
-                                         trainable=False)
+    self.best_metric_value = tf.Variable(
+      np.inf, dtype=tf.float64, trainable=False
+    )
     # The 'plateau' schedule: the rate's factor and --plateau_monitor's
     # history, decided from figures every worker computes identically.
     self.plateau_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False)
     self.plateau_best = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
-    self.plateau_epochs_without_improvement = tf.Variable(0, dtype=tf.int64,
-                                                          trainable=False)
+    self.plateau_epochs_without_improvement = tf.Variable(
+      0, dtype=tf.int64, trainable=False
+    )
     # Steps' worth of this epoch's input that rollbacks consumed without
     # training on them: the input resumes after them, so a resumed run reads
     # the batches the uninterrupted one reads.
-    self.rolled_back_steps_in_epoch = tf.Variable(0, dtype=tf.int64,
-                                                  trainable=False)
+    self.rolled_back_steps_in_epoch = tf.Variable(
+      0, dtype=tf.int64, trainable=False
+    )
     # The current epoch's summed training statistics so far: a run resumed
     # mid-epoch reports (and early-stops on) the whole epoch, not only the
     # steps after the restart.
-    self.epoch_totals = tf.Variable(tf.zeros([stats_size], tf.float64),
-                                    trainable=False)
+    self.epoch_totals = tf.Variable(
+      tf.zeros([stats_size], tf.float64), trainable=False
+    )
 
   def trackables(self):
     return {k: v for k, v in vars(self).items()}
@@ -143,8 +151,9 @@ class LoopClock:
   starts and stops, and when a checkpoint is due. Knows nothing of how a
   step runs (that is the Trainer's)."""
 
-  def __init__(self, config, steps_per_call, steps_per_epoch, profile_dir,
-               is_chief):
+  def __init__(
+    self, config, steps_per_call, steps_per_epoch, profile_dir, is_chief
+  ):
     self.config = config
     self.steps_per_call = steps_per_call
     self.steps_per_epoch = steps_per_epoch
@@ -161,8 +170,10 @@ class LoopClock:
     for boundary in self.profile_span or ():
       if step < boundary:
         steps = min(steps, boundary - step)
-    for every in (self.config.checkpoint_every_steps,
-                  self.config.log_every_steps):
+    for every in (
+      self.config.checkpoint_every_steps,
+      self.config.log_every_steps,
+    ):
       if every:
         steps = min(steps, every - step % every)
     return steps
@@ -181,8 +192,9 @@ class LoopClock:
 
   def checkpoint_due(self, step, requests):
     every = self.config.checkpoint_every_steps
-    due = (requests["save"] or requests["stop"] or
-           bool(every and step % every == 0))
+    due = (
+      requests["save"] or requests["stop"] or bool(every and step % every == 0)
+    )
     if due:
       self._last_save = time.time()
     return due
@@ -213,9 +225,14 @@ class Trainer:
     self.config = config
     self.run_dir = outputs.RunDir.for_training(config.model_dir, config_name)
     self.model_dir = self.run_dir.root
-    self.runtime = strategy_lib.set_up(config, remote_tpu_paths={
-        "--train_data": config.train_data, "--eval_data": config.eval_data,
-        "--model_dir": self.model_dir})
+    self.runtime = strategy_lib.set_up(
+      config,
+      remote_tpu_paths={
+        "--train_data": config.train_data,
+        "--eval_data": config.eval_data,
+        "--model_dir": self.model_dir,
+      },
+    )
     self.info = self.runtime.info
     self.strategy = self.info.strategy
     self.per_replica_batch_size = self.runtime.per_replica_batch_size
@@ -224,58 +241,83 @@ class Trainer:
     self.image_size = self.runtime.image_size
     # TPUs pay a host round trip per call: run many steps in each.
     self.steps_per_call = config.steps_per_call or (
-        100 if self.info.name == "tpu" else 10)
+      100 if self.info.name == "tpu" else 10
+    )
     self.is_chief = self.info.is_chief
     if self.is_chief:
-      for directory, name in ((self.run_dir.root, "--model_dir"),
-                              (self.run_dir.checkpoint_root, "$AIP_CHECKPOINT_DIR"),
-                              (self.run_dir.log_dir, "$AIP_TENSORBOARD_LOG_DIR")):
+      for directory, name in (
+        (self.run_dir.root, "--model_dir"),
+        (self.run_dir.checkpoint_root, "$AIP_CHECKPOINT_DIR"),
+        (self.run_dir.log_dir, "$AIP_TENSORBOARD_LOG_DIR"),
+      ):
         _check_writable(directory, name)
     outputs.report_to_stdout(self.is_chief)
-    log.info(self.runtime.banner(config.global_batch_size),
-             extra=outputs.EVERY_WORKER)
+    log.info(
+      self.runtime.banner(config.global_batch_size), extra=outputs.EVERY_WORKER
+    )
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
 
     self.train_spec, self.eval_spec = data.resolve_input_specs(
-        config, self.image_size,
-        counts_path=self.run_dir.example_counts,
-        remember_counts=self.is_chief)
-    self.class_names = data.class_names(self.train_spec.files,
-                                        config.num_classes)
+      config,
+      self.image_size,
+      counts_path=self.run_dir.example_counts,
+      remember_counts=self.is_chief,
+    )
+    self.class_names = data.class_names(
+      self.train_spec.files, config.num_classes
+    )
     for flag in ("early_stopping_monitor", "hypertune_metric"):
       metric = getattr(config, flag)
       if metric.startswith("val_") and not self.eval_spec:
-        raise UserError(f"--{flag}={metric} needs validation data "
-                        "(--eval_data); without it, use a training metric")
+        raise UserError(
+          f"--{flag}={metric} needs validation data "
+          "(--eval_data); without it, use a training metric"
+        )
     # --best_metric's default keeps its old fallback (best = latest).
-    if (config.best_metric.startswith("val_") and not self.eval_spec and
-        config.best_metric != "val_accuracy"):
-      raise UserError(f"--best_metric={config.best_metric} needs validation "
-                      "data (--eval_data); without it, use a training metric")
-    if (config.lr_schedule == "plateau" and not self.eval_spec and
-        config.plateau_monitor.startswith("val_")):
-      raise UserError(f"--plateau_monitor={config.plateau_monitor} needs "
-                      "validation data (--eval_data); without it, use "
-                      "--plateau_monitor=loss")
+    if (
+      config.best_metric.startswith("val_")
+      and not self.eval_spec
+      and config.best_metric != "val_accuracy"
+    ):
+      raise UserError(
+        f"--best_metric={config.best_metric} needs validation "
+        "data (--eval_data); without it, use a training metric"
+      )
+    if (
+      config.lr_schedule == "plateau"
+      and not self.eval_spec
+      and config.plateau_monitor.startswith("val_")
+    ):
+      raise UserError(
+        f"--plateau_monitor={config.plateau_monitor} needs "
+        "validation data (--eval_data); without it, use "
+        "--plateau_monitor=loss"
+      )
     if config.data_service:
       # One job per run and epoch, shared by all workers of this run.
       run_id = hashlib.sha1(self.model_dir.encode()).hexdigest()[:10]
       self.train_spec = dataclasses.replace(
-          self.train_spec, job_name=f"alexnet-{run_id}",
-          data_service=strategy_lib.data_service_address(config.data_service))
-      log.info(f"Input through the tf.data service at "
-            f"{self.train_spec.data_service}")
+        self.train_spec,
+        job_name=f"alexnet-{run_id}",
+        data_service=strategy_lib.data_service_address(config.data_service),
+      )
+      log.info(
+        f"Input through the tf.data service at {self.train_spec.data_service}"
+      )
     self.train_spec = data.for_strategy(self.train_spec, self.info.name)
     if self.eval_spec:
       self.eval_spec = data.for_strategy(self.eval_spec, self.info.name)
     self.steps_per_epoch = config.steps_per_epoch or (
-        self.train_spec.num_examples // config.global_batch_size)
+      self.train_spec.num_examples // config.global_batch_size
+    )
     if self.steps_per_epoch < 1:
-      raise UserError(f"{self.train_spec.num_examples} training examples are "
-                      f"fewer than --global_batch_size="
-                      f"{config.global_batch_size}")
+      raise UserError(
+        f"{self.train_spec.num_examples} training examples are "
+        f"fewer than --global_batch_size="
+        f"{config.global_batch_size}"
+      )
     self.num_pipelines = self.info.num_input_pipelines
     # Read outside the scope: the source model's variables are not mirrored.
     warm_start_source = warm_start.read_source(config, self.run_dir)
@@ -283,51 +325,79 @@ class Trainer:
     with self.strategy.scope():
       try:
         self.model = model_lib.build_model(
-            config.model, config.num_classes, self.image_size,
-            config.dropout_rate, sync_batch_norm=self.info.num_replicas > 1,
-            batch_norm_momentum=config.batch_norm_momentum,
-            fused_batch_norm=config.batch_norm == "fused")
+          config.model,
+          config.num_classes,
+          self.image_size,
+          config.dropout_rate,
+          sync_batch_norm=self.info.num_replicas > 1,
+          batch_norm_momentum=config.batch_norm_momentum,
+          fused_batch_norm=config.batch_norm == "fused",
+        )
       except ValueError as e:
         raise UserError(f"--model={config.model}: {e}") from None
       warm_start.prepare_model(self.model, config, warm_start_source)
-      self.state = _TrainState(metrics.StatsLayout(
-          config.num_classes, with_skipped=True).size)
+      self.state = _TrainState(
+        metrics.StatsLayout(config.num_classes, with_skipped=True).size
+      )
       self.schedule = optimization.EpochSchedule(
-          config.lr_schedule, config.learning_rate, self.steps_per_epoch,
-          config.epochs, config.lr_constant_epochs, config.warmup_epochs,
-          self.state.lr_multiplier,
-          boundaries=config_lib.lr_boundaries(config),
-          plateau_factor=self.state.plateau_factor)
+        config.lr_schedule,
+        config.learning_rate,
+        self.steps_per_epoch,
+        config.epochs,
+        config.lr_constant_epochs,
+        config.warmup_epochs,
+        self.state.lr_multiplier,
+        boundaries=config_lib.lr_boundaries(config),
+        plateau_factor=self.state.plateau_factor,
+      )
       self.optimizer = optimization.build_optimizer(
-          config, self.schedule, loss_scaling=self.precision == "mixed_float16",
-          fused=self.info.name != "tpu", all_reduce_dtype=self.all_reduce_dtype)
+        config,
+        self.schedule,
+        loss_scaling=self.precision == "mixed_float16",
+        fused=self.info.name != "tpu",
+        all_reduce_dtype=self.all_reduce_dtype,
+      )
       # Create optimizer slots now so checkpoints restore into them.
       self.optimizer.build(self.model.trainable_variables)
     # --ema_decay: validation, best/ and the export see the averaged weights.
     self.averaged_weights = optimization.AveragedWeights(
-        self.strategy, self.optimizer, self.model.trainable_variables)
+      self.strategy, self.optimizer, self.model.trainable_variables
+    )
     # Dropout's random-seed state is a model variable but not a weight; it
     # must be saved too, or a resumed run draws different masks.
     weight_ids = {id(w) for w in self.model.weights}
     rng_states = [v for v in self.model.variables if id(v) not in weight_ids]
-    self.checkpoint = tf.train.Checkpoint(model=self.model,
-                                          optimizer=self.optimizer,
-                                          rng_states=rng_states,
-                                          **self.state.trackables())
+    self.checkpoint = tf.train.Checkpoint(
+      model=self.model,
+      optimizer=self.optimizer,
+      rng_states=rng_states,
+      **self.state.trackables(),
+    )
     self.checkpoints = outputs.CheckpointSet(
-        self.checkpoint, self.run_dir, self.is_chief, self.info.task,
-        max_to_keep=config.keep_checkpoints)
+      self.checkpoint,
+      self.run_dir,
+      self.is_chief,
+      self.info.task,
+      max_to_keep=config.keep_checkpoints,
+    )
     self.writer = outputs.RunWriter(self.run_dir, self.is_chief)
-    self.clock = LoopClock(config, self.steps_per_call, self.steps_per_epoch,
-                           self.run_dir.profile, self.is_chief)
+    self.clock = LoopClock(
+      config,
+      self.steps_per_call,
+      self.steps_per_epoch,
+      self.run_dir.profile,
+      self.is_chief,
+    )
     # Training totals since the last step-level TensorBoard point (chief).
     self._pending_log = None
     # Training statistics carry the count of records --skip_corrupt dropped.
-    self.stats_layout = metrics.StatsLayout(config.num_classes,
-                                            with_skipped=True)
+    self.stats_layout = metrics.StatsLayout(
+      config.num_classes, with_skipped=True
+    )
     self.train_steps = self._make_train_call()
-    self._eval_call = evaluation.make_eval_call(self.strategy, self.model,
-                                                config.num_classes)
+    self._eval_call = evaluation.make_eval_call(
+      self.strategy, self.model, config.num_classes
+    )
 
   # --------------------------------------------------------------------------
   # Compiled steps.
@@ -339,21 +409,28 @@ class Trainer:
     config, model, optimizer = self.config, self.model, self.optimizer
     with tf.GradientTape() as tape:
       probabilities = model(images, training=True)
-      per_example = metrics.loss_per_example(labels, probabilities,
-                                             config.num_classes)
+      per_example = metrics.loss_per_example(
+        labels, probabilities, config.num_classes
+      )
       # Average over the global batch: gradients are summed across replicas.
       loss = tf.nn.compute_average_loss(
-          per_example, global_batch_size=config.global_batch_size)
+        per_example, global_batch_size=config.global_batch_size
+      )
       if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         loss = optimizer.scale_loss(loss)
-    return probabilities, per_example, tape.gradient(
-        loss, model.trainable_variables)
+    return (
+      probabilities,
+      per_example,
+      tape.gradient(loss, model.trainable_variables),
+    )
 
   def apply_gradients(self, gradients):
     """Sums `gradients` across replicas and updates the weights (replica
     context); under loss scaling every replica and worker takes one shared
     decision to apply or skip."""
-    self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+    self.optimizer.apply_gradients(
+      zip(gradients, self.model.trainable_variables)
+    )
 
   def train_step(self, images, labels, skipped, step=None):
     """One replica's step (what TPUs compile with XLA): returns its batch
@@ -361,13 +438,20 @@ class Trainer:
     `step`: the global step this batch trains (seeds mixup/cutmix); None =
     the loop's current step."""
     step = self.state.step if step is None else step
-    images, targets, labels = augment.training_batch(images, labels,
-                                                     self.config, step)
-    probabilities, per_example, gradients = self.compute_gradients(images,
-                                                                   targets)
+    images, targets, labels = augment.training_batch(
+      images, labels, self.config, step
+    )
+    probabilities, per_example, gradients = self.compute_gradients(
+      images, targets
+    )
     self.apply_gradients(gradients)
-    return metrics.batch_stats(labels, probabilities, per_example,
-                               self.config.num_classes, skipped=skipped)
+    return metrics.batch_stats(
+      labels,
+      probabilities,
+      per_example,
+      self.config.num_classes,
+      skipped=skipped,
+    )
 
   def _make_train_call(self):
     size = self.stats_layout.size
@@ -375,9 +459,12 @@ class Trainer:
     # What a checkpoint saves and must never hold as NaN/Inf: the weights
     # and every floating-point optimizer variable (an Adam second moment can
     # overflow while the weights are still finite).
-    checked = [*self.model.weights,
-               *(v for v in self.optimizer.variables
-                 if tf.as_dtype(v.dtype).is_floating)]
+    checked = [
+      *self.model.weights,
+      *(
+        v for v in self.optimizer.variables if tf.as_dtype(v.dtype).is_floating
+      ),
+    ]
 
     @tf.function
     def train_call(iterator, num_steps, control):
@@ -386,22 +473,41 @@ class Trainer:
       for i in tf.range(num_steps):
         images, labels, skipped = next(iterator)
         step = self.state.step + tf.cast(i, tf.int64)
-        stats = strategy.reduce("SUM", strategy.run(
-            self.train_step, args=(images, labels, skipped, step)), axis=None)
+        stats = strategy.reduce(
+          "SUM",
+          strategy.run(self.train_step, args=(images, labels, skipped, step)),
+          axis=None,
+        )
         totals += stats
-        sums = stats[self.stats_layout.slices["sums"]]  # loss sum, correct, count
+        sums = stats[
+          self.stats_layout.slices["sums"]
+        ]  # loss sum, correct, count
         step_losses = step_losses.write(i, sums[0] / sums[2])
       # Agree on stop/save across workers: any worker's request counts.
-      agreed = strategy.reduce("SUM", strategy.run(lambda: tf.identity(control)),
-                               axis=None)
+      agreed = strategy.reduce(
+        "SUM", strategy.run(lambda: tf.identity(control)), axis=None
+      )
       # The last update can break the weights or the optimizer's state
       # while every loss was finite: such state must never reach a
       # checkpoint. Each replica checks its own copy on its device; all
       # agree on the answer.
-      broken = strategy.reduce("SUM", strategy.run(lambda: tf.cast(
-          tf.logical_not(tf.reduce_all([
-              tf.reduce_all(tf.math.is_finite(tf.cast(w, tf.float32)))
-              for w in checked])), tf.float32)), axis=None)
+      broken = strategy.reduce(
+        "SUM",
+        strategy.run(
+          lambda: tf.cast(
+            tf.logical_not(
+              tf.reduce_all(
+                [
+                  tf.reduce_all(tf.math.is_finite(tf.cast(w, tf.float32)))
+                  for w in checked
+                ]
+              )
+            ),
+            tf.float32,
+          )
+        ),
+        axis=None,
+      )
       return totals, step_losses.stack(), agreed, tf.equal(broken, 0.0)
 
     return train_call
@@ -414,17 +520,23 @@ class Trainer:
     if self.eval_spec is None:
       return {}
     with self.averaged_weights.swapped_in():
-      return evaluation.evaluate(self.strategy, self.num_pipelines,
-                                 self._eval_call, self.eval_spec,
-                                 self.config.global_batch_size)
+      return evaluation.evaluate(
+        self.strategy,
+        self.num_pipelines,
+        self._eval_call,
+        self.eval_spec,
+        self.config.global_batch_size,
+      )
 
   def train_iterator(self, epoch, step_in_epoch):
     records_per_step = self.config.global_batch_size // self.num_pipelines
     skip = step_in_epoch * records_per_step
-    dataset = strategy_lib.distribute_datasets(self.strategy,
-        lambda ctx: data.make_train_dataset(self.train_spec, ctx,
-                                            self.config.global_batch_size,
-                                            epoch, skip))
+    dataset = strategy_lib.distribute_datasets(
+      self.strategy,
+      lambda ctx: data.make_train_dataset(
+        self.train_spec, ctx, self.config.global_batch_size, epoch, skip
+      ),
+    )
     return iter(dataset)
 
   def run(self):
@@ -440,23 +552,32 @@ class Trainer:
       if label_problem:
         raise TrainingError(label_problem) from None
       if "IteratorGetNext" in str(e):  # Raised by the input pipeline.
-        raise TrainingError(f"bad input data: {describe(e)}; --skip_corrupt "
-                            "skips undecodable records") from None
-      raise TrainingError(f"{describe(e)} (TensorFlow, in the training step "
-                          f"of --model={self.config.model} at --image_size="
-                          f"{self.image_size})") from None
+        raise TrainingError(
+          f"bad input data: {describe(e)}; --skip_corrupt "
+          "skips undecodable records"
+        ) from None
+      raise TrainingError(
+        f"{describe(e)} (TensorFlow, in the training step "
+        f"of --model={self.config.model} at --image_size="
+        f"{self.image_size})"
+      ) from None
     except tf.errors.DataLossError as e:
-      raise TrainingError(f"corrupt TFRecord data in --train_data/--eval_data "
-                          f"({describe(e)}); --skip_corrupt skips bad "
-                          "records") from None
+      raise TrainingError(
+        f"corrupt TFRecord data in --train_data/--eval_data "
+        f"({describe(e)}); --skip_corrupt skips bad "
+        "records"
+      ) from None
 
   def _any_worker(self, flag):
     """True on every worker if `flag` is true on any (a collective: also a
     barrier, which every worker must reach)."""
     if not hasattr(self, "_any_worker_call"):
       strategy = self.strategy
-      self._any_worker_call = tf.function(lambda x: strategy.reduce(
-          "SUM", strategy.run(tf.identity, args=(x,)), axis=None))
+      self._any_worker_call = tf.function(
+        lambda x: strategy.reduce(
+          "SUM", strategy.run(tf.identity, args=(x,)), axis=None
+        )
+      )
     return float(self._any_worker_call(tf.constant(float(bool(flag))))) > 0
 
   def _run(self):
@@ -469,35 +590,47 @@ class Trainer:
     # Every worker has looked for a checkpoint before any writes one, and
     # all found the same: else they would train different epochs and hang.
     if self._any_worker(restored) and self._any_worker(not restored):
-      raise UserError(f"the workers disagree on whether {self.run_dir.checkpoints}"
-                      " holds a checkpoint: --model_dir must be storage every "
-                      "worker reads (gs:// across machines)")
+      raise UserError(
+        f"the workers disagree on whether {self.run_dir.checkpoints}"
+        " holds a checkpoint: --model_dir must be storage every "
+        "worker reads (gs:// across machines)"
+      )
     if restored:
-      log.info(f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
-            f"{int(state.step.numpy())}.")
+      log.info(
+        f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
+        f"{int(state.step.numpy())}."
+      )
     # A completed run trains on when asked for more epochs; an early-stopped
     # one stays stopped (re-running its command must not train again).
     # The early-stop decision is re-derived from the restored state too: a
     # run killed after its last checkpoint but before status.json said so
     # stays stopped.
-    early_stopped = (previous_status == "early_stopped" or
-                     self._patience_exhausted())
+    early_stopped = (
+      previous_status == "early_stopped" or self._patience_exhausted()
+    )
     finished = self._any_worker(
-        int(state.epoch.numpy()) >= config.epochs or early_stopped)
+      int(state.epoch.numpy()) >= config.epochs or early_stopped
+    )
     if finished:
-      previous_status = previous_status if previous_status in (
-          "completed", "early_stopped") else (
-              "early_stopped" if early_stopped else "completed")
+      previous_status = (
+        previous_status
+        if previous_status in ("completed", "early_stopped")
+        else ("early_stopped" if early_stopped else "completed")
+      )
       # A run killed while exporting left no whole export: finish it.
       if self.config.export and self._any_worker(
-          self.is_chief and
-          not tf.io.gfile.exists(self.run_dir.export_complete)):
-        log.info(f"This model dir finished training ({int(state.epoch.numpy())}"
-                 " epochs) but holds no whole export: exporting it now.")
+        self.is_chief and not tf.io.gfile.exists(self.run_dir.export_complete)
+      ):
+        log.info(
+          f"This model dir finished training ({int(state.epoch.numpy())}"
+          " epochs) but holds no whole export: exporting it now."
+        )
         return self._finish(previous_status)
-      log.info(f"Nothing to train: this model dir already finished "
-            f"({int(state.epoch.numpy())} epochs, {previous_status or 'completed'}"
-            "). Use a new --model_dir to retrain.")
+      log.info(
+        f"Nothing to train: this model dir already finished "
+        f"({int(state.epoch.numpy())} epochs, {previous_status or 'completed'}"
+        "). Use a new --model_dir to retrain."
+      )
       return self._finish(previous_status or "completed", export=False)
     if not restored:
       # Keras starts the averages at zero: a rollback to the step-0
@@ -507,11 +640,14 @@ class Trainer:
       self.checkpoints.save(0)
       if self.is_chief:
         self.writer.write_input_images(self._sample_inputs())
-    self.writer.write_config(config, self.class_names,
-                             {"precision": self.precision})
+    self.writer.write_config(
+      config, self.class_names, {"precision": self.precision}
+    )
     self.writer.write_status("running", state)
-    log.info(f"Training {self.steps_per_epoch} steps/epoch for up to "
-          f"{config.epochs} epochs; the first step compiles, may be slow.")
+    log.info(
+      f"Training {self.steps_per_epoch} steps/epoch for up to "
+      f"{config.epochs} epochs; the first step compiles, may be slow."
+    )
     status = "completed"
     with _SignalWatcher() as sigterm:
       while int(state.epoch.numpy()) < config.epochs:
@@ -528,13 +664,18 @@ class Trainer:
   def _check_resumable(self):
     """Before restoring: one line if this model dir's checkpoints were
     written with options that lay out other variables."""
-    if (tf.train.latest_checkpoint(self.run_dir.checkpoints) and
-        tf.io.gfile.exists(self.run_dir.config)):
+    if tf.train.latest_checkpoint(
+      self.run_dir.checkpoints
+    ) and tf.io.gfile.exists(self.run_dir.config):
       conflict = config_lib.resume_conflict(
-          config_lib.load(self.run_dir.config), self.config) or (
-              config_lib.precision_conflict(
-                  config_lib.load_resolved(self.run_dir.config).get(
-                      "precision"), self.precision, self.config.precision))
+        config_lib.load(self.run_dir.config), self.config
+      ) or (
+        config_lib.precision_conflict(
+          config_lib.load_resolved(self.run_dir.config).get("precision"),
+          self.precision,
+          self.config.precision,
+        )
+      )
       if conflict:
         raise UserError(conflict)
 
@@ -543,10 +684,13 @@ class Trainer:
     config, state, clock = self.config, self.state, self.clock
     epoch = int(state.epoch.numpy())
     iterator = self.train_iterator(
-        epoch, int(state.step_in_epoch.numpy()) +
-        int(state.rolled_back_steps_in_epoch.numpy()))
-    progress = outputs.Progress(self.steps_per_epoch, epoch, config.epochs,
-                                self.is_chief)
+      epoch,
+      int(state.step_in_epoch.numpy())
+      + int(state.rolled_back_steps_in_epoch.numpy()),
+    )
+    progress = outputs.Progress(
+      self.steps_per_epoch, epoch, config.epochs, self.is_chief
+    )
     totals = state.epoch_totals.numpy().copy()  # Zero unless resumed.
     start, images_done = time.time(), 0
     while int(state.step_in_epoch.numpy()) < self.steps_per_epoch:
@@ -560,12 +704,14 @@ class Trainer:
       faults.plant_nan(step, self.model)
       clock.before_call(step)
       call_totals, step_losses, agreed, weights_finite = self.train_steps(
-          iterator, tf.constant(num_steps), votes)
+        iterator, tf.constant(num_steps), votes
+      )
       profiled = clock.after_call(step + num_steps)
       if profiled:
         log.info(profiled)
-      if self._rolled_back(step, step_losses.numpy(), bool(weights_finite),
-                           counter):
+      if self._rolled_back(
+        step, step_losses.numpy(), bool(weights_finite), counter
+      ):
         state.rolled_back_steps_in_epoch.assign_add(num_steps)
         continue
       state.step.assign_add(num_steps)
@@ -576,19 +722,26 @@ class Trainer:
       self._log_steps(int(state.step.numpy()), num_steps, call_totals)
       images_done += num_steps * config.global_batch_size
       summary = metrics.summarize(totals, config.num_classes, with_skipped=True)
-      progress.update(int(state.step_in_epoch.numpy()), summary["loss"],
-                      summary["accuracy"], images_done / (time.time() - start))
+      progress.update(
+        int(state.step_in_epoch.numpy()),
+        summary["loss"],
+        summary["accuracy"],
+        images_done / (time.time() - start),
+      )
       requests = agreed_requests(agreed)
       if clock.checkpoint_due(int(state.step.numpy()), requests):
         self.checkpoints.save(int(state.step.numpy()))
       if requests["stop"]:
         self.writer.write_status("preempted", state)
-        log.info(f"Preempted (SIGTERM): saved step {int(state.step.numpy())}; run the "
-              "same command to resume.")
+        log.info(
+          f"Preempted (SIGTERM): saved step {int(state.step.numpy())}; run the "
+          "same command to resume."
+        )
         return False
     elapsed = time.time() - start
-    train_figures = metrics.summarize(totals, config.num_classes,
-                                      with_skipped=True)
+    train_figures = metrics.summarize(
+      totals, config.num_classes, with_skipped=True
+    )
     val_figures = self.evaluate()
     self._end_epoch(epoch, train_figures, val_figures, images_done / elapsed)
     return True
@@ -605,10 +758,14 @@ class Trainer:
     self._pending_log[1] += num_steps
     if not self.clock.time_to_log(step):
       return
-    figures = metrics.summarize(self._pending_log[0], self.config.num_classes,
-                                with_skipped=True)
-    figures["learning_rate"] = float(self.schedule(max(0, int(
-        optimization.step_counter(self.optimizer).numpy()) - 1)))
+    figures = metrics.summarize(
+      self._pending_log[0], self.config.num_classes, with_skipped=True
+    )
+    figures["learning_rate"] = float(
+      self.schedule(
+        max(0, int(optimization.step_counter(self.optimizer).numpy()) - 1)
+      )
+    )
     self.writer.write_step_figures(step, figures)
     self._pending_log = None
 
@@ -618,13 +775,13 @@ class Trainer:
     (--nan_policy) and returns True."""
     if not np.all(np.isfinite(step_losses)):
       bad_step = step + int(np.argmin(np.isfinite(step_losses))) + 1
-      self._recover_from_nan(f"loss became NaN/Inf at step {bad_step}",
-                             counter)
+      self._recover_from_nan(f"loss became NaN/Inf at step {bad_step}", counter)
       return True
     if not weights_finite:
       bad_step = step + len(step_losses)
-      self._recover_from_nan("weights or optimizer state became NaN/Inf at "
-                             f"step {bad_step}", counter)
+      self._recover_from_nan(
+        f"weights or optimizer state became NaN/Inf at step {bad_step}", counter
+      )
       return True
     return False
 
@@ -632,10 +789,12 @@ class Trainer:
     """A few augmented training images, exactly as the model sees them."""
     # Read locally even with --data_service: a second dataset under the
     # run's service job name would clash with the training one.
-    local_spec = dataclasses.replace(self.train_spec, data_service="",
-                                     device_dtypes=False)
+    local_spec = dataclasses.replace(
+      self.train_spec, data_service="", device_dtypes=False
+    )
     dataset = data.make_train_dataset(
-        local_spec, tf.distribute.InputContext(1, 0, 1), count)
+      local_spec, tf.distribute.InputContext(1, 0, 1), count
+    )
     images, _, _ = next(iter(dataset))
     return images
 
@@ -652,16 +811,29 @@ class Trainer:
     """
     config, state = self.config, self.state
     if config.nan_policy == "error":
-      raise TrainingError(f"{what}; lower --learning_rate or use "
-                          "--nan_policy=rollback")
+      raise TrainingError(
+        f"{what}; lower --learning_rate or use --nan_policy=rollback"
+      )
     if int(state.rollbacks.numpy()) >= config.max_rollbacks:
-      raise TrainingError(f"{what} after {int(state.rollbacks.numpy())} "
-                          "rollbacks (--max_rollbacks)")
-    kept = ("step", "epoch", "step_in_epoch", "rollbacks", "best_val_accuracy",
-            "best_monitor", "epochs_without_improvement", "best_metric_value",
-            "plateau_factor", "plateau_best",
-            "plateau_epochs_without_improvement", "epoch_totals",
-            "rolled_back_steps_in_epoch")
+      raise TrainingError(
+        f"{what} after {int(state.rollbacks.numpy())} "
+        "rollbacks (--max_rollbacks)"
+      )
+    kept = (
+      "step",
+      "epoch",
+      "step_in_epoch",
+      "rollbacks",
+      "best_val_accuracy",
+      "best_monitor",
+      "epochs_without_improvement",
+      "best_metric_value",
+      "plateau_factor",
+      "plateau_best",
+      "plateau_epochs_without_improvement",
+      "epoch_totals",
+      "rolled_back_steps_in_epoch",
+    )
     position = {k: getattr(state, k).numpy() for k in kept}
     multiplier = float(state.lr_multiplier.numpy())
     restored = self.checkpoints.restore_latest()
@@ -672,21 +844,28 @@ class Trainer:
     optimization.step_counter(self.optimizer).assign(counter)
     state.rollbacks.assign_add(1)
     state.lr_multiplier.assign(multiplier * 0.5)
-    log.info(f"{what[0].upper()}{what[1:]}: rolled back to {restored}, "
-          f"learning rate x{multiplier * 0.5:g} (rollback "
-          f"{int(state.rollbacks.numpy())}/{config.max_rollbacks}).")
+    log.info(
+      f"{what[0].upper()}{what[1:]}: rolled back to {restored}, "
+      f"learning rate x{multiplier * 0.5:g} (rollback "
+      f"{int(state.rollbacks.numpy())}/{config.max_rollbacks})."
+    )
     faults.point("rollback:after")
 
   def _end_epoch(self, epoch, train_figures, val_figures, images_per_sec):
     config, state = self.config, self.state
     record = {
-        "epoch": epoch + 1, "step": int(state.step.numpy()),
-        "loss": train_figures["loss"], "accuracy": train_figures["accuracy"],
-        # The rate of the last update (the optimizer's step drives the
-        # schedule; float16 loss scaling does not count skipped steps).
-        "learning_rate": float(self.schedule(max(0, int(
-            optimization.step_counter(self.optimizer).numpy()) - 1))),
-        "images_per_sec": images_per_sec,
+      "epoch": epoch + 1,
+      "step": int(state.step.numpy()),
+      "loss": train_figures["loss"],
+      "accuracy": train_figures["accuracy"],
+      # The rate of the last update (the optimizer's step drives the
+      # schedule; float16 loss scaling does not count skipped steps).
+      "learning_rate": float(
+        self.schedule(
+          max(0, int(optimization.step_counter(self.optimizer).numpy()) - 1)
+        )
+      ),
+      "images_per_sec": images_per_sec,
     }
     for key in ("auc", "top5_accuracy"):
       if key in train_figures:
@@ -704,7 +883,8 @@ class Trainer:
     else:
       state.epochs_without_improvement.assign_add(1)
     improved = "val_accuracy" in record and (
-        record["val_accuracy"] > float(state.best_val_accuracy.numpy()))
+      record["val_accuracy"] > float(state.best_val_accuracy.numpy())
+    )
     if improved:
       state.best_val_accuracy.assign(record["val_accuracy"])
     new_best = self._update_best_metric(record)
@@ -758,23 +938,30 @@ class Trainer:
       state.plateau_epochs_without_improvement.assign(0)
       return
     state.plateau_epochs_without_improvement.assign_add(1)
-    if (int(state.plateau_epochs_without_improvement.numpy()) >=
-        config.plateau_patience):
+    if (
+      int(state.plateau_epochs_without_improvement.numpy())
+      >= config.plateau_patience
+    ):
       state.plateau_factor.assign(float(state.plateau_factor.numpy()) * 0.1)
       state.plateau_epochs_without_improvement.assign(0)
-      log.info(f"Plateau: {config.plateau_monitor} has not improved for "
-               f"{config.plateau_patience} epochs; learning rate x"
-               f"{float(state.plateau_factor.numpy()):g} of --learning_rate.")
+      log.info(
+        f"Plateau: {config.plateau_monitor} has not improved for "
+        f"{config.plateau_patience} epochs; learning rate x"
+        f"{float(state.plateau_factor.numpy()):g} of --learning_rate."
+      )
 
   def _patience_exhausted(self):
     patience = self.config.early_stopping_patience
     return bool(patience) and (
-        int(self.state.epochs_without_improvement.numpy()) >= patience)
+      int(self.state.epochs_without_improvement.numpy()) >= patience
+    )
 
   def _should_stop_early(self):
     if self._patience_exhausted():
-      log.info(f"Early stopping: {self.config.early_stopping_monitor} has not "
-            f"improved for {self.config.early_stopping_patience} epochs.")
+      log.info(
+        f"Early stopping: {self.config.early_stopping_monitor} has not "
+        f"improved for {self.config.early_stopping_patience} epochs."
+      )
       return True
     return False
 
@@ -786,21 +973,28 @@ class Trainer:
       scratch = tempfile.mkdtemp(prefix="alexnet-export-")
       target = outputs.RunDir(scratch, scratch, scratch)
     portable = model_lib.portable_copy(
-        self.model, self.config.model, self.config.num_classes,
-        self.image_size, self.config.dropout_rate,
-        "float32" if self.config.export_precision == "float32"
-        else self.precision)
+      self.model,
+      self.config.model,
+      self.config.num_classes,
+      self.image_size,
+      self.config.dropout_rate,
+      "float32"
+      if self.config.export_precision == "float32"
+      else self.precision,
+    )
     faults.point("export:before")
     if self.is_chief and tf.io.gfile.exists(target.export):
       tf.io.gfile.rmtree(target.export)  # A partial export of a killed run.
-    serving.export(portable, target, self.image_size, self.config.augment,
-                   self.class_names)
+    serving.export(
+      portable, target, self.image_size, self.config.augment, self.class_names
+    )
     if not self.is_chief:
       shutil.rmtree(target.root, ignore_errors=True)
       return None
     faults.point("export:before_marker")
-    records.write_text_atomically(target.export_complete,
-                                  f"step {int(self.state.step.numpy())}\n")
+    records.write_text_atomically(
+      target.export_complete, f"step {int(self.state.step.numpy())}\n"
+    )
     faults.point("export:after")
     return target.export
 
@@ -808,20 +1002,25 @@ class Trainer:
     state = self.state
     self.writer.write_status(status, state)
     faults.point("status:after")
-    summary = {"status": status, "epoch": int(state.epoch.numpy()),
-               "step": int(state.step.numpy()), "model_dir": self.model_dir,
-               "best_val_accuracy": float(state.best_val_accuracy.numpy()),
-               "best_metric": self.config.best_metric,
-               "best_metric_value": _signed(
-                   self.config.best_metric,
-                   float(state.best_metric_value.numpy())),
-               # Of the weights this worker trained, before anything is
-               # restored: equal digests on every worker prove one model.
-               "weights_sha256": outputs.weights_digest(self.model)}
+    summary = {
+      "status": status,
+      "epoch": int(state.epoch.numpy()),
+      "step": int(state.step.numpy()),
+      "model_dir": self.model_dir,
+      "best_val_accuracy": float(state.best_val_accuracy.numpy()),
+      "best_metric": self.config.best_metric,
+      "best_metric_value": _signed(
+        self.config.best_metric, float(state.best_metric_value.numpy())
+      ),
+      # Of the weights this worker trained, before anything is
+      # restored: equal digests on every worker prove one model.
+      "weights_sha256": outputs.weights_digest(self.model),
+    }
     # The chief's last save_best is complete before anyone reads best/.
     self._any_worker(False)
-    if (export and status in ("completed", "early_stopped")
-        and self.config.export):
+    if (
+      export and status in ("completed", "early_stopped") and self.config.export
+    ):
       self.checkpoints.restore_best()
       summary["exported"] = self._export()
     if self.is_chief:
@@ -838,8 +1037,9 @@ def _signed(metric, value):
   return float(value) if "loss" in metric else -float(value)
 
 
-def train(config: config_lib.Config,
-          config_name: str = "custom") -> dict[str, Any]:
+def train(
+  config: config_lib.Config, config_name: str = "custom"
+) -> dict[str, Any]:
   """Trains `config` and returns a summary dict (status, epoch, step, ...).
 
   Raises:

@@ -31,6 +31,7 @@ log = outputs.log
 @dataclasses.dataclass(frozen=True)
 class Source:
   """Weights read from --init_from: where from, and {layer name: arrays}."""
+
   location: str
   weights: dict
 
@@ -40,11 +41,14 @@ def _checkpoint_of(init_from):
   when `init_from` is neither a run dir with checkpoints nor a prefix."""
   if tf.io.gfile.isdir(init_from):
     run = outputs.RunDir.of(init_from)
-    prefix = (tf.train.latest_checkpoint(run.best) or
-              tf.train.latest_checkpoint(run.checkpoints))
+    prefix = tf.train.latest_checkpoint(run.best) or tf.train.latest_checkpoint(
+      run.checkpoints
+    )
     if not prefix:
-      raise UserError(f"--init_from={init_from}: this dir holds no checkpoint "
-                      f"(looked in {run.best} and {run.checkpoints})")
+      raise UserError(
+        f"--init_from={init_from}: this dir holds no checkpoint "
+        f"(looked in {run.best} and {run.checkpoints})"
+      )
     return prefix, run.config
   if tf.io.gfile.exists(init_from + ".index"):
     # DIR/checkpoints/ckpt-N or DIR/best/ckpt-N: the run's config is in DIR.
@@ -56,22 +60,30 @@ def _checkpoint_of(init_from):
 def _read_checkpoint(init_from, prefix, config_path):
   """Rebuilds the model the source run trained and restores it."""
   if not tf.io.gfile.exists(config_path):
-    raise UserError(f"--init_from={init_from}: no {config_path} (the run's "
-                    "config says which model the checkpoint holds)")
+    raise UserError(
+      f"--init_from={init_from}: no {config_path} (the run's "
+      "config says which model the checkpoint holds)"
+    )
   source_config = config_lib.load(config_path)
   model = model_lib.build_model(
-      source_config.model, source_config.num_classes,
-      config_lib.image_size(source_config), source_config.dropout_rate,
-      fused_batch_norm=source_config.batch_norm == "fused")
+    source_config.model,
+    source_config.num_classes,
+    config_lib.image_size(source_config),
+    source_config.dropout_rate,
+    fused_batch_norm=source_config.batch_norm == "fused",
+  )
   try:
     # The trainer saves the model under "model", beside the optimizer and the
     # loop state, which are not wanted here.
     tf.train.Checkpoint(model=model).restore(
-        prefix).expect_partial().assert_existing_objects_matched()
+      prefix
+    ).expect_partial().assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise UserError(f"--init_from={init_from}: cannot restore {prefix} into "
-                    f"the --model={source_config.model} its config.json "
-                    f"names ({describe(e)})") from None
+    raise UserError(
+      f"--init_from={init_from}: cannot restore {prefix} into "
+      f"the --model={source_config.model} its config.json "
+      f"names ({describe(e)})"
+    ) from None
   return model
 
 
@@ -87,8 +99,9 @@ def _read_keras_file(init_from):
   try:
     return keras.models.load_model(path, compile=False)
   except (ValueError, TypeError, OSError) as e:
-    raise UserError(f"--init_from={init_from}: not a Keras model file "
-                    f"({describe(e)})") from None
+    raise UserError(
+      f"--init_from={init_from}: not a Keras model file ({describe(e)})"
+    ) from None
   finally:
     if scratch:
       shutil.rmtree(scratch, ignore_errors=True)
@@ -108,8 +121,10 @@ def read_source(config, run_dir):
   if not init_from:
     return None
   if tf.train.latest_checkpoint(run_dir.checkpoints):
-    log.info(f"--init_from={init_from} is ignored: {run_dir.checkpoints} holds "
-             "checkpoints, so this run resumes from them.")
+    log.info(
+      f"--init_from={init_from} is ignored: {run_dir.checkpoints} holds "
+      "checkpoints, so this run resumes from them."
+    )
     return None
   try:
     if init_from.endswith(".keras"):
@@ -117,13 +132,17 @@ def read_source(config, run_dir):
     else:
       found = _checkpoint_of(init_from)
       if found is None:
-        raise UserError(f"--init_from={init_from}: not a run dir, checkpoint "
-                        "or .keras file")
+        raise UserError(
+          f"--init_from={init_from}: not a run dir, checkpoint or .keras file"
+        )
       location, model = found[0], _read_checkpoint(init_from, *found)
   except tf.errors.OpError as e:  # Storage: permissions, network.
     raise UserError(f"--init_from={init_from}: {describe(e)}") from None
-  weights = {layer.name: [np.asarray(w) for w in layer.weights]
-             for layer in model.layers if layer.weights}
+  weights = {
+    layer.name: [np.asarray(w) for w in layer.weights]
+    for layer in model.layers
+    if layer.weights
+  }
   return Source(location, weights)
 
 
@@ -146,9 +165,11 @@ def load_matching_layers(model, source):
     if theirs is None:
       reset[layer.name] = "not in the source"
     elif _shapes(theirs) != ours:
-      mine, other = next((a, b) for a, b in zip(ours + [None],
-                                                _shapes(theirs) + [None])
-                         if a != b)
+      mine, other = next(
+        (a, b)
+        for a, b in zip(ours + [None], _shapes(theirs) + [None])
+        if a != b
+      )
       reset[layer.name] = f"source {other}, here {mine}"
     else:
       layer.set_weights(theirs)
@@ -166,15 +187,19 @@ def layers_to_freeze(model, config):
   weighted = [layer.name for layer in model.layers if layer.weights]
   if config.train_from:
     if config.train_from not in weighted:
-      raise UsageError(f"--train_from={config.train_from}: no such layer with "
-                       f"weights in --model={config.model}; valid: "
-                       f"{', '.join(weighted)}")
-    return weighted[:weighted.index(config.train_from)]
+      raise UsageError(
+        f"--train_from={config.train_from}: no such layer with "
+        f"weights in --model={config.model}; valid: "
+        f"{', '.join(weighted)}"
+      )
+    return weighted[: weighted.index(config.train_from)]
   names = [n for n in config.freeze.split(",") if n]
   unknown = [n for n in names if n not in weighted]
   if unknown:
-    raise UsageError(f"--freeze: no layer {', '.join(unknown)} with weights "
-                     f"in --model={config.model}; valid: {', '.join(weighted)}")
+    raise UsageError(
+      f"--freeze: no layer {', '.join(unknown)} with weights "
+      f"in --model={config.model}; valid: {', '.join(weighted)}"
+    )
   return [n for n in weighted if n in names]
 
 
@@ -190,12 +215,15 @@ def prepare_model(model, config, source):
   if source is not None:
     loaded, reset = load_matching_layers(model, source)
     resets = "; ".join(f"reset {name} ({why})" for name, why in reset.items())
-    log.info(f"Warm start from {source.location}: loaded "
-             f"{', '.join(loaded) or 'no layer'}"
-             f"{'; ' + resets if resets else ''}.")
+    log.info(
+      f"Warm start from {source.location}: loaded "
+      f"{', '.join(loaded) or 'no layer'}"
+      f"{'; ' + resets if resets else ''}."
+    )
   frozen = layers_to_freeze(model, config)
   for name in frozen:
     model.get_layer(name).trainable = False
   if frozen:
-    log.info(f"Frozen (not trained; BatchNorm in inference mode): "
-             f"{', '.join(frozen)}.")
+    log.info(
+      f"Frozen (not trained; BatchNorm in inference mode): {', '.join(frozen)}."
+    )

@@ -7,6 +7,11 @@ import json
 
 def list_distributions():
   """Prints {name: {"version", "requires"}} of every installed distribution."""
-  print(json.dumps({d.metadata["Name"]: {"version": d.version,
-                                         "requires": d.requires or []}
-                    for d in importlib.metadata.distributions()}))
+  print(
+    json.dumps(
+      {
+        d.metadata["Name"]: {"version": d.version, "requires": d.requires or []}
+        for d in importlib.metadata.distributions()
+      }
+    )
+  )

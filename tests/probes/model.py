@@ -20,22 +20,32 @@ def cross_replica_batch_norm():
   strategy = strategy_lib.get_strategy("mirrored").strategy
   rng = np.random.default_rng(0)
   # Deliberately different halves: the replicas' means differ by 4 std devs.
-  halves = [rng.normal(0.0, 1.0, (4, 5, 5, 3)), rng.normal(4.0, 2.0, (4, 5, 5, 3))]
+  halves = [
+    rng.normal(0.0, 1.0, (4, 5, 5, 3)),
+    rng.normal(4.0, 2.0, (4, 5, 5, 3)),
+  ]
   halves = [h.astype(np.float32) for h in halves]
   with strategy.scope():
     layer = model_lib.FusedBatchNormalization(momentum=0.0)
     layer.build((None, 5, 5, 3))
   replicas = strategy.num_replicas_in_sync
   inputs = strategy.experimental_distribute_values_from_function(
-      lambda ctx: halves[ctx.replica_id_in_sync_group] if replicas == 2
-      else np.concatenate(halves))
+    lambda ctx: (
+      halves[ctx.replica_id_in_sync_group]
+      if replicas == 2
+      else np.concatenate(halves)
+    )
+  )
   strategy.run(tf.function(lambda x: layer(x, training=True)), args=(inputs,))
-  emit(mean=per_replica(strategy, layer.moving_mean)[0].tolist(),
-       variance=per_replica(strategy, layer.moving_variance)[0].tolist(),
-       replicas_agree=all(np.array_equal(a, b)
-                          for v in (layer.moving_mean, layer.moving_variance)
-                          for a, b in zip(per_replica(strategy, v),
-                                          per_replica(strategy, v)[1:])))
+  emit(
+    mean=per_replica(strategy, layer.moving_mean)[0].tolist(),
+    variance=per_replica(strategy, layer.moving_variance)[0].tolist(),
+    replicas_agree=all(
+      np.array_equal(a, b)
+      for v in (layer.moving_mean, layer.moving_variance)
+      for a, b in zip(per_replica(strategy, v), per_replica(strategy, v)[1:])
+    ),
+  )
 
 
 def dropout_per_replica():
@@ -59,10 +69,14 @@ def dropout_per_replica():
       with tf.device(strategy.extended.worker_devices[replica]):
         return tf.function(mask, jit_compile=True)()
 
-    masks = strategy.run(mask_compiled_by_xla if os.environ["XLA"] == "1"
-                         else tf.function(mask))
+    masks = strategy.run(
+      mask_compiled_by_xla if os.environ["XLA"] == "1" else tf.function(mask)
+    )
     return [np.asarray(m) for m in strategy.experimental_local_results(masks)]
 
   first, second = masks_of(model.get_layer("dropout6"))
-  emit(equal=bool(np.array_equal(first, second)), kept=float(first.mean()),
-       builtin_equal=bool(np.array_equal(*masks_of(builtin))))
+  emit(
+    equal=bool(np.array_equal(first, second)),
+    kept=float(first.mean()),
+    builtin_equal=bool(np.array_equal(*masks_of(builtin))),
+  )

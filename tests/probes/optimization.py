@@ -10,9 +10,11 @@ def all_reduce(dtype):
   replicas whose gradients are summed in `dtype`."""
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+  )
   strategy = tf.distribute.MirroredStrategy(
-      ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+    ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+  )
   with strategy.scope():
     variable = tf.Variable(0.0)
     optimizer = optimization.SGD(1.0)
@@ -26,8 +28,9 @@ def all_reduce(dtype):
       # Each replica's gradient is 1 + 2**-10: float32 holds it, bfloat16
       # (7 fraction bits) rounds it to 1.
       with tf.GradientTape() as tape:
-        loss = variable * (1.0 + 2.0 ** -10)
+        loss = variable * (1.0 + 2.0**-10)
       optimizer.apply_gradients([(tape.gradient(loss, variable), variable)])
+
     strategy.run(replica_step)
 
   step()

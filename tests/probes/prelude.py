@@ -12,10 +12,14 @@ import configs
 def tiny(**changes):
   """The tiny config, writing to $MODEL_DIR, with `changes`."""
   # float32 unless a probe says otherwise: `auto` differs between CPU kinds.
-  values = dict(model_dir=os.environ["MODEL_DIR"], export=False,
-                precision="float32",
-                synthetic_dir=os.path.join(os.environ["XDG_CACHE_HOME"],
-                                           "alexnet_tf", "synthetic"))
+  values = dict(
+    model_dir=os.environ["MODEL_DIR"],
+    export=False,
+    precision="float32",
+    synthetic_dir=os.path.join(
+      os.environ["XDG_CACHE_HOME"], "alexnet_tf", "synthetic"
+    ),
+  )
   values.update(changes)
   return configs.get_config("tiny").replace(**values)
 

@@ -16,8 +16,9 @@ from trainer import prepare as prepare_lib
 def tfds_cats_vs_dogs(out):
   """Prepares TFDS's cats_vs_dogs, mocked with 12 examples, into `out`;
   prints the manifest as JSON."""
-  with tfds.testing.mock_data(num_examples=12,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
+  with tfds.testing.mock_data(
+    num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE
+  ):
     manifest = prepare_lib.prepare("tfds:cats_vs_dogs", out, num_shards=2)
   print(json.dumps(manifest))
 
@@ -27,8 +28,9 @@ def _png(seed, side=512):
   yy, xx = np.mgrid[0:side, 0:side]
   pixels = np.stack([xx + seed, yy, xx + yy + 3 * seed], -1) % 256
   buffer = io.BytesIO()
-  Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG",
-                                                compress_level=0)
+  Image.fromarray(pixels.astype(np.uint8)).save(
+    buffer, format="PNG", compress_level=0
+  )
   return buffer.getvalue()
 
 
@@ -49,22 +51,30 @@ def tfds_large_images(num_examples, out):
           example["tfds_id"] = f"fake-{split}__{i}"
         yield example
 
-    signature = {"image": tf.TensorSpec([], tf.string),
-                 "label": tf.TensorSpec([], tf.int64)}
+    signature = {
+      "image": tf.TensorSpec([], tf.string),
+      "label": tf.TensorSpec([], tf.int64),
+    }
     if with_id:
       signature["tfds_id"] = tf.TensorSpec([], tf.string)
-    dataset = tf.data.Dataset.from_generator(examples,
-                                             output_signature=signature)
+    dataset = tf.data.Dataset.from_generator(
+      examples, output_signature=signature
+    )
     return dataset.apply(tf.data.experimental.assert_cardinality(num_examples))
 
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                              as_dataset_fn=as_dataset):
-    app.run(prepare_lib.main, argv=["prepare", "--source=tfds:cats_vs_dogs",
-                                    f"--out={out}"])
+  with tfds.testing.mock_data(
+    policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=as_dataset
+  ):
+    app.run(
+      prepare_lib.main,
+      argv=["prepare", "--source=tfds:cats_vs_dogs", f"--out={out}"],
+    )
 
 
 def shard_counts():
   """Prints choose_num_shards for a large, a mid-sized and a tiny split."""
-  print(prepare_lib.choose_num_shards(1_000_000, 110_000, readers=1),
-        prepare_lib.choose_num_shards(23_000, 30_000, readers=4),
-        prepare_lib.choose_num_shards(5, 30_000, readers=4))
+  print(
+    prepare_lib.choose_num_shards(1_000_000, 110_000, readers=1),
+    prepare_lib.choose_num_shards(23_000, 30_000, readers=4),
+    prepare_lib.choose_num_shards(5, 30_000, readers=4),
+  )

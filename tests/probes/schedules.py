@@ -13,9 +13,14 @@ from trainer import train as train_lib
 
 def five_classes(**changes):
   """The tiny config on the test's 5-class data, with `changes`."""
-  return tiny(num_classes=5, train_data=os.environ["TRAIN_DATA"],
-              eval_data=os.environ["EVAL_DATA"], train_examples=256,
-              eval_examples=80, **changes)
+  return tiny(
+    num_classes=5,
+    train_data=os.environ["TRAIN_DATA"],
+    eval_data=os.environ["EVAL_DATA"],
+    train_examples=256,
+    eval_examples=80,
+    **changes,
+  )
 
 
 def plateau_on_workers():
@@ -23,17 +28,22 @@ def plateau_on_workers():
   by less than 100 for $PATIENCE epochs (default 1); each worker's plateau
   state and weights digest."""
   config = five_classes(
-      epochs=int(os.environ["EPOCHS"]), strategy="multi_worker",
-      lr_schedule="plateau", plateau_monitor="val_loss",
-      plateau_patience=int(os.environ.get("PATIENCE", "1")),
-      plateau_min_delta=100.0)
+    epochs=int(os.environ["EPOCHS"]),
+    strategy="multi_worker",
+    lr_schedule="plateau",
+    plateau_monitor="val_loss",
+    plateau_patience=int(os.environ.get("PATIENCE", "1")),
+    plateau_min_delta=100.0,
+  )
   trainer = train_lib.Trainer(config)
   summary = trainer.run()
   state = trainer.state
-  emit(factor=float(state.plateau_factor.numpy()),
-       best=float(state.plateau_best.numpy()),
-       waiting=int(state.plateau_epochs_without_improvement.numpy()),
-       digest=summary["weights_sha256"])
+  emit(
+    factor=float(state.plateau_factor.numpy()),
+    best=float(state.plateau_best.numpy()),
+    waiting=int(state.plateau_epochs_without_improvement.numpy()),
+    digest=summary["weights_sha256"],
+  )
 
 
 def nan_rollback_with_plateau():
@@ -41,9 +51,14 @@ def nan_rollback_with_plateau():
   the output kernel turns NaN once, mid-epoch 3 (step 20), and training rolls
   back. The rollback's rate multiplier and the plateau's factor at the end."""
   config = five_classes(
-      epochs=3, lr_schedule="plateau", plateau_monitor="loss",
-      plateau_patience=1, plateau_min_delta=100.0, nan_policy="rollback",
-      checkpoint_every_steps=4)
+    epochs=3,
+    lr_schedule="plateau",
+    plateau_monitor="loss",
+    plateau_patience=1,
+    plateau_min_delta=100.0,
+    nan_policy="rollback",
+    checkpoint_every_steps=4,
+  )
   trainer = train_lib.Trainer(config)
   real_call, calls = trainer.train_steps, []
 
@@ -56,6 +71,8 @@ def nan_rollback_with_plateau():
 
   trainer.train_steps = call
   summary = trainer.run()
-  emit(status=summary["status"],
-       multiplier=float(trainer.state.lr_multiplier.numpy()),
-       factor=float(trainer.state.plateau_factor.numpy()))
+  emit(
+    status=summary["status"],
+    multiplier=float(trainer.state.lr_multiplier.numpy()),
+    factor=float(trainer.state.plateau_factor.numpy()),
+  )

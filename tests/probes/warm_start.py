@@ -19,16 +19,25 @@ def load_on_workers():
   worker then loads its own $OTHER source into the same model; a worker that
   loaded other weights must show up in the digest (nothing re-syncs the
   weights after a load to hide it)."""
-  config = tiny(num_classes=4, steps_per_epoch=2, freeze="conv1,bn1",
-                init_from=os.environ["INIT_FROM"], strategy="multi_worker")
+  config = tiny(
+    num_classes=4,
+    steps_per_epoch=2,
+    freeze="conv1,bn1",
+    init_from=os.environ["INIT_FROM"],
+    strategy="multi_worker",
+  )
   trainer = train_lib.Trainer(config)
   loaded = outputs.weights_digest(trainer.model)
-  other = warm_start.read_source(config.replace(init_from=os.environ["OTHER"]),
-                                 trainer.run_dir)
+  other = warm_start.read_source(
+    config.replace(init_from=os.environ["OTHER"]), trainer.run_dir
+  )
   with trainer.strategy.scope():
     warm_start.load_matching_layers(trainer.model, other)
-  emit(loaded=loaded, other=outputs.weights_digest(trainer.model),
-       replicas=trainer.info.num_replicas)
+  emit(
+    loaded=loaded,
+    other=outputs.weights_digest(trainer.model),
+    replicas=trainer.info.num_replicas,
+  )
 
 
 def init_from_gcs():
@@ -38,7 +47,8 @@ def init_from_gcs():
   the local run's step-0 checkpoint (the control)."""
   local, remote = os.environ["SOURCE"], "gs://alexnet-test/source"
   for name in ["export/model.keras"] + [
-      "best/" + n for n in tf.io.gfile.listdir(os.path.join(local, "best"))]:
+    "best/" + n for n in tf.io.gfile.listdir(os.path.join(local, "best"))
+  ]:
     tf.io.gfile.makedirs(os.path.dirname(os.path.join(remote, name)))
     tf.io.gfile.copy(os.path.join(local, name), os.path.join(remote, name))
   with open(os.path.join(local, "config.json")) as f:
@@ -51,10 +61,14 @@ def init_from_gcs():
   def read(path):
     config = tiny(num_classes=4, init_from=path)
     source = warm_start.read_source(config, new_run)
-    return source.location, {k: [w.tolist() for w in v]
-                             for k, v in source.weights.items()}
+    return source.location, {
+      k: [w.tolist() for w in v] for k, v in source.weights.items()
+    }
 
-  emit(run=read(remote), local_run=read(local),
-       step_0=read(os.path.join(local, "checkpoints", "ckpt-0")),
-       keras=read(remote + "/export/model.keras"),
-       local_keras=read(local + "/export/model.keras"))
+  emit(
+    run=read(remote),
+    local_run=read(local),
+    step_0=read(os.path.join(local, "checkpoints", "ckpt-0")),
+    keras=read(remote + "/export/model.keras"),
+    local_keras=read(local + "/export/model.keras"),
+  )
