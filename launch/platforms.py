@@ -422,17 +422,17 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         build.checked,
       )
     )
-  image = GPU_IMAGE
+  gpu = GPU_IMAGE
   out.append(
     (
       "Our GPU image (Dockerfile)",
-      image.base,
-      f"Python {image.python}, tensorflow[and-cuda]=={image.tensorflow}"
-      f", nvidia-cudnn-cu12=={image.cuda_wheels['nvidia-cudnn-cu12']}"
+      gpu.base,
+      f"Python {gpu.python}, tensorflow[and-cuda]=={gpu.tensorflow}"
+      f", nvidia-cudnn-cu12=={gpu.cuda_wheels['nvidia-cudnn-cu12']}"
       f", nvidia-cuda-runtime-cu12=="
-      f"{image.cuda_wheels['nvidia-cuda-runtime-cu12']} ({image.note})",
-      image.source,
-      image.checked,
+      f"{gpu.cuda_wheels['nvidia-cuda-runtime-cu12']} ({gpu.note})",
+      gpu.source,
+      gpu.checked,
     )
   )
   stack = TPU_STACK
