@@ -127,10 +127,19 @@ def install_source(install, editable):
     f"TENSORFLOW_RANGE = {in_range!r}",
     "if ACCELERATOR == 'tpu':",
     "    if installed('tensorflow-tpu') is None:",
+    "        if installed('tensorflow'):",
+    "            # The CPU/GPU wheel and tensorflow-tpu own the same files.",
+    "            print('Removing this runtime\\'s tensorflow', "
+    "installed('tensorflow'), '(not the TPU build)')",
+    "            run([sys.executable, '-m', 'pip', 'uninstall', '-q', '-y', "
+    "'tensorflow'])",
+    "        # A libtpu the runtime already has (JAX's) stays if "
+    "tensorflow-tpu accepts it (pip replaces it otherwise).",
+    "        wanted = [p for p in TPU_PACKAGES if not (p.startswith('libtpu==') "
+    "and installed('libtpu'))]",
     "        print('This TPU runtime has no TensorFlow: installing', "
-    "' '.join(TPU_PACKAGES))",
-    "        run([sys.executable, '-m', 'pip', 'install', '-q', "
-    "*TPU_PACKAGES])",
+    "' '.join(wanted))",
+    "        run([sys.executable, '-m', 'pip', 'install', '-q', *wanted])",
     "    print('TensorFlow: tensorflow-tpu', installed('tensorflow-tpu'))",
     "else:",
     "    found = installed('tensorflow')",

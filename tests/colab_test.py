@@ -349,13 +349,16 @@ def test_tpu_runtime_installs_the_pinned_tensorflow_tpu_first(
     f"{stack.tensorflow_tpu} libtpu=={stack.libtpu}"
   ) in text
   calls = [json.loads(l) for l in fake_pip.read_text().splitlines()]
-  assert calls[0] == [
+  # This kernel's environment holds the CPU wheel (a TPU runtime holds
+  # none): it goes first, as the two own the same files.
+  assert calls[0] == ["uninstall", "-q", "-y", "tensorflow"]
+  assert calls[1] == [
     "install",
     "-q",
     f"tensorflow-tpu=={stack.tensorflow_tpu}",
     f"libtpu=={stack.libtpu}",
   ]
-  assert calls[1] == ["install", "-q", "--no-deps", REPO]
+  assert calls[2] == ["install", "-q", "--no-deps", REPO]
 
 
 @pytest.mark.notebook

@@ -1,5 +1,6 @@
 """Shared fixtures: run the CLI as a user would, with an isolated cache."""
 
+import _posixsubprocess
 import collections
 import json
 import os
@@ -67,10 +68,21 @@ def pytest_collection_finish(session):
   """Starts TensorFlow before the first test when any collected module did
   not: its first import starts processes of its own (h5py asks `uname`),
   which would count against whichever fast-tier test ran first."""
-  if session.items and "tensorflow" not in sys.modules:
+  if not session.items:
+    return
+  if "tensorflow" not in sys.modules:
     from trainer import startup
 
     startup.start_tensorflow()
+  # Two threads per pool, whatever the machine: a test's CPU-seconds then
+  # mean the same on 2 cores and on 64 (idle pool threads spin).
+  import tensorflow as tf
+
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+  except RuntimeError:  # A test module already started TensorFlow's runtime.
+    pass
 
 
 def _tier_markers(item):
@@ -91,11 +103,15 @@ def pytest_collection_modifyitems(config, items):
 
 class _ProcessCounter:
   """Counts the processes this interpreter starts, by every route the
-  standard library offers (subprocess, os.fork/spawn/system, multiprocessing)."""
+  standard library offers: subprocess, os.fork/forkpty/spawn/system, and
+  multiprocessing (fork goes through os.fork; spawn and forkserver through
+  _posixsubprocess.fork_exec)."""
 
   _PATCHED = (
     (subprocess.Popen, "_execute_child"),
+    (_posixsubprocess, "fork_exec"),
     (os, "fork"),
+    (os, "forkpty"),
     (os, "posix_spawn"),
     (os, "posix_spawnp"),
     (os, "system"),

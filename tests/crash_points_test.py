@@ -188,22 +188,65 @@ def test_killed_at_a_point_then_rerun_ends_as_the_uninterrupted_run(
   assert differences(snapshot(model_dir), uninterrupted["plain"]) == []
 
 
-@pytest.mark.parametrize("visit", [1, 2])
-def test_killed_after_a_rollback_then_rerun_reads_the_same_batches(
-  uninterrupted, tmp_path, cache_dir, visit
+# After the NaN at step 4 is rolled back: at once (no checkpoint holds the
+# skipped batches yet), before step 4 came round again (the step-4
+# checkpoint), and at the step-6 checkpoint, the first that records them.
+AFTER_ROLLBACK = {
+  "at_once": "rollback:after:1",
+  "before_it": "checkpoint_save:after:3",
+  "next_checkpoint": "checkpoint_save:after:5",
+}
+ROLLBACK = dict(nan_at_step=4, extra=("--nan_policy=rollback",))
+
+
+@pytest.mark.parametrize("when", sorted(AFTER_ROLLBACK))
+def test_killed_around_a_rollback_then_rerun_reads_the_same_batches(
+  uninterrupted, tmp_path, cache_dir, when
 ):
-  """A NaN at step 4 rolls back (the batches of that call are skipped);
-  killed right after, or at the next step checkpoint, the re-run resumes
-  its input after the skipped batches, as the uninterrupted run did. (The
-  divergence is deterministic, as a real one under --deterministic is: a
-  re-run that reaches step 4 again meets the NaN again.)"""
+  """A NaN at step 4 rolls back (the batches of that call are skipped); the
+  re-run resumes its input after the skipped batches, as the uninterrupted
+  run did. (The divergence is deterministic, as a real one under
+  --deterministic is: a re-run that reaches step 4 again meets it again.)"""
   model_dir = tmp_path / "run"
-  rollback = dict(nan_at_step=4, extra=("--nan_policy=rollback",))
-  crash_at = "rollback:after:1" if visit == 1 else "checkpoint_save:after:3"
-  code = _train(model_dir, cache_dir, crash_at=crash_at, **rollback)
+  code = _train(model_dir, cache_dir, crash_at=AFTER_ROLLBACK[when], **ROLLBACK)
   assert code == faults.CRASH_EXIT_CODE
-  _until_finished(model_dir, cache_dir, **rollback)
+  _until_finished(model_dir, cache_dir, **ROLLBACK)
   assert differences(snapshot(model_dir), uninterrupted["nan"]) == []
+
+
+PLANTED_INPUT_BUG = """
+import runpy, sys
+from trainer import train
+# The bug: the batches a rollback skipped are not checkpointed, so a resumed
+# run starts its input that many steps early.
+trackables = train._TrainState.trackables
+train._TrainState.trackables = lambda self: {
+    k: v for k, v in trackables(self).items()
+    if k != "rolled_back_steps_in_epoch"}
+sys.argv = ["trainer.task", *sys.argv[1:]]
+runpy.run_module("trainer.task", run_name="__main__")
+"""
+
+
+def test_the_comparison_catches_a_lost_input_position(
+  uninterrupted, tmp_path, cache_dir
+):
+  """Negative control of the test above: without the skipped batches in
+  the checkpoint, the resumed run trains on other batches."""
+  script = tmp_path / "planted_bug.py"
+  script.write_text(PLANTED_INPUT_BUG)
+  model_dir = tmp_path / "run"
+  code = _train(
+    model_dir,
+    cache_dir,
+    crash_at=AFTER_ROLLBACK["next_checkpoint"],
+    script=str(script),
+    **ROLLBACK,
+  )
+  assert code == faults.CRASH_EXIT_CODE
+  _until_finished(model_dir, cache_dir, script=str(script), **ROLLBACK)
+  found = differences(snapshot(model_dir), uninterrupted["nan"])
+  assert any(f.startswith("checkpoint:") for f in found), found
 
 
 def test_a_chaos_run_killed_five_times_ends_as_the_uninterrupted_run(
@@ -260,6 +303,17 @@ def test_the_comparison_catches_a_state_field_left_out(
   assert any(f.startswith("metrics:") for f in found), found
 
 
+MIRRORED = ("--strategy=mirrored", "--cpu_devices=2")
+
+
+@pytest.fixture(scope="module")
+def mirrored_reference(tmp_path_factory, cache_dir):
+  """The uninterrupted run on two mirrored replicas."""
+  reference = tmp_path_factory.mktemp("mirrored") / "reference"
+  assert _train(reference, cache_dir, extra=MIRRORED) == 0
+  return snapshot(reference)
+
+
 @pytest.mark.parametrize(
   "point,visit",
   [
@@ -269,16 +323,12 @@ def test_the_comparison_catches_a_state_field_left_out(
   ],
 )
 def test_two_mirrored_replicas_killed_then_rerun_end_as_uninterrupted(
-  tmp_path_factory, tmp_path, cache_dir, point, visit
+  mirrored_reference, tmp_path, cache_dir, point, visit
 ):
-  mirrored = ("--strategy=mirrored", "--cpu_devices=2")
-  reference = tmp_path_factory.mktemp("mirrored") / "reference"
-  if not (reference / "export" / "COMPLETE").exists():
-    assert _train(reference, cache_dir, extra=mirrored) == 0
   model_dir = tmp_path / "run"
   assert (
-    _train(model_dir, cache_dir, crash_at=f"{point}:{visit}", extra=mirrored)
+    _train(model_dir, cache_dir, crash_at=f"{point}:{visit}", extra=MIRRORED)
     == faults.CRASH_EXIT_CODE
   )
-  _until_finished(model_dir, cache_dir, extra=mirrored)
-  assert differences(snapshot(model_dir), snapshot(reference)) == []
+  _until_finished(model_dir, cache_dir, extra=MIRRORED)
+  assert differences(snapshot(model_dir), mirrored_reference) == []

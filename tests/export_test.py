@@ -211,11 +211,24 @@ def test_export_in_the_training_precision_is_kept_and_tflite_says_why_not(
   assert result.returncode == 1, result.stdout + result.stderr
   assert result.stderr.splitlines() == [
     f"Error: --model_dir={model_dir}: its SavedModel computes in bfloat16 "
-    "(the run set --export_precision=training) and TFLite converts "
-    "float32 models only: export with --export_precision=float32, the "
-    "default"
+    "(--export_precision=training, or an export from before float32 became "
+    "the default) and TFLite converts float32 models only: remove "
+    f"{model_dir}/export and run the training command again with "
+    "--export_precision=float32 (the default) to export it again"
   ], result.stderr
   assert not (model_dir / "export" / "model.tflite").exists()
+  # What the line says to do: the re-run trains nothing and exports again.
+  shutil.rmtree(model_dir / "export")
+  rerun = run_cli(
+    "trainer.task",
+    "--config=tiny",
+    "--epochs=1",
+    "--precision=mixed_bfloat16",
+    f"--model_dir={model_dir}",
+    check=True,
+  )
+  assert "holds no whole export: exporting it now" in rerun.stdout
+  assert serving.reduced_compute_dtype(saved_model) is None
 
 
 def test_agreement_check_catches_a_different_model(exports, tmp_path):

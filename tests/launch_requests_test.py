@@ -180,7 +180,9 @@ def test_without_an_image_the_job_is_refused_with_the_date_and_the_way_out():
     accelerator_count=1,
   )
   with pytest.raises(vertex.LaunchError) as raised:
-    vertex.validate(options, ["--config=cats_vs_dogs"])
+    vertex.validate(
+      options, ["--config=cats_vs_dogs"], today=datetime.date(2026, 12, 6)
+    )
   message = str(raised.value)
   assert "tf-gpu.2-17.py310, on 2026-07-11" in message, message
   assert platforms.VERTEX_TRAINING_CONTAINERS in message

@@ -17,6 +17,8 @@ from trainer import serving
 from trainer import train as train_lib
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+# The module's runs are trained once, by whichever test asks first.
+pytestmark = pytest.mark.cpu_budget(20)
 
 
 def _tiny(model_dir, cache_dir, **changes):

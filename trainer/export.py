@@ -206,9 +206,12 @@ def run(model_dir, quantize="none", eval_data="", calibration_images=200):
   reduced = serving.reduced_compute_dtype(saved_model_dir, SIGNATURE)
   if reduced:  # The converter would fail, after pages of MLIR errors.
     raise UserError(
-      f"--model_dir={model_dir}: its SavedModel computes in {reduced} (the "
-      "run set --export_precision=training) and TFLite converts float32 "
-      "models only: export with --export_precision=float32, the default"
+      f"--model_dir={model_dir}: its SavedModel computes in {reduced} "
+      "(--export_precision=training, or an export from before float32 "
+      "became the default) and TFLite converts float32 models only: remove "
+      f"{outputs.RunDir.of(model_dir).export} and run the training command "
+      "again with --export_precision=float32 (the default) to export it "
+      "again"
     )
   config = config_lib.load(run_dir.config)
   config = config.replace(eval_data=eval_data or config.eval_data)

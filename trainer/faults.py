@@ -25,23 +25,23 @@ POINTS = (
   # Each checkpoint save (step and epoch checkpoints) and its index.
   "checkpoint_save:before",
   "checkpoint_save:after",
-  # Epoch end: best/ is saved before the latest checkpoint.
+  # Epoch end: best/, then the epoch's metrics line, then the checkpoint.
   "epoch_end:before",
   "best_save:after",
-  "epoch_checkpoint:after",
   "metrics:after",
-  "status:after",
+  "epoch_checkpoint:after",
   # The early-stop and plateau decisions, after the epoch's checkpoint.
   "early_stop:decided",
   # A NaN rollback, once the weights are back.
   "rollback:after",
-  # The final export: before, between its files, before its marker.
+  # The end of the run: status.json, then the export (before, between its
+  # files, before its marker, after), then the rest.
+  "status:after",
   "export:before",
   "export:keras_written",
   "export:saved_model_written",
   "export:before_marker",
   "export:after",
-  # The end of the run.
   "finish:after",
 )
 

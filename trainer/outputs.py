@@ -130,9 +130,29 @@ class RunDir:
   export_class_names = property(
     lambda self: self._at("export", "class_names.txt")
   )
-  # Written last: an export without it is partial (a run killed while
-  # exporting), and the next run of the same command completes it.
+  # The export's markers: IN_PROGRESS is written before its first file and
+  # removed after COMPLETE, which is written last (see `export_is_whole`).
+  export_in_progress = property(lambda self: self._at("export", "IN_PROGRESS"))
   export_complete = property(lambda self: self._at("export", "COMPLETE"))
+
+  def export_is_whole(self) -> bool:
+    """Whether the export is whole: COMPLETE, or - for exports written
+    before the markers existed - no IN_PROGRESS and every file present. A
+    run killed while exporting leaves it partial (or absent), and the next
+    run of the same command exports again."""
+    exists = tf.io.gfile.exists
+    if exists(self.export_complete):
+      return True
+    if exists(self.export_in_progress):
+      return False
+    return all(
+      exists(p)
+      for p in (
+        os.path.join(self.saved_model, "saved_model.pb"),
+        self.keras_model,
+        self.export_class_names,
+      )
+    )
 
   def tflite(self, quantize: str) -> str:
     """export/model.tflite, or model-QUANTIZE.tflite (trainer.export)."""

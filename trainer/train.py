@@ -619,7 +619,7 @@ class Trainer:
       )
       # A run killed while exporting left no whole export: finish it.
       if self.config.export and self._any_worker(
-        self.is_chief and not tf.io.gfile.exists(self.run_dir.export_complete)
+        self.is_chief and not self.run_dir.export_is_whole()
       ):
         log.info(
           f"This model dir finished training ({int(state.epoch.numpy())}"
@@ -632,6 +632,10 @@ class Trainer:
         "). Use a new --model_dir to retrain."
       )
       return self._finish(previous_status or "completed", export=False)
+    # Before any checkpoint: what a resume must match is on record first.
+    self.writer.write_config(
+      config, self.class_names, {"precision": self.precision}
+    )
     if not restored:
       # Keras starts the averages at zero: a rollback to the step-0
       # checkpoint must bring back the weights, not zeros.
@@ -640,9 +644,6 @@ class Trainer:
       self.checkpoints.save(0)
       if self.is_chief:
         self.writer.write_input_images(self._sample_inputs())
-    self.writer.write_config(
-      config, self.class_names, {"precision": self.precision}
-    )
     self.writer.write_status("running", state)
     log.info(
       f"Training {self.steps_per_epoch} steps/epoch for up to "
@@ -663,7 +664,11 @@ class Trainer:
 
   def _check_resumable(self):
     """Before restoring: one line if this model dir's checkpoints were
-    written with options that lay out other variables."""
+    written with options that lay out other variables, or in another
+    precision. Every worker raises when any finds a conflict (`auto`
+    resolves per machine), instead of the others waiting for it in the
+    next collective."""
+    conflict = None
     if tf.train.latest_checkpoint(
       self.run_dir.checkpoints
     ) and tf.io.gfile.exists(self.run_dir.config):
@@ -676,8 +681,12 @@ class Trainer:
           self.config.precision,
         )
       )
-      if conflict:
-        raise UserError(conflict)
+    if self._any_worker(bool(conflict)):
+      raise UserError(
+        conflict
+        or "another worker cannot resume this model dir's checkpoints "
+        "(its error says why)"
+      )
 
   def _run_epoch(self, sigterm):
     """One epoch (or its remainder). Returns False if preempted."""
@@ -983,8 +992,11 @@ class Trainer:
       else self.precision,
     )
     faults.point("export:before")
-    if self.is_chief and tf.io.gfile.exists(target.export):
-      tf.io.gfile.rmtree(target.export)  # A partial export of a killed run.
+    if self.is_chief:
+      if tf.io.gfile.exists(target.export):
+        tf.io.gfile.rmtree(target.export)  # A partial export of a killed run.
+      tf.io.gfile.makedirs(target.export)
+      records.write_text_atomically(target.export_in_progress, "exporting\n")
     serving.export(
       portable, target, self.image_size, self.config.augment, self.class_names
     )
@@ -995,6 +1007,7 @@ class Trainer:
     records.write_text_atomically(
       target.export_complete, f"step {int(self.state.step.numpy())}\n"
     )
+    tf.io.gfile.remove(target.export_in_progress)
     faults.point("export:after")
     return target.export
 
