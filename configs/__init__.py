@@ -38,7 +38,7 @@ def _from_module(path):
       config = module.CONFIG
     else:
       raise UserError("defines neither get_config() nor CONFIG")
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     detail = (
       str(e)
       if isinstance(e, UserError)

@@ -510,7 +510,7 @@ def main(argv: list[str]) -> int:
   """python -m launch.platforms [--write]: prints the table, or writes it
   into the docs page."""
   if argv[1:] == ["--write"]:
-    import os  # pylint: disable=g-import-not-at-top
+    import os
 
     path = os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DOCS_PAGE
@@ -529,6 +529,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  import sys  # pylint: disable=g-import-not-at-top
+  import sys
 
   sys.exit(main(sys.argv))

@@ -353,7 +353,7 @@ def job_request(
 
 def sdk_parameters(parameters):
   """The `parameter_spec` of aiplatform.HyperparameterTuningJob."""
-  from google.cloud.aiplatform import hyperparameter_tuning as hpt  # pylint: disable=g-import-not-at-top
+  from google.cloud.aiplatform import hyperparameter_tuning as hpt
 
   specs = {}
   for parameter in parameters:

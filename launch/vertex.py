@@ -762,13 +762,13 @@ def build_sdist(out_dir):
 
 
 def upload(local_path, gs_uri, project):
-  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  from google.cloud import storage
 
   bucket, _, name = gs_uri[len("gs://") :].partition("/")
   credentials = None
   if os.environ.get("STORAGE_EMULATOR_HOST"):
     # A local emulator takes no credentials.
-    from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
+    from google.auth.credentials import AnonymousCredentials
 
     credentials = AnonymousCredentials()
   client = storage.Client(project=project, credentials=credentials)
@@ -781,7 +781,7 @@ def _snake(name):
 
 def _init_client(options):
   """aiplatform.init for this job; returns the staging bucket it uses."""
-  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
+  from google.cloud import aiplatform
 
   # The client wants a staging bucket even when nothing is staged.
   staging_bucket = options["staging_bucket"] or options["base_output_dir"]
@@ -794,7 +794,7 @@ def _init_client(options):
     init["api_endpoint"] = options["api_endpoint"]
     init["api_transport"] = "rest"
     if options["api_endpoint"].startswith("http://"):
-      from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
+      from google.auth.credentials import AnonymousCredentials
 
       init["credentials"] = AnonymousCredentials()
   aiplatform.init(**init)
@@ -803,8 +803,8 @@ def _init_client(options):
 
 def _custom_job(options, request, job_spec, staging_bucket):
   """aiplatform.CustomJob with the worker pools of `job_spec` (REST JSON)."""
-  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
-  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types  # pylint: disable=g-import-not-at-top
+  from google.cloud import aiplatform
+  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types
 
   spec = custom_job_types.CustomJobSpec.from_json(json.dumps(job_spec))
   return aiplatform.CustomJob(
@@ -819,7 +819,7 @@ def _custom_job(options, request, job_spec, staging_bucket):
 def _run_settings(options):
   """The job's run settings, as CustomJob.submit and
   HyperparameterTuningJob.run take them."""
-  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types  # pylint: disable=g-import-not-at-top
+  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types
 
   return {
     "service_account": options["service_account"] or None,
@@ -843,9 +843,9 @@ def submit(options, request):
 
 def submit_tuning(options, request, parameters):
   """Creates the HyperparameterTuningJob with the real client; returns it."""
-  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
-  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types  # pylint: disable=g-import-not-at-top
-  from google.protobuf import duration_pb2  # pylint: disable=g-import-not-at-top
+  from google.cloud import aiplatform
+  from google.cloud.aiplatform_v1.types import custom_job as custom_job_types
+  from google.protobuf import duration_pb2
 
   staging_bucket = _init_client(options)
   trial = _custom_job(options, request, request["trialJobSpec"], staging_bucket)
@@ -887,7 +887,6 @@ def submit_tuning(options, request, parameters):
     measurement_selection="best",
     labels=request.get("labels"),
   )
-  # pylint: disable=protected-access
   job._gca_resource = job.api_client.create_hyperparameter_tuning_job(
     parent=aiplatform.initializer.global_config.common_location_path(),
     hyperparameter_tuning_job=job._gca_resource,

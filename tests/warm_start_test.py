@@ -339,7 +339,7 @@ def test_train_from_freezes_the_layers_before_it():
 
 @pytest.mark.multiprocess
 def test_init_from_gcs(cache_dir, tmp_path, source_run):
-  import gcs_emulator  # pylint: disable=g-import-not-at-top
+  import gcs_emulator
 
   with gcs_emulator.running(str(tmp_path / "gcs")) as gcs:
     gcs.create_bucket("alexnet-test")

@@ -44,10 +44,10 @@ from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import configs  # pylint: disable=g-import-not-at-top
-from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-from trainer import errors  # pylint: disable=g-import-not-at-top
-from trainer.errors import UserError  # pylint: disable=g-import-not-at-top
+import configs
+from trainer import config as config_lib
+from trainer import errors
+from trainer.errors import UserError
 
 PHASES = ("peak", "step", "input", "e2e", "seed", "scaling", "service")
 
@@ -90,12 +90,12 @@ def _peak_rss_mb():
 
 def realistic_records(directory, count, seed=0):
   """~450x375 JPEGs of ~45 KB (smooth shapes, texture, noise), written once."""
-  import io  # pylint: disable=g-import-not-at-top
+  import io
 
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from PIL import Image
 
-  from trainer import records  # pylint: disable=g-import-not-at-top
+  from trainer import records
 
   if records.read_manifest(directory):
     return os.path.join(directory, "train-*")
@@ -151,7 +151,7 @@ def realistic_records(directory, count, seed=0):
 
 def phase_peak(config, settings):
   del config, settings
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   results = {}
   for dtype in ("float32", "bfloat16"):
@@ -179,15 +179,15 @@ def phase_peak(config, settings):
 
 
 def _trainer(config):
-  from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+  from trainer import train as train_lib
 
   return train_lib.Trainer(config, "benchmark")
 
 
 def _time_train_calls(trainer, iterator, warmup_steps, steps):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+  from trainer import train as train_lib
 
   control = train_lib.requests_vector()
   per_call = min(trainer.steps_per_call, max(1, steps))
@@ -203,7 +203,7 @@ def _time_train_calls(trainer, iterator, warmup_steps, steps):
 
 
 def _flops_summary(trainer, images_per_sec, peaks):
-  from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+  from trainer import model as model_lib
 
   flops = model_lib.training_flops_per_image(trainer.model)
   peak_key = (
@@ -222,7 +222,7 @@ def _flops_summary(trainer, images_per_sec, peaks):
 
 
 def phase_step(config, settings):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   trainer = _trainer(config)
   size = trainer.image_size
@@ -251,9 +251,9 @@ def phase_step(config, settings):
 
 
 def phase_input(config, settings):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from trainer import data  # pylint: disable=g-import-not-at-top
+  from trainer import data
 
   spec = data.make_input_spec(
     config.train_data, "train_data", config, config_lib.image_size(config)
@@ -295,11 +295,11 @@ def phase_e2e(config, settings):
 
 def phase_seed(config, settings):
   """The seed notebook's own setup, on the same records."""
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import keras
+  import tensorflow as tf
 
-  from trainer import data  # pylint: disable=g-import-not-at-top
-  from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+  from trainer import data
+  from trainer import model as model_lib
 
   files = data.list_files(config.train_data, "train_data")
   schema = data.detect_schema(files[0])
@@ -361,7 +361,7 @@ def phase_seed(config, settings):
 def phase_scaling(config, settings):
   """2 workers x 1 core vs 1 process x 2 cores, same global batch."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  from launch import cluster  # pylint: disable=g-import-not-at-top
+  from launch import cluster
 
   one_process = config.replace(strategy="one_device")
   before = _run_phase("step", one_process, settings, repo)["images_per_sec"]
@@ -389,7 +389,7 @@ def phase_scaling(config, settings):
 def phase_service(config, settings):
   """End-to-end with decoding moved to a tf.data service worker."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  from launch import cluster  # pylint: disable=g-import-not-at-top
+  from launch import cluster
 
   dispatcher_port, worker_port = cluster.free_ports(2)
   servers = []
@@ -586,9 +586,9 @@ def main(argv):
       f"--skip: unknown phase(s) {sorted(unknown)}; valid: {','.join(PHASES)}",
       exitcode=2,
     )
-  import tempfile  # pylint: disable=g-import-not-at-top
+  import tempfile
 
-  from trainer import synthetic  # pylint: disable=g-import-not-at-top
+  from trainer import synthetic
 
   try:
     config = config_lib.from_flags(FLAGS)

@@ -746,7 +746,7 @@ def load_resolved(path):
   """What a run's config.json records `auto` resolved to ({} for runs that
   predate the record), e.g. {"precision": "mixed_bfloat16"}."""
   if "://" in path:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     with tf.io.gfile.GFile(path) as f:
       return json.load(f).get(RESOLVED_KEY, {})

@@ -312,7 +312,7 @@ def _check_label(label, source_file, spec):
 
 def label_error(error):
   """The one-line message for a label-range failure in `error`, or None."""
-  import re  # pylint: disable=g-import-not-at-top
+  import re
 
   match = re.search(
     re.escape(_LABEL_CHECK) + r"\] \[(-?\d+)\] \[(\d+)\] "

@@ -44,7 +44,7 @@ flags.DEFINE_string(
 
 
 def _start(role, port, dispatcher="", host="127.0.0.1"):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   service = tf.data.experimental.service
   if role == "dispatcher":
@@ -91,7 +91,7 @@ def vertex_roles(cluster_spec, pool):
 
 def serve_vertex(cluster_spec):
   """Runs this Vertex replica's servers until the process is terminated."""
-  from trainer import strategy  # pylint: disable=g-import-not-at-top
+  from trainer import strategy
 
   dispatcher = strategy.vertex_dispatcher(cluster_spec)
   servers = [

@@ -120,8 +120,8 @@ app.run(benchmark.main, argv=sys.argv + ["--skip=" + skip])
 def _benchmark():
   """Images/s of BENCHMARK_STEPS seed-model training steps on one device
   (in-memory batches through the trainer's own compiled step)."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
+  import subprocess
+  import time
 
   start = time.monotonic()
   with tempfile.TemporaryDirectory(prefix="alexnet-doctor-") as scratch:
@@ -162,7 +162,7 @@ def _onednn_enabled():
   default on CPUs with AVX512_VNNI/BF16, AVX_VNNI or AMX; its start-up notice
   is not shown), or None where this TensorFlow does not say."""
   try:
-    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.util import _pywrap_util_port
   except ImportError:
     return None
   return bool(_pywrap_util_port.IsMklEnabled())
@@ -170,10 +170,10 @@ def _onednn_enabled():
 
 def diagnose(run_benchmark=True):
   """Everything the table shows, as a JSON-ready dict."""
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import keras
+  import tensorflow as tf
 
-  from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from trainer import strategy as strategy_lib
 
   build = strategy_lib.tensorflow_build()
   libraries = strategy_lib.cuda_libraries(build)
@@ -295,10 +295,10 @@ def format_table(report):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=2)
-  from trainer import startup  # pylint: disable=g-import-not-at-top
+  from trainer import startup
 
   startup.start_tensorflow()  # The same start-up lines on every CPU kind.
-  from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from trainer import strategy as strategy_lib
 
   problem = strategy_lib.accelerator_problem(FLAGS.expect)
   if problem:

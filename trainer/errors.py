@@ -18,7 +18,7 @@ class UsageError(UserError):
 
 def describe(error):
   """The first meaningful line of an exception, TensorFlow's noise removed."""
-  import re  # pylint: disable=g-import-not-at-top
+  import re
 
   text = getattr(error, "message", None) or str(error)
   text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
@@ -39,7 +39,7 @@ def describe(error):
 def parse_flags(argv):
   """absl's flags_parser for the CLIs: a bad flag or value is one usage line
   (absl names the flag and, for enums, the valid values) and exit 2."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
 
   try:
     return flags.FLAGS(argv)

@@ -24,22 +24,22 @@ from absl import flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # Imports TensorFlow without its CUDA-probe and oneDNN start-up notices, so
 # the command prints the same on every CPU kind.
-from trainer import startup  # pylint: disable=g-import-not-at-top
+from trainer import startup
 
 startup.start_tensorflow()
 
-import keras  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import keras
+import tensorflow as tf
 
-from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-from trainer import data  # pylint: disable=g-import-not-at-top
-from trainer import evaluation  # pylint: disable=g-import-not-at-top
-from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
-from trainer import outputs  # pylint: disable=g-import-not-at-top
-from trainer import plots  # pylint: disable=g-import-not-at-top
-from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+from trainer import config as config_lib
+from trainer import data
+from trainer import evaluation
+from trainer import model as model_lib
+from trainer import outputs
+from trainer import plots
+from trainer import strategy as strategy_lib
 from trainer.errors import UserError
-from trainer.errors import describe  # pylint: disable=g-import-not-at-top
+from trainer.errors import describe
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

@@ -33,21 +33,21 @@ from absl import flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # Imports TensorFlow without its CUDA-probe and oneDNN start-up notices, so
 # the command prints the same on every CPU kind.
-from trainer import startup  # pylint: disable=g-import-not-at-top
+from trainer import startup
 
 startup.start_tensorflow()
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import numpy as np
+import tensorflow as tf
 
-from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-from trainer import data  # pylint: disable=g-import-not-at-top
-from trainer import errors  # pylint: disable=g-import-not-at-top
-from trainer import outputs  # pylint: disable=g-import-not-at-top
-from trainer import records  # pylint: disable=g-import-not-at-top
-from trainer import serving  # pylint: disable=g-import-not-at-top
-from trainer.errors import UserError  # pylint: disable=g-import-not-at-top
-from trainer.errors import describe  # pylint: disable=g-import-not-at-top
+from trainer import config as config_lib
+from trainer import data
+from trainer import errors
+from trainer import outputs
+from trainer import records
+from trainer import serving
+from trainer.errors import UserError
+from trainer.errors import describe
 
 FORMATS = ("tflite",)
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -94,7 +94,7 @@ def tflite_path(model_dir, quantize):
 
 def _interpreter_class():
   try:
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+    from ai_edge_litert.interpreter import Interpreter
   except ImportError:
     raise UserError(
       "the LiteRT interpreter (ai_edge_litert) is not "

@@ -79,7 +79,7 @@ def point(name):
     return
   _FAULTS.visits[name] = _FAULTS.visits.get(name, 0) + 1
   if (name, _FAULTS.visits[name]) == _FAULTS.crash_at:
-    os._exit(CRASH_EXIT_CODE)  # pylint: disable=protected-access
+    os._exit(CRASH_EXIT_CODE)
 
 
 def plant_nan(step, model):
@@ -87,7 +87,7 @@ def plant_nan(step, model):
   ALEXNET_NAN_AT_STEP says so (once per process)."""
   if _FAULTS.nan_at_step and step == _FAULTS.nan_at_step:
     _FAULTS.nan_at_step = 0
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    import numpy as np
 
     kernel = model.get_layer("predictions").kernel
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))

@@ -74,7 +74,7 @@ def report(metric_name, record):
 def _reporter(metric_file):
   del metric_file  # The cache key; the library reads the variable itself.
   try:
-    import hypertune  # pylint: disable=g-import-not-at-top
+    import hypertune
   except ImportError:
     raise UserError(
       f"this process is Vertex AI tuning trial {trial_id()} "

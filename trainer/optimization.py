@@ -250,7 +250,7 @@ def weight_averages(optimizer):
   if not inner.use_ema:
     return None
   # Keras 3.4-3.15 keep them in this private list, built in `build`.
-  return inner._model_variables_moving_average  # pylint: disable=protected-access
+  return inner._model_variables_moving_average
 
 
 def _copy_values(average, weight):

@@ -13,13 +13,13 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")  # No display needed: files only.
-from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _save(figure, path):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=100)
@@ -134,7 +134,7 @@ def roc_curve(fpr, tpr, auc, path):
 
 def plot_run(model_dir):
   """Draws MODEL_DIR/training_curves.png; returns its path, or None if empty."""
-  from trainer import outputs  # pylint: disable=g-import-not-at-top
+  from trainer import outputs
 
   records = outputs.read_metrics(model_dir)
   if not records:

@@ -20,13 +20,13 @@ from absl import flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # Imports TensorFlow without its CUDA-probe and oneDNN start-up notices, so
 # the command prints the same on every CPU kind.
-from trainer import startup  # pylint: disable=g-import-not-at-top
+from trainer import startup
 
 startup.start_tensorflow()
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
 
-from trainer.errors import describe  # pylint: disable=g-import-not-at-top
+from trainer.errors import describe
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool(
@@ -36,7 +36,7 @@ flags.DEFINE_bool(
 
 def load_signature(model_path):
   """The bytes-in serving signature of a model dir or SavedModel dir."""
-  from trainer import outputs  # pylint: disable=g-import-not-at-top
+  from trainer import outputs
 
   candidates = [outputs.RunDir.of(model_path).saved_model, model_path]
   for path in candidates:

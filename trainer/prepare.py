@@ -44,15 +44,15 @@ from absl import flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # Imports TensorFlow without its CUDA-probe and oneDNN start-up notices, so
 # the command prints the same on every CPU kind.
-from trainer import startup  # pylint: disable=g-import-not-at-top
+from trainer import startup
 
 startup.start_tensorflow()
 
-from PIL import Image  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from PIL import Image
+import tensorflow as tf
 
-from trainer import records  # pylint: disable=g-import-not-at-top
-from trainer.errors import UserError  # pylint: disable=g-import-not-at-top
+from trainer import records
+from trainer.errors import UserError
 
 IMAGE_EXTENSIONS = (
   ".jpg",
@@ -249,7 +249,7 @@ def _num_examples(dataset):
 
 
 def tfds_source(name, data_dir, validation_fraction, split_seed):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   builder = tfds.builder(name, data_dir=data_dir or None)
   builder.download_and_prepare()
@@ -315,9 +315,9 @@ def tfds_source(name, data_dir, validation_fraction, split_seed):
 
 
 def synthetic_source(train_examples, eval_examples, size):
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
-  from trainer import synthetic  # pylint: disable=g-import-not-at-top
+  from trainer import synthetic
 
   def draw(split, count, seed):  # Classes alternate: no shuffle needed.
     rng = np.random.default_rng(seed)

@@ -92,7 +92,7 @@ def start_tensorflow():
     The tensorflow module.
   """
   with without_probe_noise():
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     tf.config.list_physical_devices()  # Loads the CUDA platform: cuInit.
   return tf

@@ -89,7 +89,7 @@ def main(argv):
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return errors.USAGE_EXIT_CODE if isinstance(e, errors.UsageError) else 1
-  from trainer import outputs  # pylint: disable=g-import-not-at-top
+  from trainer import outputs
 
   outputs.log.info(_finished_line(summary), extra=outputs.EVERY_WORKER)
   if summary["status"] == "preempted":

@@ -9,14 +9,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 def plain():
   """Imports TensorFlow and lists devices, as a script of the user's would."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   tf.config.list_physical_devices()
 
 
 def quiet():
   """Starts TensorFlow as the commands do, then lists devices."""
-  from trainer import startup  # pylint: disable=g-import-not-at-top
+  from trainer import startup
 
   tf = startup.start_tensorflow()
   tf.config.list_physical_devices()
