@@ -154,6 +154,9 @@ def _trial_flags(tmp_path):
       "--project=proj",
       "--staging_bucket=gs://bkt/staging",
       "--base_output_dir=gs://bkt/runs/tune",
+      # An image of the user's own: Vertex's prebuilt ones are past their
+      # end of availability.
+      "--executor_image_uri=us-central1-docker.pkg.dev/proj/repo/tf-2-21:1",
       "--tune",
       "--metric=val_accuracy",
       "--param=learning_rate:double:1e-4:1e-2:log",

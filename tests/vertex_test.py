@@ -940,6 +940,7 @@ def test_without_an_image_nothing_is_submitted_and_one_line_says_why(gcs):
         "-m",
         "launch.vertex",
         *BASE,
+        "--display_name=noimage",
         "--accelerator_type=NVIDIA_TESLA_T4",
         "--accelerator_count=1",
         f"--api_endpoint={vertex.url}",
@@ -968,4 +969,4 @@ def test_without_an_image_nothing_is_submitted_and_one_line_says_why(gcs):
     credentials=AnonymousCredentials(),
     client_options={"api_endpoint": gcs.url},
   )
-  assert not [b.name for b in client.list_blobs("bkt", prefix="staging/")]
+  assert not list(client.list_blobs("bkt", prefix="staging/alexnet-tf/noimage"))
