@@ -164,3 +164,22 @@ def test_a_rollback_puts_the_schedule_where_the_failed_call_started(
   logged = outputs.read_metrics(str(tmp_path / "rb"))[-1]["learning_rate"]
   final = int(optimization.step_counter(trainer.optimizer).numpy())
   assert logged == pytest.approx(float(trainer.schedule(final - 1)), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(
+  tmp_path, cache_dir, capsys
+):
+  """A checkpoint whose data file a failing disk or an interrupted copy cut
+  short is skipped for the previous one, with a warning; the run goes on."""
+  config = _nan_config("error", tmp_path / "run", cache_dir).replace(epochs=1)
+  train_lib.Trainer(config).run()
+  checkpoints = tmp_path / "run" / "checkpoints"
+  # 16 steps an epoch, a checkpoint every 8: the newest is ckpt-16.
+  (data,) = checkpoints.glob("ckpt-16.data-*")
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+  trainer = train_lib.Trainer(config.replace(epochs=2))
+  assert trainer.checkpoints.restore_latest().endswith("ckpt-8")
+  assert "ckpt-16 is damaged" in capsys.readouterr().out
+  assert int(trainer.state.step.numpy()) == 8
+  assert trainer.run()["step"] == 32

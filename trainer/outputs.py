@@ -38,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer import errors
 from trainer import faults
 from trainer import records
 
@@ -198,10 +199,32 @@ class CheckpointSet:
     self._chief_best_dir = run_dir.best
 
   def restore_latest(self):
-    path = tf.train.latest_checkpoint(self._chief_latest_dir)
-    if path:
-      self.checkpoint.restore(path).expect_partial()
-    return path
+    """Restores the newest readable checkpoint; returns its path, or None.
+
+    A checkpoint whose files a kill or a failing disk left damaged (a
+    truncated data file, a missing shard: Cloud Storage writes are no atomic
+    renames) is skipped for the one before it, with a warning. Every worker
+    reads the same files, so all pick the same one.
+    """
+    state = tf.train.get_checkpoint_state(self._chief_latest_dir)
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    for path in reversed(paths):
+      try:
+        self.checkpoint.restore(path).expect_partial()
+      except (
+        tf.errors.DataLossError,
+        tf.errors.NotFoundError,
+        tf.errors.OutOfRangeError,
+        # TensorFlow's checkpoint reader reports a short read this way.
+        IndexError,
+      ) as e:
+        log.warning(
+          f"Checkpoint {path} is damaged ({errors.describe(e)}); "
+          "trying the one before it."
+        )
+        continue
+      return path
+    return None
 
   def restore_best(self):
     path = tf.train.latest_checkpoint(self._chief_best_dir)
