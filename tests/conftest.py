@@ -65,15 +65,20 @@ def pytest_configure(config):
 
 
 def pytest_collection_finish(session):
-  """Starts TensorFlow before the first test when any collected module did
-  not: its first import starts processes of its own (h5py asks `uname`),
-  which would count against whichever fast-tier test ran first."""
+  """Starts TensorFlow (and numpy.testing) before the first test: their
+  first imports start processes of their own (h5py asks `uname`, numpy 1.x
+  runs `lscpu`), which would count against whichever fast-tier test ran
+  first."""
   if not session.items:
     return
   if "tensorflow" not in sys.modules:
     from trainer import startup
 
     startup.start_tensorflow()
+  # numpy 1.x (TensorFlow 2.17's) runs lscpu the first time numpy.testing
+  # is imported, which tests do lazily through np.testing.
+  import numpy.testing  # noqa: F401
+
   # Two threads per pool, whatever the machine: a test's CPU-seconds then
   # mean the same on 2 cores and on 64 (idle pool threads spin).
   import tensorflow as tf
