@@ -353,25 +353,20 @@ def cuda_stack_problems(
   def parts(version):
     return tuple(int(p) for p in version.split(".")[:2])
 
-  cuda, cudnn = libraries.get("cuda"), libraries.get("cudnn")
-  if (
-    not cuda
-    or parts(cuda)[0] != parts(build.cuda)[0]
-    or (parts(cuda) < parts(build.cuda))
+  for name, key, built in (
+    ("CUDA", "cuda", build.cuda),
+    ("cuDNN", "cudnn", build.cudnn),
   ):
-    problems.append(
-      f"CUDA {cuda or 'missing'}: TensorFlow {build.tensorflow} "
-      f"was built for CUDA {build.cuda}"
-    )
-  if (
-    not cudnn
-    or parts(cudnn)[0] != parts(build.cudnn)[0]
-    or (parts(cudnn) < parts(build.cudnn))
-  ):
-    problems.append(
-      f"cuDNN {cudnn or 'missing'}: TensorFlow "
-      f"{build.tensorflow} was built for cuDNN {build.cudnn}"
-    )
+    have = libraries.get(key)
+    if (
+      not have
+      or parts(have)[0] != parts(built)[0]
+      or parts(have) < parts(built)
+    ):
+      problems.append(
+        f"{name} {have or 'missing'}: TensorFlow {build.tensorflow} "
+        f"was built for {name} {built}"
+      )
   return problems
 
 
