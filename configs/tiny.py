@@ -21,5 +21,6 @@ CONFIG = Config(
   synthetic_train_examples=512,
   synthetic_eval_examples=128,
   shuffle_buffer=512,
+  shards_per_segment=1,  # Two segments: resumes land in either.
   steps_per_call=4,
 )

@@ -69,7 +69,8 @@ def spec_for(pattern, **overrides):
   files = data.list_files(pattern, "train_data")
   values = dict(
     files=files,
-    num_examples=data.count_examples(files),
+    num_examples=sum(data.count_records(files)),
+    file_counts=data.count_records(files),
     schema=data.detect_schema(files[0]),
     image_size=16,
     num_classes=1,
@@ -289,12 +290,12 @@ def test_counts_are_read_once_and_remembered(tmp_path):
   pattern = write_set(tmp_path / "plain", 2, 5)
   files = data.list_files(pattern, "train_data")
   counts = str(tmp_path / "run" / "example_counts.json")
-  assert data.count_examples(files, counts, remember=True) == 10
+  assert data.count_records(files, counts, remember=True) == (5, 5)
   # Same names, other contents: a remembered count does not read them.
   for f in files:
     records.write_shard(f, [])
-  assert data.count_examples(files, counts) == 10
-  assert data.count_examples(files) == 0  # without the model dir's record
+  assert data.count_records(files, counts) == (5, 5)
+  assert data.count_records(files) == (0, 0)  # without the model dir's record
 
 
 def test_given_example_counts_skip_counting(tmp_path):
@@ -440,3 +441,140 @@ def test_split_check_catches_an_unbalanced_split():
   ]
   with pytest.raises(AssertionError):
     check_split(blocks, 10, 3)
+
+
+def uneven_set(directory):
+  """Seven files of 3..9 records: segments and pipelines hold unequal shares."""
+  index = 0
+  os.makedirs(directory, exist_ok=True)
+  for f, size in enumerate([3, 9, 4, 8, 5, 7, 6]):
+    serialized = [
+      records.image_example(_jpeg(index + i), (index + i) % 2, 40, 48)
+      for i in range(size)
+    ]
+    records.write_shard(
+      os.path.join(directory, records.shard_name("train", f, 7)),
+      [e.SerializeToString() for e in serialized],
+    )
+    index += size
+  return os.path.join(directory, "train-*")
+
+
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_a_resume_at_any_position_continues_the_same_stream(
+  tmp_path, pipelines
+):
+  """Across segment ends and into the second pass over a pipeline's share."""
+  spec = spec_for(uneven_set(tmp_path / "d"), shards_per_segment=2)
+  for pipeline_id in range(pipelines):
+    plan = data.plan_epoch(spec, pipelines, pipeline_id, 5)
+    total = sum(plan.segment_records)
+    full = pixel_ids(
+      data.make_train_dataset(
+        spec, context(pipelines, pipeline_id), pipelines, 5
+      ),
+      total + 8,
+    )
+    assert sorted(full[:total]) == sorted(set(full[:total]))  # once per pass
+    for position in (1, 3, 9, 12, total - 1, total, total + 2):
+      resumed = pixel_ids(
+        data.make_train_dataset(
+          spec, context(pipelines, pipeline_id), pipelines, 5, position
+        ),
+        6,
+      )
+      assert resumed == full[position : position + 6], position
+      # The control: one record off is another stream.
+      assert resumed != full[position + 1 : position + 7]
+
+
+def test_a_segment_is_shuffled_only_within_itself(tmp_path):
+  spec = spec_for(
+    uneven_set(tmp_path / "d"), shards_per_segment=2, shuffle_buffer=1000
+  )
+  plan = data.plan_epoch(spec, 1, 0, 0)
+  stream = pixel_ids(data.make_train_dataset(spec, context(1, 0), 1), 49)
+  bounds = [0]
+  for count in plan.segment_records:
+    bounds.append(bounds[-1] + count)
+  first_ids = {int(round(i)) for i in stream[: bounds[1]]}
+  by_file = dict(zip(spec.files, _ids_by_file(spec.files)))
+  assert first_ids == set().union(*(by_file[f] for f in plan.segments[0]))
+  # One segment for the epoch: the buffer mixes across every file.
+  whole = data.plan_epoch(
+    dataclasses.replace(spec, shards_per_segment=0), 1, 0, 0
+  )
+  assert len(whole.segments) == 1 and len(plan.segments) == 4
+
+
+def _ids_by_file(files):
+  ids, start = [], 0
+  for f in files:
+    count = sum(1 for _ in tf.data.TFRecordDataset(f))
+    ids.append(set(range(start, start + count)))
+    start += count
+  return ids
+
+
+def test_an_empty_pipeline_is_one_line_naming_the_flag(tmp_path):
+  spec = spec_for(uneven_set(tmp_path / "d"))
+  spec = dataclasses.replace(spec, file_counts=(0,) * len(spec.files))
+  with pytest.raises(UserError, match="--train_data are empty"):
+    data.plan_epoch(spec, 1, 0, 0)
+
+
+def test_given_counts_are_read_only_to_resume(tmp_path):
+  """--train_examples skips counting; a mid-epoch resume counts once and the
+  model dir remembers."""
+  pattern = uneven_set(tmp_path / "d")
+  counts = str(tmp_path / "run" / "example_counts.json")
+  spec = dataclasses.replace(spec_for(pattern), file_counts=())
+  assert data.plan_epoch(spec, 1, 0, 0).start(0) == (0, 0)
+  with pytest.raises(ValueError, match="record counts"):
+    data.plan_epoch(spec, 1, 0, 0).start(4)
+  counted = data.with_file_counts(spec, counts, remember=True)
+  assert counted.file_counts == (3, 9, 4, 8, 5, 7, 6)
+  assert data.count_records(spec.files, counts) == counted.file_counts
+
+
+def _bytes_read():
+  """This process's bytes read by system calls so far (Linux)."""
+  with open("/proc/self/io") as f:
+    return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(
+  not os.path.exists("/proc/self/io"), reason="reads /proc/self/io (Linux)"
+)
+def test_a_resume_reads_at_most_one_segment_to_reach_its_place(tmp_path):
+  """Bytes read until the first resumed batch stay flat as the place moves
+  through the epoch, under three segments' worth (8 in the epoch); the control (the whole epoch
+  one segment, as before segments) reads everything before its place."""
+  directory = tmp_path / "big"
+  os.makedirs(directory)
+  padding = os.urandom(64 << 10)  # 64 KiB per record: reads dominate noise.
+  for f in range(16):
+    serialized = []
+    for i in range(8):
+      example = records.image_example(_jpeg(f * 8 + i), 0, 40, 48)
+      example.features.feature["padding"].bytes_list.value.append(padding)
+      serialized.append(example.SerializeToString())
+    records.write_shard(
+      os.path.join(directory, records.shard_name("train", f, 16)), serialized
+    )
+  spec = spec_for(str(directory / "train-*"), shuffle_buffer=16)
+  segment_bytes = 2 * 8 * len(serialized[0])
+
+  def read_to_reach(shards_per_segment, position):
+    segmented = dataclasses.replace(spec, shards_per_segment=shards_per_segment)
+    before = _bytes_read()
+    dataset = data.make_train_dataset(segmented, context(1, 0), 1, 0, position)
+    next(iter(dataset))
+    return _bytes_read() - before
+
+  read_to_reach(2, 0)  # Warm-up: the first dataset loads what TF loads once.
+  # The segment holding the place, and what prefetching may start after it.
+  for position in (4, 40, 80, 120):
+    assert read_to_reach(2, position) < 3 * segment_bytes, position
+  # One segment: everything before the place is read (120 of 128 records).
+  assert read_to_reach(0, 120) > 7 * segment_bytes

@@ -3,6 +3,7 @@ what a re-run derives from its restored state, what it refuses, what the
 NaN check covers and where a rollback leaves the schedule. In-process with
 the tiny model; tests/crash_points_test.py kills real runs at every point."""
 
+import contextlib
 import json
 import logging
 
@@ -70,7 +71,7 @@ def test_another_precision_on_resume_is_one_line(
   config = _nan_config("error", tmp_path / "run", cache_dir).replace(epochs=1)
   train_lib.Trainer(config).run()
   recorded = json.loads((tmp_path / "run" / "config.json").read_text())
-  assert recorded["resolved"] == {"precision": "float32"}
+  assert recorded["resolved"]["precision"] == "float32"
   with pytest.raises(UserError) as raised:
     train_lib.Trainer(config.replace(epochs=2, precision=given)).run()
   assert str(raised.value).startswith(message), raised.value
@@ -180,16 +181,48 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(
   (data,) = checkpoints.glob("ckpt-16.data-*")
   data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
   trainer = train_lib.Trainer(config.replace(epochs=2))
-  # The trainer's own logger (its stdout handler belongs to whichever test
-  # first built a Trainer in this process).
-  warnings = []
-  handler = logging.Handler()
-  handler.emit = warnings.append
-  logging.getLogger("trainer").addHandler(handler)
-  try:
+  with trainer_warnings() as warnings:
     assert trainer.checkpoints.restore_latest().endswith("ckpt-8")
-  finally:
-    logging.getLogger("trainer").removeHandler(handler)
-  assert any("ckpt-16 is damaged" in w.getMessage() for w in warnings)
+  assert any("ckpt-16 is damaged" in w for w in warnings)
   assert int(trainer.state.step.numpy()) == 8
   assert trainer.run()["step"] == 32
+
+
+@contextlib.contextmanager
+def trainer_warnings():
+  """Messages of the trainer's own logger (its stdout handler belongs to
+  whichever test first built a Trainer in this process)."""
+  messages = []
+  handler = logging.Handler()
+  handler.emit = lambda record: messages.append(record.getMessage())
+  logging.getLogger("trainer").addHandler(handler)
+  try:
+    yield messages
+  finally:
+    logging.getLogger("trainer").removeHandler(handler)
+
+
+@pytest.mark.parametrize("older", [True, False])
+def test_a_model_dir_from_before_segments_resumes_mid_epoch_saying_so(
+  tmp_path, cache_dir, older
+):
+  """Its position (records consumed) is understood; the rest of its epoch is
+  read in the segment order, and the run says so. Control: a model dir
+  that recorded the segment order resumes without a word."""
+  config = _nan_config("error", tmp_path / "run", cache_dir).replace(epochs=1)
+  trainer = train_lib.Trainer(config)
+  assert trainer.run()["step"] == 16
+  trainer = train_lib.Trainer(config.replace(epochs=2))
+  trainer.checkpoints.restore_latest()
+  trainer.state.step_in_epoch.assign(8)  # As a kill mid-epoch 1 leaves it.
+  trainer.state.step.assign(24)
+  trainer.checkpoints.save(24)
+  if older:
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    del recorded["resolved"]["input_order"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))
+  with trainer_warnings() as warnings:
+    summary = train_lib.Trainer(config.replace(epochs=2)).run()
+  assert summary["step"] == 32
+  said = [w for w in warnings if "predates the 'segments' input order" in w]
+  assert bool(said) == older, warnings

@@ -220,6 +220,15 @@ class Config:
     section="Data",
     minimum=0,
   )
+  shards_per_segment: int = _option(
+    16,
+    "Training files per input segment: each epoch reads its shuffled "
+    "files in segments of this many, each shuffled on its own (its "
+    "shuffle buffer drains at its end), so a resumed run re-reads at most "
+    "one segment to reach its place. 0 = the whole epoch is one segment.",
+    section="Data",
+    minimum=0,
+  )
   skip_corrupt: bool = _option(
     False,
     "Skip undecodable records and count them "

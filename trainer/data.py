@@ -7,18 +7,20 @@ batches of uint8 images (normalisation happens in the model, on the device);
 for TPUs the batches are cast on the host to dtypes TPUs take.
 
 Training order is a pure function of (seed, epoch): files are shuffled per
-epoch, records are shuffled as encoded bytes, and augmentation draws its
-randomness from (seed, epoch, position, pipeline). With --deterministic the order is
-fixed too, so skipping the records already consumed resumes a run exactly.
+epoch and read in segments of a few files, records are shuffled as encoded
+bytes within their segment, and augmentation draws its randomness from
+(seed, epoch, position, pipeline). With --deterministic the order is fixed
+too, so a resume starts at the segment holding its place, skips the records
+already consumed there, and continues the run exactly (see EpochPlan).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
+import random
 
 import tensorflow as tf
 
@@ -40,6 +42,11 @@ EVAL_CROP_FRACTION = (
   0.875  # Centre crop for evaluation, as in Inception/ResNet.
 )
 MIN_CROP_AREA = 0.25  # Random-resized-crop area range (0.25, 1).
+# What config.json records as the run's input order (see EpochPlan): model
+# dirs without it were read in one shuffle over the whole epoch.
+INPUT_ORDER = "segments"
+# The key of a model dir's example_counts.json holding records per file.
+PER_FILE_KEY = "records_per_file"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +69,10 @@ class InputSpec:
   device_dtypes: bool = False  # cast batches for TPUs (see to_device_dtypes)
   randaugment_magnitude: int = 9
   pca_lighting: float = 0.0  # std of the paper's colour augmentation
+  # Records per file (same order as `files`); () when --train_examples was
+  # given and nothing records them (see with_file_counts).
+  file_counts: tuple = ()
+  shards_per_segment: int = 16  # see plan_epoch
 
 
 def list_files(pattern: str, flag_name: str) -> tuple[str, ...]:
@@ -106,27 +117,35 @@ def detect_schema(path):
   )
 
 
-def count_examples(files, counts_path=None, remember=False):
-  """Example count: the manifest beside the files, else `counts_path` (a
-  model dir's record of an earlier count), else by reading every record.
-
-  Args:
-    files: the shard files.
-    counts_path: JSON file of counts by file list, or None.
-    remember: write a fresh count to `counts_path` (the chief does).
-  """
+def _known_counts(files, counts_path):
+  """Records per file from the manifest beside the files or the model dir's
+  remembered counts, without reading a record; None if any is unknown."""
   manifest = records.read_manifest(os.path.dirname(files[0])) or {}
   known = {}
   for split in manifest.get("splits", {}).values():
     for shard in split.get("shards", []):
-      known[shard["file"]] = shard["num_examples"]
-  names = [os.path.basename(f) for f in files]
-  if all(n in known for n in names):
-    return sum(known[n] for n in names)
-  key = hashlib.sha1("\n".join(files).encode()).hexdigest()
-  remembered = _read_counts(counts_path)
-  if key in remembered:
-    return remembered[key]
+      known[os.path.join(os.path.dirname(files[0]), shard["file"])] = shard[
+        "num_examples"
+      ]
+  known.update(_read_counts(counts_path).get(PER_FILE_KEY, {}))
+  if all(f in known for f in files):
+    return tuple(known[f] for f in files)
+  return None
+
+
+def count_records(files, counts_path=None, remember=False):
+  """Records per file, in the order of `files`: the manifest beside the
+  files, else `counts_path` (a model dir's record of an earlier count), else
+  by reading every record (files in parallel).
+
+  Args:
+    files: the shard files.
+    counts_path: JSON file of counts by file, or None.
+    remember: write a fresh count to `counts_path` (the chief does).
+  """
+  known = _known_counts(files, counts_path)
+  if known is not None:
+    return known
   log.info(
     "No manifest for %d file(s) in %s; counting records (once: the "
     "count is kept in the model dir; --train_examples/--eval_examples "
@@ -134,13 +153,22 @@ def count_examples(files, counts_path=None, remember=False):
     len(files),
     os.path.dirname(files[0]),
   )
-  dataset = tf.data.TFRecordDataset(list(files), num_parallel_reads=8)
-  count = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+  def count(path):
+    return tf.data.TFRecordDataset(path, buffer_size=8 << 20).reduce(
+      tf.constant(0, tf.int64), lambda total, _: total + 1
+    )
+
+  counted = tf.data.Dataset.from_tensor_slices(list(files)).map(
+    count, num_parallel_calls=8, deterministic=True
+  )
+  counts = tuple(int(n) for n in counted.as_numpy_iterator())
   if counts_path and remember:
-    remembered[key] = count
+    remembered = _read_counts(counts_path)
+    remembered.setdefault(PER_FILE_KEY, {}).update(zip(files, counts))
     tf.io.gfile.makedirs(os.path.dirname(counts_path))
     records.write_text_atomically(counts_path, json.dumps(remembered) + "\n")
-  return count
+  return counts
 
 
 def _read_counts(path):
@@ -168,14 +196,17 @@ def make_input_spec(
   counts_path: str | None = None,
   remember_counts: bool = False,
 ) -> InputSpec:
-  """The InputSpec of `pattern`; `num_examples` 0 = count (see count_examples)."""
+  """The InputSpec of `pattern`; `num_examples` 0 = count (see count_records)."""
   files = list_files(pattern, flag_name)
   schema = config.schema if config.schema != "auto" else detect_schema(files[0])
-  num_examples = num_examples or count_examples(
-    files, counts_path, remember_counts
-  )
+  if num_examples:  # Given: read nothing to count.
+    file_counts = _known_counts(files, counts_path) or ()
+  else:
+    file_counts = count_records(files, counts_path, remember_counts)
+    num_examples = sum(file_counts)
   return InputSpec(
     files=files,
+    file_counts=file_counts,
     num_examples=num_examples,
     schema=schema,
     image_size=image_size,
@@ -183,6 +214,7 @@ def make_input_spec(
     label_offset=config.label_offset,
     augment=config.augment,
     shuffle_buffer=config.shuffle_buffer,
+    shards_per_segment=config.shards_per_segment,
     seed=config.seed,
     deterministic=config.deterministic,
     skip_corrupt=config.skip_corrupt,
@@ -201,7 +233,7 @@ def resolve_input_specs(
   """(train InputSpec, eval InputSpec or None); the synthetic set by default.
 
   counts_path, remember_counts: where example counts are remembered (see
-  count_examples).
+  count_records).
   """
   train_pattern, eval_pattern = config.train_data, config.eval_data
   if not train_pattern:
@@ -250,7 +282,7 @@ def resolve_eval_spec(
   """The validation InputSpec of a run: its --eval_data, else the synthetic
   validation split when it trained on the synthetic set.
 
-  counts_path: the run's remembered example counts (see count_examples).
+  counts_path: the run's remembered example counts (see count_records).
 
   Raises:
     UserError: the run has no validation data.
@@ -482,8 +514,8 @@ def _options(deterministic):
   return options
 
 
-def _records_with_source(files, num_pipelines, pipeline_id, by_file):
-  """(record, file) pairs of this pipeline's part of `files`."""
+def _records_with_source(num_pipelines, pipeline_id, by_file):
+  """Reads one file as (record, file) pairs, this pipeline's part of it."""
 
   def read(path):
     dataset = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
@@ -492,6 +524,115 @@ def _records_with_source(files, num_pipelines, pipeline_id, by_file):
     return dataset.map(lambda record: (record, path))
 
   return read
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+  """One input pipeline's reading order for one epoch.
+
+  The pipeline's files, in an order drawn from (seed, epoch), are read in
+  segments of `shards_per_segment` files; each segment is interleaved and
+  shuffled on its own, so its shuffle buffer drains at its end and where a
+  record lands depends only on its segment. A pipeline that needs more
+  records than it holds (pipelines hold unequal shares) reads the segments
+  again, reshuffled. Position p of the stream (records since the epoch
+  began) therefore lies in a segment found from per-file counts alone, and
+  a resume reads at most that one segment to get there.
+  """
+
+  segments: tuple  # of tuples of file paths, in reading order
+  segment_records: tuple | None  # this pipeline's records per segment
+  seed: int
+
+  def start(self, position):
+    """(segment index counted over repeated passes, records to skip in it)
+    of stream position `position`."""
+    if not position:
+      return 0, 0
+    if self.segment_records is None:
+      raise ValueError("a position past 0 needs the files' record counts")
+    total = sum(self.segment_records)
+    passes, position = divmod(position, total)
+    for index, records_in_segment in enumerate(self.segment_records):
+      if position < records_in_segment:
+        return passes * len(self.segments) + index, position
+      position -= records_in_segment
+    raise AssertionError("unreachable: position < total")
+
+
+def plan_epoch(spec, num_pipelines, pipeline_id, epoch):
+  """This pipeline's EpochPlan (see there).
+
+  Raises:
+    UserError: the pipeline's part of the data holds no records.
+  """
+  files = list(spec.files)
+  counts = list(spec.file_counts) or [0] * len(files)  # 0: not known
+  if len(files) >= num_pipelines:  # By file: every pipeline gets one.
+    files = files[pipeline_id::num_pipelines]
+    counts = counts[pipeline_id::num_pipelines]
+  else:  # By record: every pipeline reads every file's n-th records.
+    counts = [
+      n // num_pipelines + (pipeline_id < n % num_pipelines) for n in counts
+    ]
+  order = list(range(len(files)))
+  random.Random(_epoch_seed(spec, epoch)).shuffle(order)
+  size = spec.shards_per_segment or len(files)
+  groups = [order[i : i + size] for i in range(0, len(order), size)]
+  if spec.file_counts and not sum(counts):
+    raise UserError(
+      f"input pipeline {pipeline_id} of {num_pipelines} has no records: its "
+      f"{len(files)} file(s) of --train_data are empty"
+    )
+  return EpochPlan(
+    segments=tuple(tuple(files[i] for i in group) for group in groups),
+    segment_records=tuple(sum(counts[i] for i in group) for group in groups)
+    if spec.file_counts
+    else None,
+    seed=_epoch_seed(spec, epoch),
+  )
+
+
+def with_file_counts(spec, counts_path=None, remember=False):
+  """`spec` with its files' record counts (read if nothing records them):
+  what resuming mid-epoch needs when --train_examples skipped counting."""
+  if spec.file_counts:
+    return spec
+  counts = count_records(spec.files, counts_path, remember)
+  return dataclasses.replace(spec, file_counts=counts)
+
+
+def _epoch_seed(spec, epoch):
+  return spec.seed * 100_003 + epoch
+
+
+def _planned_records(spec, plan, num_pipelines, pipeline_id, by_file, start):
+  """(record, file) pairs in `plan`'s order from stream position `start`."""
+  first_segment, skip_in_first = plan.start(start)
+  width = max(len(files) for files in plan.segments)
+  table = tf.constant(
+    [list(files) + [""] * (width - len(files)) for files in plan.segments]
+  )
+  read = _records_with_source(num_pipelines, pipeline_id, by_file)
+
+  def segment(index):
+    files = table[index % len(plan.segments)]
+    files = tf.boolean_mask(files, tf.strings.length(files) > 0)
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+      read,
+      cycle_length=min(width, 16),
+      block_length=1,
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=spec.deterministic,
+    )
+    # A seed per (epoch, segment, pass): the buffer drains at the end.
+    records = records.shuffle(
+      spec.shuffle_buffer or 1, seed=plan.seed * 1_000_003 + index
+    )
+    skip = tf.constant(skip_in_first, tf.int64)
+    return records.skip(tf.where(index == first_segment, skip, 0))
+
+  return tf.data.Dataset.counter(first_segment).flat_map(segment)
 
 
 def make_train_dataset(
@@ -526,26 +667,11 @@ def make_train_dataset(
     # The service hands files to its workers dynamically and splits the
     # batches among all consumers: build the whole, unsharded stream.
     pipelines, pipeline_id, skip_records = 1, 0, 0
-  # By file when every pipeline gets at least one, else by record.
   by_file = len(spec.files) >= pipelines
-  files = list(spec.files)
-  if by_file:
-    files = files[pipeline_id::pipelines]
-  epoch_seed = spec.seed * 100_003 + epoch
-  file_dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
-    len(files), seed=epoch_seed
+  plan = plan_epoch(spec, pipelines, pipeline_id, epoch)
+  dataset = _planned_records(
+    spec, plan, pipelines, pipeline_id, by_file, skip_records
   )
-  dataset = file_dataset.interleave(
-    _records_with_source(spec.files, pipelines, pipeline_id, by_file),
-    cycle_length=min(len(files), 16),
-    block_length=1,
-    num_parallel_calls=tf.data.AUTOTUNE,
-    deterministic=spec.deterministic,
-  )
-  dataset = dataset.shuffle(
-    spec.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=True
-  )
-  dataset = dataset.repeat().skip(skip_records)
   # Position-based seeds: an image's augmentation depends on where it is in
   # the epoch, not on which thread decoded it.
   dataset = dataset.enumerate(start=skip_records)
@@ -556,7 +682,7 @@ def make_train_dataset(
     # Each pipeline draws its own crops: the same position in two pipelines
     # (or workers) is a different image and must not get the same crop.
     seed = tf.random.experimental.stateless_fold_in(
-      tf.stack([tf.cast(epoch_seed, tf.int64), position]), pipeline_id
+      tf.stack([tf.cast(plan.seed, tf.int64), position]), pipeline_id
     )
     image = decode_for_training(
       encoded,

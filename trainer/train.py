@@ -531,6 +531,10 @@ class Trainer:
   def train_iterator(self, epoch, step_in_epoch):
     records_per_step = self.config.global_batch_size // self.num_pipelines
     skip = step_in_epoch * records_per_step
+    if skip:  # Finding the place takes the files' record counts.
+      self.train_spec = data.with_file_counts(
+        self.train_spec, self.run_dir.example_counts, self.is_chief
+      )
     dataset = strategy_lib.distribute_datasets(
       self.strategy,
       lambda ctx: data.make_train_dataset(
@@ -632,9 +636,13 @@ class Trainer:
         "). Use a new --model_dir to retrain."
       )
       return self._finish(previous_status or "completed", export=False)
+    if restored:
+      self._note_older_input_order()
     # Before any checkpoint: what a resume must match is on record first.
     self.writer.write_config(
-      config, self.class_names, {"precision": self.precision}
+      config,
+      self.class_names,
+      {"precision": self.precision, "input_order": data.INPUT_ORDER},
     )
     if not restored:
       # Keras starts the averages at zero: a rollback to the step-0
@@ -686,6 +694,23 @@ class Trainer:
         conflict
         or "another worker cannot resume this model dir's checkpoints "
         "(its error says why)"
+      )
+
+  def _note_older_input_order(self):
+    """Says so when a model dir written with an older input order resumes
+    mid-epoch: the rest of that epoch is read in the current order."""
+    if not tf.io.gfile.exists(self.run_dir.config):
+      return
+    recorded = config_lib.load_resolved(self.run_dir.config).get("input_order")
+    position = int(self.state.step_in_epoch.numpy()) + int(
+      self.state.rolled_back_steps_in_epoch.numpy()
+    )
+    if recorded != data.INPUT_ORDER and position and self.is_chief:
+      log.warning(
+        f"This model dir predates the {data.INPUT_ORDER!r} input order: "
+        f"the rest of epoch {int(self.state.epoch.numpy())} is read in the "
+        "new order (some of its records may be seen twice or not at all); "
+        "later epochs are exact."
       )
 
   def _run_epoch(self, sigterm):
