@@ -47,19 +47,31 @@ BOOKKEEPING = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/")
 
 
 def _train(
-  model_dir, cache_dir, crash_at="", nan_at_step=0, script=None, extra=()
+  model_dir,
+  cache_dir,
+  crash_at="",
+  nan_at_step=0,
+  script=None,
+  extra=(),
+  launcher=(),
+  env=None,
 ):
-  """The CLI once; returns the exit code (or raises with its output)."""
+  """The CLI once; returns the exit code (or raises with its output).
+
+  launcher: a launch module and its flags, run with the trainer flags after
+  `--` (e.g. launch.local starting two workers); env: more variables."""
   env = cli_env(
     cache_dir,
     ALEXNET_CRASH_AT=crash_at or None,
     ALEXNET_NAN_AT_STEP=str(nan_at_step) if nan_at_step else None,
+    **(env or {}),
   )
-  command = (
-    [sys.executable, script]
-    if script
-    else [sys.executable, "-m", "trainer.task"]
-  )
+  if script:
+    command = [sys.executable, script]
+  elif launcher:
+    command = [sys.executable, "-m", *launcher, "--"]
+  else:
+    command = [sys.executable, "-m", "trainer.task"]
   result = subprocess.run(
     [*command, *ARGS, *extra, f"--model_dir={model_dir}"],
     cwd=REPO,
@@ -332,3 +344,102 @@ def test_two_mirrored_replicas_killed_then_rerun_end_as_uninterrupted(
   )
   _until_finished(model_dir, cache_dir, extra=MIRRORED)
   assert differences(snapshot(model_dir), mirrored_reference) == []
+
+
+# Two workers on 127.0.0.1 started by launch.local, which stops the others
+# when one dies; a restarted job is the same command again, as Vertex AI or
+# a Kubernetes JobSet restarts every worker of a failed job.
+WORKERS = ("launch.local", "--workers=2", "--grace_secs=5")
+MULTI_WORKER = ("--strategy=multi_worker",)
+
+
+@pytest.fixture(scope="module")
+def workers_reference(tmp_path_factory, cache_dir):
+  """The uninterrupted run on two workers."""
+  reference = tmp_path_factory.mktemp("workers") / "reference"
+  assert _train(reference, cache_dir, extra=MULTI_WORKER, launcher=WORKERS) == 0
+  return snapshot(reference)
+
+
+# Where the workers coordinate: a step checkpoint (every worker saves), the
+# epoch's checkpoint after best/ and metrics (the chief writes those), the
+# export (the chief's).
+WORKER_CASES = [
+  (1, "checkpoint_save:after", 3),
+  (0, "checkpoint_save:before", 3),
+  (1, "epoch_checkpoint:after", 1),
+  (0, "export:saved_model_written", 1),
+]
+
+
+@pytest.mark.parametrize(
+  "worker,point,visit",
+  WORKER_CASES,
+  ids=[f"worker{w}-{p}:{n}" for w, p, n in WORKER_CASES],
+)
+def test_one_of_two_workers_killed_then_job_restarted_ends_as_uninterrupted(
+  workers_reference, tmp_path, cache_dir, worker, point, visit
+):
+  model_dir = tmp_path / "run"
+  code = _train(
+    model_dir,
+    cache_dir,
+    crash_at=f"{point}:{visit}",
+    extra=MULTI_WORKER,
+    launcher=WORKERS,
+    env={"ALEXNET_CRASH_WORKER": str(worker)},
+  )
+  assert code == faults.CRASH_EXIT_CODE, f"worker {worker} did not die there"
+  _until_finished(model_dir, cache_dir, extra=MULTI_WORKER, launcher=WORKERS)
+  assert differences(snapshot(model_dir), workers_reference) == []
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  import gcs_emulator
+
+  with gcs_emulator.running(str(tmp_path_factory.mktemp("gcs"))) as emulator:
+    emulator.create_bucket("crash-points")
+    yield emulator
+
+
+def _download(gcs, prefix, directory):
+  """Every object under gs://crash-points/PREFIX, with the real client."""
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+
+  client = storage.Client(
+    project="test",
+    credentials=AnonymousCredentials(),
+    client_options={"api_endpoint": gcs.url},
+  )
+  for blob in client.list_blobs("crash-points", prefix=prefix + "/"):
+    path = directory / blob.name[len(prefix) + 1 :]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob.download_to_filename(str(path))
+  return directory
+
+
+# On gs:// a write is an object upload, not an atomic rename: a checkpoint
+# mid-epoch, the metrics rewrite, status.json, and the export between files.
+GCS_CASES = [
+  ("checkpoint_save:after", 3),
+  ("metrics:after", 1),
+  ("status:after", 1),
+  ("export:keras_written", 1),
+]
+
+
+@pytest.mark.parametrize(
+  "point,visit", GCS_CASES, ids=[f"{p}:{n}" for p, n in GCS_CASES]
+)
+def test_killed_with_the_model_dir_on_gcs_then_rerun_ends_as_uninterrupted(
+  uninterrupted, gcs, tmp_path, cache_dir, point, visit
+):
+  prefix = f"run-{point.replace(':', '-')}-{visit}"
+  model_dir = f"gs://crash-points/{prefix}"
+  code = _train(model_dir, cache_dir, crash_at=f"{point}:{visit}", env=gcs.env)
+  assert code == faults.CRASH_EXIT_CODE, f"{point}:{visit} was not reached"
+  _until_finished(model_dir, cache_dir, env=gcs.env)
+  local = _download(gcs, prefix, tmp_path / "run")
+  assert differences(snapshot(local), uninterrupted["plain"]) == []
