@@ -99,13 +99,13 @@ def test_mirrored_without_gpus_says_it_uses_the_cpu(plain_machine):
 def _cluster_from(monkeypatch, **env):
   """cluster_spec_from_env() with only these of Vertex's variables set (it
   reads the environment, no devices: no fresh interpreter needed)."""
-  from trainer import strategy as s
+  from trainer.platform import cluster
 
   for key in ("TF_CONFIG", "CLUSTER_SPEC"):
     monkeypatch.delenv(key, raising=False)
   for key, value in env.items():
     monkeypatch.setenv(key, value)
-  return s.cluster_spec_from_env()
+  return cluster.cluster_spec_from_env()
 
 
 def test_vertex_cluster_spec_becomes_tf_config(monkeypatch):

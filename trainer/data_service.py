@@ -91,13 +91,13 @@ def vertex_roles(cluster_spec, pool):
 
 def serve_vertex(cluster_spec):
   """Runs this Vertex replica's servers until the process is terminated."""
-  from trainer import strategy
+  from trainer.platform import cluster
 
-  dispatcher = strategy.vertex_dispatcher(cluster_spec)
+  dispatcher = cluster.vertex_dispatcher(cluster_spec)
   servers = [
     _start(role, port, dispatcher, host)
     for role, host, port in vertex_roles(
-      cluster_spec, strategy.DATA_SERVICE_POOL
+      cluster_spec, cluster.DATA_SERVICE_POOL
     )
   ]
   servers[0].join()

@@ -10,13 +10,14 @@ import tensorflow as tf
 
 from trainer import model as model_lib
 from trainer import strategy as strategy_lib
+from trainer.platform import devices as devices_lib
 
 
 def cross_replica_batch_norm():
   """FusedBatchNormalization's moving statistics after one training step on
   $REPLICAS (1 or 2) mirrored replicas: two replicas see one half each of
   the batch one replica sees whole."""
-  strategy_lib.configure_devices(int(os.environ["REPLICAS"]))
+  devices_lib.configure_devices(int(os.environ["REPLICAS"]))
   strategy = strategy_lib.get_strategy("mirrored").strategy
   rng = np.random.default_rng(0)
   # Deliberately different halves: the replicas' means differ by 4 std devs.
@@ -52,7 +53,7 @@ def dropout_per_replica():
   """The dropout masks two mirrored replicas draw, with tf.function or (with
   $XLA=1) compiled by XLA: the model's dropout6 and, as the control, Keras'
   own Dropout."""
-  strategy_lib.configure_devices(2)
+  devices_lib.configure_devices(2)
   strategy = strategy_lib.get_strategy("mirrored").strategy
   with strategy.scope():
     model = model_lib.build_model("tiny", 1, 32, dropout_rate=0.5)

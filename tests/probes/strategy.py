@@ -11,6 +11,7 @@ import configs
 from trainer import data
 from trainer import model as model_lib
 from trainer import strategy as strategy_lib
+from trainer.platform import devices as devices_lib
 
 
 def describe(info):
@@ -30,7 +31,7 @@ def describe(info):
 def describe_strategy(strategy, cpu_devices, devices):
   """Prints describe() of --strategy=STRATEGY --devices=DEVICES on
   CPU_DEVICES logical CPU devices (0: none set up), as JSON."""
-  strategy_lib.configure_devices(int(cpu_devices))
+  devices_lib.configure_devices(int(cpu_devices))
   print(json.dumps(describe(strategy_lib.get_strategy(strategy, devices, ""))))
 
 
@@ -40,7 +41,7 @@ def plain_machine():
   None of these needs a device set-up of its own, so one interpreter answers
   them all (a fresh one per question would only repeat TensorFlow's
   start-up)."""
-  strategy_lib.configure_devices(0)
+  devices_lib.configure_devices(0)
   answers = {
     strategy: describe(strategy_lib.get_strategy(strategy, "", ""))
     for strategy in ("auto", "mirrored")

@@ -12,9 +12,9 @@ instructions, and a 20-step training micro-benchmark of the seed model.
     python -m trainer.doctor --json          # the same as JSON
     python -m trainer.doctor --expect=gpu    # exit 1 with one line if no GPU
 
-The facts come from trainer.strategy (the module that knows devices) and the
-benchmark from trainer.benchmark's training-step phase, so they are what
-training sees.
+The facts come from trainer.platform.devices (the module that knows
+devices), the precision from trainer.strategy and the benchmark from
+trainer.benchmark's training-step phase, so they are what training sees.
 """
 
 import json
@@ -174,31 +174,32 @@ def diagnose(run_benchmark=True):
   import tensorflow as tf
 
   from trainer import strategy as strategy_lib
+  from trainer.platform import devices as devices_lib
 
-  build = strategy_lib.tensorflow_build()
-  libraries = strategy_lib.cuda_libraries(build)
+  build = devices_lib.tensorflow_build()
+  libraries = devices_lib.cuda_libraries(build)
   gpus = _gpu_details(tf)
   tpus = [
     d.name.replace("/physical_device:", "")
     for d in tf.config.list_physical_devices("TPU")
   ]
-  tpu_found = bool(tpus) or strategy_lib.accelerator_problem("tpu") is None
+  tpu_found = bool(tpus) or devices_lib.accelerator_problem("tpu") is None
   precision, reason = strategy_lib.choose_precision(
     "auto", "tpu" if tpu_found else "one_device"
   )
-  flags_here = strategy_lib.cpu_flags()
+  flags_here = devices_lib.cpu_flags()
   report = {
     "tensorflow": tf.__version__,
     "keras": keras.__version__,
     "python": platform.python_version(),
     "built_for": build,
-    "nvidia_driver": strategy_lib.nvidia_driver(),
+    "nvidia_driver": devices_lib.nvidia_driver(),
     "cuda_libraries": libraries,
-    "devices": strategy_lib.visible_devices(),
+    "devices": devices_lib.visible_devices(),
     "gpus": gpus,
     "tpus": tpus,
     "problems": {
-      kind: strategy_lib.accelerator_problem(kind) for kind in ("gpu", "tpu")
+      kind: devices_lib.accelerator_problem(kind) for kind in ("gpu", "tpu")
     },
     "precision": {"auto": precision, "reason": reason},
     "all_reduce": _all_reduce(gpus, libraries),
@@ -298,9 +299,9 @@ def main(argv):
   from trainer import startup
 
   startup.start_tensorflow()  # The same start-up lines on every CPU kind.
-  from trainer import strategy as strategy_lib
+  from trainer.platform import devices as devices_lib
 
-  problem = strategy_lib.accelerator_problem(FLAGS.expect)
+  problem = devices_lib.accelerator_problem(FLAGS.expect)
   if problem:
     print(f"Error: --expect={FLAGS.expect}: {problem}", file=sys.stderr)
     return 1
