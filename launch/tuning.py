@@ -334,8 +334,8 @@ def job_request(
   Args:
     options: launch.vertex's flag values.
     parameters: the validated `Parameter`s.
-    trial_job_request: the CustomJob request every trial runs (launch.vertex's
-      `job_request` with the trial's trainer flags).
+    trial_job_request: the CustomJob request every trial runs
+      (launch.vertex_requests' `job_request` with the trial's trainer flags).
   """
   request = {
     "displayName": trial_job_request["displayName"],

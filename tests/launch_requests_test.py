@@ -13,6 +13,8 @@ from launch import local
 from launch import platforms
 from launch import tuning
 from launch import vertex
+from launch import vertex_checks
+from launch import vertex_requests
 from trainer.errors import UserError
 
 # An image of the user's own (not one of Vertex's prebuilt ones, which are
@@ -32,7 +34,7 @@ PREBUILT = (
 def _request(trainer_args, **options):
   options = vertex.default_options(**{**REQUIRED, **options})
   trainer = vertex.validate(options, trainer_args)
-  return vertex.job_request(options, trainer_args, "job1", trainer)
+  return vertex_requests.job_request(options, trainer_args, "job1", trainer)
 
 
 def test_gpu_job_runs_the_trainer_and_requires_the_gpu():
@@ -89,7 +91,7 @@ def test_tuning_request_wraps_the_custom_job():
   trainer_args = ["--epochs=3"]
   trainer = vertex.validate(options, trainer_args)
   parameters = tuning.validate(options, trainer_args, trainer)
-  trial = vertex.job_request(
+  trial = vertex_requests.job_request(
     options, tuning.trial_trainer_args(options, trainer_args), "job1", trainer
   )
   request = tuning.job_request(options, parameters, trial)
@@ -198,7 +200,7 @@ def test_without_an_image_the_job_is_refused_with_the_date_and_the_way_out():
     machine_type="cloud-tpu",
     container_image="",
   )
-  build, _ = vertex.build_commands(options)
+  build, _ = vertex_checks.build_commands(options)
   assert build.startswith("docker build -f Dockerfile.tpu") and (
     "alexnet-tf-tpu:2.20.0" in build
   )

@@ -1,0 +1,343 @@
+"""Checks launch.vertex's options and the trainer flags before anything is
+built, uploaded or submitted.
+
+Each check raises LaunchError: one line naming the flag and the value that
+is wrong. `validate` runs them all, in the order a user fixes them: the job's
+own options, the trainer flags, the machines and pools, what the trainer
+flags ask of them, the paths and labels, then the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import datetime
+import re
+from typing import Any
+
+from launch import platforms
+from launch import trainer_flags
+from trainer import config as config_lib
+from trainer.errors import UserError
+
+# Accelerator -> machine-type families it can be attached to.
+GPU_MACHINES = {
+  "NVIDIA_TESLA_K80": "n1-",
+  "NVIDIA_TESLA_P4": "n1-",
+  "NVIDIA_TESLA_P100": "n1-",
+  "NVIDIA_TESLA_V100": "n1-",
+  "NVIDIA_TESLA_T4": "n1-",
+  "NVIDIA_L4": "g2-",
+  "NVIDIA_TESLA_A100": "a2-highgpu-",
+  "NVIDIA_A100_80GB": "a2-ultragpu-",
+  "NVIDIA_H100_80GB": "a3-highgpu-",
+}
+TPU_MACHINES = {
+  "TPU_V2": "cloud-tpu",
+  "TPU_V3": "cloud-tpu",
+  "TPU_V5_LITEPOD": "ct5lp-hightpu-",
+}
+TPU_MACHINE_PREFIXES = ("cloud-tpu", "ct5lp")
+# Where Vertex mounts Cloud Storage buckets (Cloud Storage FUSE).
+CLOUD_STORAGE_PATH = re.compile(r"(gs://|/gcs/)[^/]+")
+OUTPUT_DIR_HELP = {
+  "base_output_dir": "a gs:// path for the job's outputs",
+  "staging_bucket": "a gs:// path for the package and Vertex's staging files",
+}
+
+
+class LaunchError(Exception):
+  """A flag value Vertex would reject; one line."""
+
+
+def accelerator_kind(accelerator_type: str) -> str:
+  """'gpu', 'tpu' or 'none': the trainer's --require_accelerator value."""
+  if accelerator_type in GPU_MACHINES:
+    return "gpu"
+  if accelerator_type in TPU_MACHINES:
+    return "tpu"
+  return "none"
+
+
+def validate(
+  options: dict[str, Any],
+  trainer_args: Sequence[str],
+  today: datetime.date | None = None,
+) -> trainer_flags.TrainerFlags:
+  """Checks every value before anything is built, uploaded or submitted.
+
+  Args:
+    options: the launcher's flag values (`options_from_flags()`).
+    trainer_args: the flags after `--`.
+    today: the date images' end of availability is compared with.
+
+  Returns:
+    The trainer flags as the trainer will parse them (`TrainerFlags`).
+
+  Raises:
+    LaunchError: one line naming the flag and the value that is wrong.
+  """
+  check_job_options(options)
+  trainer = parse_trainer_flags(trainer_args)
+  check_pools(options, trainer.config)
+  check_machine(options)
+  check_strategy(options, trainer.config)
+  check_trainer_paths(trainer.config)
+  check_labels(options)
+  check_images(options, today)
+  return trainer
+
+
+def check_job_options(options: dict[str, Any]) -> None:
+  """The project, the gs:// output and staging paths, one kind of image."""
+  if not options["project"]:
+    raise LaunchError("--project is required")
+  container = options["container_image"]
+  for name, help_text in OUTPUT_DIR_HELP.items():
+    value = options[name]
+    if not value and name == "staging_bucket" and container:
+      continue  # Nothing to stage; the client falls back to the output dir.
+    if not value:
+      raise LaunchError(f"--{name} is required: {help_text}")
+    if not value.startswith("gs://"):
+      raise LaunchError(f"--{name} must be {help_text}, got {value!r}")
+  if container and options["executor_image_uri"]:
+    raise LaunchError(
+      "--container_image and --executor_image_uri exclude "
+      "each other: an image built from the Dockerfile, or a "
+      "prebuilt image the package is installed on"
+    )
+
+
+def parse_trainer_flags(
+  trainer_args: Sequence[str],
+) -> trainer_flags.TrainerFlags:
+  """The flags after `--`, parsed as the trainer will parse them."""
+  try:
+    return trainer_flags.parse(trainer_args)
+  except UserError as e:
+    raise LaunchError(str(e)) from None
+
+
+def check_pools(options: dict[str, Any], config: config_lib.Config) -> None:
+  """The worker and tf.data service pools: their sizes and machines."""
+  for name in ("workers", "data_service_workers"):
+    if options[name] < 0:
+      raise LaunchError(f"--{name} must be >= 0, got {options[name]}")
+  if options["data_service_workers"]:
+    if config.data_service:
+      raise LaunchError(
+        "--data_service_workers starts the job's own tf.data "
+        "service; drop the trainer flag --data_service"
+      )
+    if options["data_service_machine_type"].startswith(TPU_MACHINE_PREFIXES):
+      raise LaunchError(
+        "--data_service_machine_type must be a CPU machine, "
+        f"got {options['data_service_machine_type']}"
+      )
+
+
+def check_machine(options: dict[str, Any]) -> None:
+  """The accelerator, its count and the machine type fit together."""
+  accelerator, count = options["accelerator_type"], options["accelerator_count"]
+  machine = options["machine_type"]
+  if (
+    accelerator
+    and accelerator not in GPU_MACHINES
+    and accelerator not in TPU_MACHINES
+  ):
+    raise LaunchError(
+      f"--accelerator_type={accelerator} is not one of "
+      f"{', '.join(list(GPU_MACHINES) + list(TPU_MACHINES))}"
+    )
+  if accelerator and count < 1:
+    raise LaunchError(
+      f"--accelerator_type={accelerator} needs --accelerator_count >= 1"
+    )
+  if not accelerator and count:
+    raise LaunchError("--accelerator_count without --accelerator_type")
+  if accelerator in GPU_MACHINES:
+    _check_gpu_machine(accelerator, count, machine)
+  if accelerator in TPU_MACHINES:
+    _check_tpu_machine(options, accelerator, count, machine)
+  elif machine.startswith(TPU_MACHINE_PREFIXES):
+    raise LaunchError(
+      f"--machine_type={machine} needs a TPU --accelerator_type"
+    )
+
+
+def _check_gpu_machine(accelerator, count, machine):
+  family = GPU_MACHINES[accelerator]
+  if not machine.startswith(family):
+    raise LaunchError(
+      f"--accelerator_type={accelerator} runs on {family}* "
+      f"machines, not --machine_type={machine}"
+    )
+  fixed = re.search(r"-(\d+)g$", machine)
+  if fixed and int(fixed.group(1)) != count:
+    raise LaunchError(
+      f"--machine_type={machine} has {fixed.group(1)} GPUs; "
+      f"got --accelerator_count={count}"
+    )
+  if family == "n1-" and count not in (1, 2, 4, 8):
+    raise LaunchError(
+      f"--accelerator_count={count}: n1 machines take 1, 2, 4 or 8 GPUs"
+    )
+
+
+def _check_tpu_machine(options, accelerator, count, machine):
+  if not machine.startswith(TPU_MACHINES[accelerator]):
+    raise LaunchError(
+      f"--accelerator_type={accelerator} needs "
+      f"--machine_type={TPU_MACHINES[accelerator]}*, got "
+      f"{machine}"
+    )
+  if machine == "cloud-tpu" and count != 8:
+    raise LaunchError(
+      f"--machine_type=cloud-tpu takes 8 TPU cores "
+      f"(v2-8/v3-8), got --accelerator_count={count}"
+    )
+  chips = re.search(r"-(\d+)t$", machine)
+  if chips and int(chips.group(1)) != count:
+    raise LaunchError(
+      f"--machine_type={machine} has {chips.group(1)} TPU "
+      f"chips; got --accelerator_count={count}"
+    )
+  for name in ("workers", "data_service_workers"):
+    if options[name]:
+      raise LaunchError(
+        f"--{name} is not supported with TPU machines; use a larger TPU slice"
+      )
+  if not options["container_image"]:
+    raise LaunchError(
+      f"--accelerator_type={accelerator} needs --container_image: Vertex "
+      "AI has no prebuilt TensorFlow TPU training image in this package's "
+      "TensorFlow range, and pip would replace tensorflow-tpu; build one "
+      "from Dockerfile.tpu (docs: Docker)"
+    )
+
+
+def check_strategy(options: dict[str, Any], config: config_lib.Config) -> None:
+  """What the trainer flags ask of the job (a strategy, the tf.data service,
+  an accelerator) is what its machines and pools give."""
+  accelerator = options["accelerator_type"]
+  strategy = config.strategy
+  if options["workers"] and strategy not in ("auto", "multi_worker"):
+    raise LaunchError(
+      f"--workers={options['workers']} runs multi_worker; "
+      f"trainer flag --strategy={strategy} contradicts it"
+    )
+  if accelerator in TPU_MACHINES and strategy not in ("auto", "tpu"):
+    raise LaunchError(f"a TPU job needs --strategy=tpu or auto, got {strategy}")
+  if strategy == "tpu" and accelerator not in TPU_MACHINES:
+    raise LaunchError(
+      "trainer flag --strategy=tpu: the job has no TPU "
+      f"(--accelerator_type={accelerator or 'none'}); ask for "
+      "a TPU machine or use --strategy=auto"
+    )
+  if config.data_service == "vertex" and not options["data_service_workers"]:
+    raise LaunchError(
+      "trainer flag --data_service=vertex needs "
+      "--data_service_workers >= 1 (the job's input pool)"
+    )
+  required = config.require_accelerator
+  kind = accelerator_kind(accelerator)
+  if required != "none" and required != kind:
+    raise LaunchError(
+      f"trainer flag --require_accelerator={required}: the "
+      f"job has no {required.upper()} (--accelerator_type="
+      f"{accelerator or 'none'})"
+    )
+
+
+def check_trainer_paths(config: config_lib.Config) -> None:
+  """The trainer's data and model dir are on Cloud Storage."""
+  for name in ("train_data", "eval_data", "model_dir"):
+    value = getattr(config, name)
+    if value and not CLOUD_STORAGE_PATH.match(value):
+      raise LaunchError(
+        f"trainer flag --{name}={value} is a local path; "
+        "Vertex AI machines read Cloud Storage as "
+        "gs://BUCKET/... or /gcs/BUCKET/... (Cloud Storage "
+        "FUSE)"
+      )
+
+
+def check_labels(options: dict[str, Any]) -> None:
+  """--labels are key=value as Vertex AI takes them."""
+  for label in options["labels"]:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}=[a-z0-9_-]{0,63}", label):
+      raise LaunchError(
+        f"--labels: {label!r} is not key=value in lowercase "
+        "letters, digits, - and _"
+      )
+
+
+def build_commands(options):
+  """The commands that build this package's image and submit with it, for
+  the pools `options` ask for (Dockerfile, or Dockerfile.tpu on TPUs)."""
+  tpu = options["accelerator_type"] in TPU_MACHINES
+  region = options["region"]
+  image = (
+    f"{region}-docker.pkg.dev/{options['project'] or 'PROJECT'}/REPO/"
+    f"alexnet-tf{'-tpu' if tpu else ''}:"
+    f"{platforms.TPU_STACK.tensorflow_tpu if tpu else platforms.GPU_IMAGE.tensorflow}"
+  )
+  build = (
+    f"docker build -f Dockerfile.tpu -t {image} . && docker push {image}"
+    if tpu
+    else f"gcloud builds submit --tag={image} ."
+  )
+  return build, f"python -m launch.vertex --container_image={image} ..."
+
+
+def check_images(options, today=None):
+  """Refuses a job whose image cannot start: none given (every prebuilt
+  TensorFlow training image is past its end of availability), or a
+  prebuilt one past its date (launch.platforms).
+
+  Raises:
+    LaunchError: one line with the date, its source and the commands to use
+      this package's own image instead.
+  """
+  today = today or datetime.date.today()
+  build, submit = build_commands(options)
+  instead = f"build this package's image and use it: {build}, then {submit}"
+  uri = options["executor_image_uri"]
+  if options["container_image"]:
+    return
+  if not uri:
+    newest = max(
+      (i for i in platforms.VERTEX_TRAINING_IMAGES if i.accelerator == "gpu"),
+      key=lambda i: tuple(map(int, i.tensorflow.split("."))),
+    )
+    if newest.expired(today):
+      raise LaunchError(
+        "Vertex AI's prebuilt TensorFlow training images are past their end "
+        f"of availability (the newest, {_image_name(newest.uri)}, on "
+        f"{newest.end_of_availability}: {newest.source}); {instead}"
+      )
+    raise LaunchError(
+      f"--container_image or --executor_image_uri is required; {instead}"
+    )
+  image = platforms.vertex_image(uri)
+  if image and image.expired(today):
+    raise LaunchError(
+      f"--executor_image_uri={uri}: end of availability "
+      f"{image.end_of_availability} ({image.source}); {instead}"
+    )
+  if (
+    image
+    and image.tensorflow
+    and not platforms.in_supported_range(image.tensorflow)
+  ):
+    raise LaunchError(
+      f"--executor_image_uri={uri} brings TensorFlow {image.tensorflow}, "
+      f"outside this package's {'-'.join(platforms.SUPPORTED_TENSORFLOW)}; "
+      f"{instead}"
+    )
+
+
+def _image_name(uri):
+  """us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest ->
+  tf-gpu.2-17.py310"""
+  return uri.rsplit("/", 1)[-1].split(":", 1)[0]
