@@ -34,7 +34,7 @@ IMPORTS = {
   "trainer.model": ["build_model", "portable_copy"],
   "trainer.evaluation": ["evaluate", "make_eval_call"],
   "trainer.strategy": ["set_up", "distribute_datasets"],
-  "trainer.outputs": ["RunDir", "RunWriter", "read_metrics", "log"],
+  "trainer.outputs": ["RunDir", "RunWriter", "read_metrics"],
   "trainer.serving": ["export"],
   "trainer.plots": ["plot_run"],
   "trainer.evaluate": ["main", "format_table"],

@@ -343,9 +343,12 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, cache_dir):
   """The 8th update (the last of the call ending at the checkpoint boundary,
   step 8) gets a NaN gradient: every loss of that call is finite, but the
   weights it leaves are not."""
-  from trainer import train as train_lib
+  import tensorflow as tf
 
-  class NanUpdateAtStep8(train_lib.Trainer):
+  from trainer import train as train_lib
+  from trainer.loop import step as step_lib
+
+  class NanUpdateAtStep8(step_lib.TrainStep):
     def apply_gradients(self, gradients):
       poisoned = tf.logical_and(
         self.optimizer.iterations == 7, self.state.rollbacks == 0
@@ -353,11 +356,17 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, cache_dir):
       factor = tf.where(poisoned, np.float32(np.nan), np.float32(1.0))
       super().apply_gradients([g * factor for g in gradients])
 
-  import tensorflow as tf
-
-  trainer = NanUpdateAtStep8(
+  trainer = train_lib.Trainer(
     _nan_config("rollback", tmp_path / "rb", cache_dir)
   )
+  trainer.step = NanUpdateAtStep8(
+    trainer.config,
+    trainer.strategy,
+    trainer.model,
+    trainer.optimizer,
+    trainer.state,
+  )
+  trainer.train_steps = trainer.step.make_call()
   summary = trainer.run()
   assert summary["status"] == "completed" and summary["step"] == 32
   assert int(trainer.state.rollbacks.numpy()) == 1

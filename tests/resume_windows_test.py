@@ -133,7 +133,7 @@ def test_a_rollback_puts_the_schedule_where_the_failed_call_started(
     "rollback", tmp_path / "rb", cache_dir, 12, precision
   )
   seen = {}
-  real_recover = trainer._recover_from_nan
+  real_recover = trainer.controller.recovery.recover
 
   def recover(what, counter):
     seen["before"] = counter
@@ -141,7 +141,7 @@ def test_a_rollback_puts_the_schedule_where_the_failed_call_started(
     seen["after"] = int(optimization.step_counter(trainer.optimizer).numpy())
     seen["step"] = int(trainer.state.step.numpy())
 
-  trainer._recover_from_nan = recover
+  trainer.controller.recovery.recover = recover
   if precision == "mixed_float16":
     # A loss scale far too large at step 4: loss scaling skips the steps
     # whose gradients overflow, and halves the scale, until they fit.

@@ -679,6 +679,7 @@ def validate(config):
       f"--num_classes={config.num_classes}"
     )
   _check_layer_names(config)
+  _check_validation_needs(config)
   if config.data_service not in ("", "vertex") and not re.fullmatch(
     r"(grpc://)?[^/:\s]+:\d+", config.data_service
   ):
@@ -687,6 +688,43 @@ def validate(config):
       "grpc://HOST:PORT or vertex"
     )
   return config
+
+
+def has_validation(config):
+  """Whether the run has validation data: --eval_data, or the synthetic
+  set's validation split when it trains on the synthetic set."""
+  return bool(config.eval_data) or (
+    not config.train_data and config.synthetic_eval_examples > 0
+  )
+
+
+def _check_validation_needs(config):
+  """A validation metric asked for where there is no validation data."""
+  if has_validation(config):
+    return
+  for flag in ("early_stopping_monitor", "hypertune_metric"):
+    metric = getattr(config, flag)
+    if metric.startswith("val_"):
+      raise UserError(
+        f"--{flag}={metric} needs validation data "
+        "(--eval_data); without it, use a training metric"
+      )
+  # --best_metric's default keeps its old fallback (best = latest).
+  if config.best_metric.startswith("val_") and (
+    config.best_metric != "val_accuracy"
+  ):
+    raise UserError(
+      f"--best_metric={config.best_metric} needs validation "
+      "data (--eval_data); without it, use a training metric"
+    )
+  if config.lr_schedule == "plateau" and config.plateau_monitor.startswith(
+    "val_"
+  ):
+    raise UserError(
+      f"--plateau_monitor={config.plateau_monitor} needs "
+      "validation data (--eval_data); without it, use "
+      "--plateau_monitor=loss"
+    )
 
 
 def _check_layer_names(config):

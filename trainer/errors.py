@@ -16,6 +16,10 @@ class UsageError(UserError):
   built model knows); the CLI exits with USAGE_EXIT_CODE."""
 
 
+class TrainingError(UserError):
+  """Training cannot go on (NaN loss, bad data); the message says where."""
+
+
 def describe(error):
   """The first meaningful line of an exception, TensorFlow's noise removed."""
   import re

@@ -19,6 +19,8 @@ Every model takes uint8-range pixels (0..255, any dtype) and normalises on the
 device, so the host pipeline can ship uint8 (4x less memory traffic).
 """
 
+import hashlib
+
 import keras
 import tensorflow as tf
 
@@ -347,3 +349,12 @@ def training_flops_per_image(model):
   k_h, k_w, in_c, _ = first_conv.kernel.shape
   first_conv_flops = 2 * out_h * out_w * out_c * k_h * k_w * in_c
   return 3 * forward - first_conv_flops
+
+
+def weights_digest(model):
+  """SHA-256 over every weight, BatchNorm moving statistics included."""
+  digest = hashlib.sha256()
+  for weight in sorted(model.weights, key=lambda w: w.path):
+    digest.update(weight.path.encode())
+    digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+  return digest.hexdigest()

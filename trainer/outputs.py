@@ -24,57 +24,17 @@ that is removed at the end.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import logging
-import math
 import os
-import shutil
-import sys
-import tempfile
 import time
 
-import keras
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import errors
-from trainer import faults
 from trainer import records
 
-# The trainer's one output channel: the `trainer` logger (train, data,
-# synthetic, ... log to its children), sent by `report_to_stdout` to stdout
-# as plain lines, each flushed. Only the chief's lines appear, except the few
-# every worker says (extra=EVERY_WORKER: the banner, the Finished line).
-log = logging.getLogger("trainer")
-EVERY_WORKER = {"every_worker": True}
 # The training figures TensorBoard gets every --log_every_steps steps.
 STEP_FIGURES = ("loss", "accuracy", "top5_accuracy", "auc", "learning_rate")
-
-
-class _ChiefOnly(logging.Filter):
-  def __init__(self, is_chief):
-    super().__init__()
-    self.is_chief = is_chief
-
-  def filter(self, record):
-    return self.is_chief or getattr(record, "every_worker", False)
-
-
-def report_to_stdout(is_chief=True):
-  """Sends the trainer's messages to stdout (idempotent; on non-chief
-  workers, only the lines every worker says)."""
-  handler = next(
-    (h for h in log.handlers if getattr(h, "alexnet_stdout", False)), None
-  )
-  if handler is None:
-    handler = logging.StreamHandler(sys.stdout)  # Flushes every line.
-    handler.alexnet_stdout = True
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False  # Not again through absl's stderr handler.
-  handler.filters = [_ChiefOnly(is_chief)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,77 +133,6 @@ class RunDir:
   def recorded(self) -> dict[str, str]:
     """What config.json keeps so `RunDir.of` finds the rest."""
     return {"checkpoint_root": self.checkpoint_root, "log_dir": self.log_dir}
-
-
-class CheckpointSet:
-  """Recent checkpoints plus the best one, chief-aware."""
-
-  def __init__(self, checkpoint, run_dir, is_chief, task, max_to_keep):
-    self.checkpoint = checkpoint
-    self.is_chief = is_chief
-    if is_chief:
-      saving, self._scratch = run_dir, None
-    else:
-      self._scratch = tempfile.mkdtemp(
-        prefix=f"alexnet-{task.replace(':', '')}-"
-      )
-      saving = RunDir(self._scratch, self._scratch, self._scratch)
-    self.latest = tf.train.CheckpointManager(
-      checkpoint, saving.checkpoints, max_to_keep=max_to_keep
-    )
-    self.best = tf.train.CheckpointManager(
-      checkpoint, saving.best, max_to_keep=1
-    )
-    # Every worker restores from the chief's files: they are the shared truth.
-    self._chief_latest_dir = run_dir.checkpoints
-    self._chief_best_dir = run_dir.best
-
-  def restore_latest(self):
-    """Restores the newest readable checkpoint; returns its path, or None.
-
-    A checkpoint whose files a kill or a failing disk left damaged (a
-    truncated data file, a missing shard: Cloud Storage writes are no atomic
-    renames) is skipped for the one before it, with a warning. Every worker
-    reads the same files, so all pick the same one.
-    """
-    state = tf.train.get_checkpoint_state(self._chief_latest_dir)
-    paths = list(state.all_model_checkpoint_paths) if state else []
-    for path in reversed(paths):
-      try:
-        self.checkpoint.restore(path).expect_partial()
-      except (
-        tf.errors.DataLossError,
-        tf.errors.NotFoundError,
-        tf.errors.OutOfRangeError,
-        # TensorFlow's checkpoint reader reports a short read this way.
-        IndexError,
-      ) as e:
-        log.warning(
-          f"Checkpoint {path} is damaged ({errors.describe(e)}); "
-          "trying the one before it."
-        )
-        continue
-      return path
-    return None
-
-  def restore_best(self):
-    path = tf.train.latest_checkpoint(self._chief_best_dir)
-    if path:
-      self.checkpoint.restore(path).expect_partial()
-    return path
-
-  def save(self, step):
-    faults.point("checkpoint_save:before")
-    self.latest.save(checkpoint_number=step)
-    faults.point("checkpoint_save:after")
-
-  def save_best(self, step):
-    self.best.save(checkpoint_number=step)
-    faults.point("best_save:after")
-
-  def cleanup(self):
-    if self._scratch:
-      shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 class RunWriter:
@@ -372,63 +261,3 @@ def read_metrics(model_dir):
           record = json.loads(line)
           by_epoch[record["epoch"]] = record
   return [by_epoch[k] for k in sorted(by_epoch)]
-
-
-def _format(value):
-  if isinstance(value, float):
-    return "nan" if math.isnan(value) else f"{value:.4g}"
-  return str(value)
-
-
-def epoch_line(record, total_epochs):
-  parts = [f"epoch {record['epoch']}/{total_epochs}", f"step {record['step']}"]
-  for key in (
-    "loss",
-    "accuracy",
-    "top5_accuracy",
-    "auc",
-    "val_loss",
-    "val_accuracy",
-    "val_top5_accuracy",
-    "val_auc",
-    "learning_rate",
-    "skipped",
-    "val_skipped",
-  ):
-    # Validation always counts skipped records; a 0 matters only to
-    # --skip_corrupt runs (which also count "skipped").
-    quiet = (
-      key == "val_skipped" and not record.get(key) and "skipped" not in record
-    )
-    if key in record and not quiet:
-      parts.append(f"{key} {_format(record[key])}")
-  parts.append(f"{record['images_per_sec']:.1f} images/s")
-  return " - ".join(parts)
-
-
-class Progress:
-  """A progress bar with images/s and ETA on a terminal; silent otherwise."""
-
-  def __init__(self, steps, epoch, total_epochs, is_chief):
-    self.enabled = is_chief and sys.stdout.isatty()
-    if self.enabled:
-      print(f"Epoch {epoch + 1}/{total_epochs}")
-      self._bar = keras.utils.Progbar(
-        steps, stateful_metrics=["loss", "accuracy", "images/s"]
-      )
-
-  def update(self, step, loss, accuracy, images_per_sec):
-    if self.enabled:
-      self._bar.update(
-        step,
-        [("loss", loss), ("accuracy", accuracy), ("images/s", images_per_sec)],
-      )
-
-
-def weights_digest(model):
-  """SHA-256 over every weight, BatchNorm moving statistics included."""
-  digest = hashlib.sha256()
-  for weight in sorted(model.weights, key=lambda w: w.path):
-    digest.update(weight.path.encode())
-    digest.update(keras.ops.convert_to_numpy(weight).tobytes())
-  return digest.hexdigest()

@@ -89,9 +89,9 @@ def main(argv):
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     return errors.USAGE_EXIT_CODE if isinstance(e, errors.UsageError) else 1
-  from trainer import outputs
+  from trainer import logs
 
-  outputs.log.info(_finished_line(summary), extra=outputs.EVERY_WORKER)
+  logs.log.info(_finished_line(summary), extra=logs.EVERY_WORKER)
   if summary["status"] == "preempted":
     return PREEMPTED_EXIT_CODE
   return 0

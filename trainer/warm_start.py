@@ -24,8 +24,7 @@ from trainer import outputs
 from trainer.errors import UsageError
 from trainer.errors import UserError
 from trainer.errors import describe
-
-log = outputs.log
+from trainer.logs import log
 
 
 @dataclasses.dataclass(frozen=True)

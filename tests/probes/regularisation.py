@@ -120,7 +120,7 @@ def clip():
     scale = float(optimizer.dynamic_scale.numpy())
   gradients = tf.function(
     lambda i, l: strategy.run(
-      lambda i, l: trainer.compute_gradients(i, l)[2], args=(i, l)
+      lambda i, l: trainer.step.compute_gradients(i, l)[2], args=(i, l)
     )
   )(images, labels)
   # [replica][variable], unscaled.
@@ -132,7 +132,9 @@ def clip():
   ]
   before = [local(strategy, v)[0] for v in variables]
   tf.function(
-    lambda: strategy.run(trainer.train_step, args=(images, labels, skipped))
+    lambda: strategy.run(
+      trainer.step.train_step, args=(images, labels, skipped)
+    )
   )()
   update = [local(strategy, v)[0] - b for v, b in zip(variables, before)]
 

@@ -13,6 +13,7 @@ from trainer import data
 from trainer import evaluation
 from trainer import optimization
 from trainer import train as train_lib
+from trainer.loop import step as step_lib
 
 
 class OverflowOnce(train_lib.Trainer):
@@ -163,6 +164,9 @@ def xla_steps():
       config, trainer.schedule, loss_scaling=False, fused=False
     )
     trainer.optimizer.build(model.trainable_variables)
+  trainer.step = step_lib.TrainStep(
+    config, strategy, model, trainer.optimizer, trainer.state
+  )
   context = tf.distribute.InputContext(1, 0, 1)
   train_batches = list(
     data.make_train_dataset(
@@ -199,13 +203,13 @@ def xla_steps():
     evaluated = [float(stats[0] / stats[2]), float(stats[1]), float(stats[2])]
     gradients = strategy.run(
       compiled(
-        lambda images, labels: trainer.compute_gradients(images, labels)[2]
+        lambda images, labels: trainer.step.compute_gradients(images, labels)[2]
       ),
       args=train_batches[0][:2],
     )
     restore(lr_multiplier, bias_shift)
     # Two steps: the second one's loss is computed with the first's update.
-    train_step, losses = compiled(trainer.train_step), []
+    train_step, losses = compiled(trainer.step.train_step), []
     for batch in train_batches:
       stats = strategy.run(train_step, args=batch).numpy()
       losses.append(float(stats[0] / stats[2]))

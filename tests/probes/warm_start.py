@@ -8,6 +8,7 @@ from prelude import emit
 from prelude import tiny
 import tensorflow as tf
 
+from trainer import model as model_lib
 from trainer import outputs
 from trainer import train as train_lib
 from trainer import warm_start
@@ -27,7 +28,7 @@ def load_on_workers():
     strategy="multi_worker",
   )
   trainer = train_lib.Trainer(config)
-  loaded = outputs.weights_digest(trainer.model)
+  loaded = model_lib.weights_digest(trainer.model)
   other = warm_start.read_source(
     config.replace(init_from=os.environ["OTHER"]), trainer.run_dir
   )
@@ -35,7 +36,7 @@ def load_on_workers():
     warm_start.load_matching_layers(trainer.model, other)
   emit(
     loaded=loaded,
-    other=outputs.weights_digest(trainer.model),
+    other=model_lib.weights_digest(trainer.model),
     replicas=trainer.info.num_replicas,
   )
 

@@ -190,7 +190,7 @@ def _time_train_calls(trainer, iterator, warmup_steps, steps):
   from trainer import train as train_lib
 
   control = train_lib.requests_vector()
-  per_call = min(trainer.steps_per_call, max(1, steps))
+  per_call = min(trainer.clock.steps_per_call, max(1, steps))
   trainer.train_steps(iterator, tf.constant(max(1, warmup_steps)), control)[
     0
   ].numpy()
@@ -226,7 +226,7 @@ def phase_step(config, settings):
 
   trainer = _trainer(config)
   size = trainer.image_size
-  per_replica = trainer.per_replica_batch_size
+  per_replica = trainer.runtime.per_replica_batch_size
   images = tf.cast(
     tf.random.uniform([per_replica, size, size, 3], 0, 255), tf.uint8
   )
@@ -243,7 +243,7 @@ def phase_step(config, settings):
     precision=trainer.precision,
     strategy=trainer.info.name,
     replicas=trainer.info.num_replicas,
-    all_reduce=trainer.all_reduce_dtype,
+    all_reduce=trainer.runtime.all_reduce_dtype,
     global_batch_size=trainer.config.global_batch_size,
     model=trainer.config.model,
   )
