@@ -132,7 +132,11 @@ def test_sigterm_saves_exits_preempted_and_resumes(tmp_path, cache_dir):
   code = process.wait(timeout=60)
   assert time.time() - sent < 30
   assert code == 75, output[-3000:]
-  match = re.search(r"Preempted \(SIGTERM\): saved step (\d+)", output)
+  match = re.search(
+    r"Preempted \(SIGTERM\): saved step (\d+); run the same command to "
+    r"resume\.",
+    output,
+  )
   assert match, output[-3000:]
   saved_step = int(match.group(1))
   status = json.loads((model_dir / "status.json").read_text())

@@ -26,7 +26,6 @@ from trainer import outputs
 from trainer import strategy as strategy_lib
 from trainer.errors import TrainingError  # noqa: F401 (callers catch it here)
 from trainer.loop import build
-from trainer.loop import clock as clock_lib
 from trainer.loop import controller as controller_lib
 from trainer.loop import step as step_lib
 from trainer.loop.state import TrainState as _TrainState  # noqa: F401
@@ -42,26 +41,20 @@ class Trainer:
   def __init__(self, config, config_name="custom"):
     self.config = config
     self.run_dir = outputs.RunDir.for_training(config.model_dir, config_name)
-    self.model_dir = self.run_dir.root
     self.runtime = build.build_runtime(config, self.run_dir)
-    self.info, self.strategy = self.runtime.info, self.runtime.info.strategy
-    self.precision, self.image_size = (
-      self.runtime.precision,
-      self.runtime.image_size,
-    )
-    self.is_chief = self.info.is_chief
-    self.num_pipelines = self.info.num_input_pipelines
     inputs = build.build_inputs(config, self.runtime, self.run_dir)
     self.train_spec, self.eval_spec = inputs.train_spec, inputs.eval_spec
     self.class_names = inputs.class_names
     self.steps_per_epoch = inputs.steps_per_epoch
     self.model = build.build_model(config, self.runtime, self.run_dir)
-    optimization_parts = build.build_optimization(
+    parts = build.build_optimization(
       config, self.runtime, self.model, self.steps_per_epoch
     )
-    self.state = optimization_parts.state
-    self.schedule = optimization_parts.schedule
-    self.optimizer = optimization_parts.optimizer
+    self.state, self.schedule, self.optimizer = (
+      parts.state,
+      parts.schedule,
+      parts.optimizer,
+    )
     # --ema_decay: validation, best/ and the export see the averaged weights.
     self.averaged_weights = optimization.AveragedWeights(
       self.strategy, self.optimizer, self.model.trainable_variables
@@ -70,13 +63,8 @@ class Trainer:
       config, self.runtime, self.run_dir, self.model, self.optimizer, self.state
     )
     self.writer = outputs.RunWriter(self.run_dir, self.is_chief)
-    self.clock = clock_lib.LoopClock(
-      config,
-      # TPUs pay a host round trip per call: run many steps in each.
-      config.steps_per_call or (100 if self.info.name == "tpu" else 10),
-      self.steps_per_epoch,
-      self.run_dir.profile,
-      self.is_chief,
+    self.clock = build.build_clock(
+      config, self.runtime, self.steps_per_epoch, self.run_dir
     )
     self.step = step_lib.TrainStep(
       config, self.strategy, self.model, self.optimizer, self.state
@@ -86,6 +74,15 @@ class Trainer:
       self.strategy, self.model, config.num_classes
     )
     self.controller = controller_lib.Controller(self)
+
+  # What the runtime resolved, by the names the loop uses.
+  model_dir = property(lambda self: self.run_dir.root)
+  info = property(lambda self: self.runtime.info)
+  strategy = property(lambda self: self.runtime.info.strategy)
+  precision = property(lambda self: self.runtime.precision)
+  image_size = property(lambda self: self.runtime.image_size)
+  is_chief = property(lambda self: self.runtime.info.is_chief)
+  num_pipelines = property(lambda self: self.runtime.info.num_input_pipelines)
 
   def run(self):
     """Trains to the end (or early stop / preemption). Returns a summary.

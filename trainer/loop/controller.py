@@ -11,7 +11,6 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from trainer import config as config_lib
 from trainer import data
 from trainer import faults
 from trainer import hypertune
@@ -26,6 +25,7 @@ from trainer.loop import epoch_end
 from trainer.loop import finish
 from trainer.loop import progress
 from trainer.loop import recovery
+from trainer.loop import resume
 from trainer.loop import state as state_lib
 
 
@@ -53,7 +53,7 @@ class SignalWatcher:
 
 
 class Controller:
-  """Runs a built trainer (a Trainer) to its end."""
+  """Runs a built run (a Trainer) to its end."""
 
   def __init__(self, trainer):
     self.trainer = trainer
@@ -101,7 +101,7 @@ class Controller:
     # Read before anything here writes it; the chief's reading decides for
     # every worker (the others would race its overwrite).
     previous_status = trainer.writer.read_status() if trainer.is_chief else None
-    self._check_resumable()
+    resume.check_resumable(trainer)
     restored = trainer.checkpoints.restore_latest()
     # Every worker has looked for a checkpoint before any writes one, and
     # all found the same: else they would train different epochs and hang.
@@ -116,11 +116,11 @@ class Controller:
         f"Resumed from {restored}: epoch {int(state.epoch.numpy())}, step "
         f"{int(state.step.numpy())}."
       )
-    finished = self._finished_already(previous_status)
+    finished = resume.finished_already(trainer, previous_status)
     if finished:
       return finished
     if restored:
-      self._note_older_input_order()
+      resume.note_older_input_order(trainer)
     # Before any checkpoint: what a resume must match is on record first.
     trainer.writer.write_config(
       config,
@@ -153,91 +153,6 @@ class Controller:
           break
     return finish.finish(trainer, status)
 
-  def _finished_already(self, previous_status):
-    """The summary of a model dir that already finished (exporting it if a
-    kill left its export partial), or None if there is training to do.
-
-    A completed trainer trains on when asked for more epochs; an early-stopped
-    one stays stopped (re-running its command must not train again). The
-    early-stop decision is re-derived from the restored state too: a trainer
-    killed after its last checkpoint but before status.json said so stays
-    stopped."""
-    trainer, state = self.trainer, self.trainer.state
-    early_stopped = previous_status == "early_stopped" or (
-      epoch_end.patience_exhausted(trainer.config, state)
-    )
-    if not trainer.any_worker(
-      int(state.epoch.numpy()) >= trainer.config.epochs or early_stopped
-    ):
-      return None
-    previous_status = (
-      previous_status
-      if previous_status in ("completed", "early_stopped")
-      else ("early_stopped" if early_stopped else "completed")
-    )
-    # A trainer killed while exporting left no whole export: finish it.
-    if trainer.config.export and trainer.any_worker(
-      trainer.is_chief and not trainer.run_dir.export_is_whole()
-    ):
-      log.info(
-        f"This model dir finished training ({int(state.epoch.numpy())}"
-        " epochs) but holds no whole export: exporting it now."
-      )
-      return finish.finish(trainer, previous_status)
-    log.info(
-      f"Nothing to train: this model dir already finished "
-      f"({int(state.epoch.numpy())} epochs, {previous_status or 'completed'}"
-      "). Use a new --model_dir to retrain."
-    )
-    return finish.finish(
-      trainer, previous_status or "completed", with_export=False
-    )
-
-  def _check_resumable(self):
-    """Before restoring: one line if this model dir's checkpoints were
-    written with options that lay out other variables, or in another
-    precision. Every worker raises when any finds a conflict (`auto`
-    resolves per machine), instead of the others waiting for it in the
-    next collective."""
-    trainer = self.trainer
-    conflict = None
-    if tf.train.latest_checkpoint(
-      trainer.run_dir.checkpoints
-    ) and tf.io.gfile.exists(trainer.run_dir.config):
-      conflict = config_lib.resume_conflict(
-        config_lib.load(trainer.run_dir.config), trainer.config
-      ) or (
-        config_lib.precision_conflict(
-          config_lib.load_resolved(trainer.run_dir.config).get("precision"),
-          trainer.precision,
-          trainer.config.precision,
-        )
-      )
-    if trainer.any_worker(bool(conflict)):
-      raise UserError(
-        conflict
-        or "another worker cannot resume this model dir's checkpoints "
-        "(its error says why)"
-      )
-
-  def _note_older_input_order(self):
-    """Says so when a model dir written with an older input order resumes
-    mid-epoch: the rest of that epoch is read in the current order."""
-    trainer = self.trainer
-    if not tf.io.gfile.exists(trainer.run_dir.config):
-      return
-    recorded = config_lib.load_resolved(trainer.run_dir.config).get(
-      "input_order"
-    )
-    position = trainer.state.position_in_epoch()
-    if recorded != data.INPUT_ORDER and position and trainer.is_chief:
-      log.warning(
-        f"This model dir predates the {data.INPUT_ORDER!r} input order: "
-        f"the rest of epoch {int(trainer.state.epoch.numpy())} is read in the "
-        "new order (some of its records may be seen twice or not at all); "
-        "later epochs are exact."
-      )
-
   def _run_epoch(self, sigterm):
     """One epoch (or its remainder). Returns False if preempted."""
     trainer, config, state, clock = (
@@ -260,7 +175,7 @@ class Controller:
         stop=sigterm.requested, save=clock.time_to_save()
       )
       # The optimizer's own count before the call: what a rollback restores
-      # (under float16 it excludes overflow-skipped steps, so the trainer's step
+      # (under float16 it excludes overflow-skipped steps, so the run's step
       # is not it).
       counter = int(optimization.step_counter(trainer.optimizer).numpy())
       faults.plant_nan(step, trainer.model)
@@ -296,7 +211,7 @@ class Controller:
       if requests["stop"]:
         trainer.writer.write_status("preempted", state)
         log.info(
-          f"Preempted (SIGTERM): saved step {int(state.step.numpy())}; trainer the "
+          f"Preempted (SIGTERM): saved step {int(state.step.numpy())}; run the "
           "same command to resume."
         )
         return False
@@ -354,7 +269,7 @@ class Controller:
     if config.lr_schedule == "plateau":
       epoch_end.update_plateau(config, state, record)
     epoch_end.start_next_epoch(state)
-    # The latest checkpoint last: a trainer killed before it trains this epoch
+    # The latest checkpoint last: a run killed before it trains this epoch
     # again and rewrites what the epoch wrote (best/, its metrics line)
     # with the same values; after it, both are already there. So no latest
     # checkpoint has a best value that no best/ checkpoint holds, or an
