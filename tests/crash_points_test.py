@@ -44,6 +44,8 @@ ARGS = (
 # written (a killed run's save is written again).
 UNCOMPARED = {"images_per_sec", "time"}
 BOOKKEEPING = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/")
+# The last run's stdout (the launcher says which worker exited how).
+_LAST_OUTPUT = [""]
 
 
 def _train(
@@ -80,6 +82,7 @@ def _train(
     text=True,
     timeout=300,
   )
+  _LAST_OUTPUT[:] = [result.stdout]
   if result.returncode not in (0, faults.CRASH_EXIT_CODE):
     raise AssertionError(
       f"exit {result.returncode}:\n{result.stdout[-2000:]}"
@@ -386,9 +389,10 @@ def test_one_of_two_workers_killed_then_job_restarted_ends_as_uninterrupted(
     crash_at=f"{point}:{visit}",
     extra=MULTI_WORKER,
     launcher=WORKERS,
-    env={"ALEXNET_CRASH_WORKER": str(worker)},
+    env={"ALEXNET_CRASH_WORKER": f"worker:{worker}"},
   )
   assert code == faults.CRASH_EXIT_CODE, f"worker {worker} did not die there"
+  assert f"[launch] worker {worker} exited with {code}" in _LAST_OUTPUT[0]
   _until_finished(model_dir, cache_dir, extra=MULTI_WORKER, launcher=WORKERS)
   assert differences(snapshot(model_dir), workers_reference) == []
 

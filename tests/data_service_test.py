@@ -28,16 +28,11 @@ def test_training_through_data_service_matches_local_input(run_cli, tmp_path):
   assert "[data worker 0] tf.data service worker listening" in out
   assert "[data worker 1] tf.data service worker listening" in out
   assert "--data_service=grpc://127.0.0.1:" in out
-  # The best epoch of each (both orders are unseeded: one epoch's figure
-  # can dip on a 128-image validation set).
-  without = max(
-    r["val_accuracy"] for r in read_jsonl(tmp_path / "local" / "metrics.jsonl")
-  )
-  with_service = max(
-    r["val_accuracy"] for r in read_jsonl(tmp_path / "served" / "metrics.jsonl")
-  )
-  assert without >= 0.9 and with_service >= 0.9
-  assert abs(with_service - without) <= 0.1
+  without = read_jsonl(tmp_path / "local" / "metrics.jsonl")[-1]
+  with_service = read_jsonl(tmp_path / "served" / "metrics.jsonl")[-1]
+  assert without["val_accuracy"] >= 0.9
+  assert with_service["val_accuracy"] >= 0.9
+  assert abs(with_service["val_accuracy"] - without["val_accuracy"]) <= 0.1
   del local
 
 

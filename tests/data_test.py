@@ -1,6 +1,7 @@
 """The reader: schemas, sharding across pipelines, epoch order, exact eval."""
 
 import dataclasses
+import gc
 import io
 import os
 
@@ -460,13 +461,26 @@ def uneven_set(directory):
   return os.path.join(directory, "train-*")
 
 
-@pytest.mark.parametrize("pipelines", [1, 2])
+def _boundaries(plan):
+  """Where each segment starts in the stream."""
+  starts = [0]
+  for count in plan.segment_records:
+    starts.append(starts[-1] + count)
+  return starts
+
+
+# 1 and 2 pipelines read by file; 8 pipelines (7 files) by record.
+@pytest.mark.parametrize("pipelines", [1, 2, 8])
+@pytest.mark.parametrize("counted", [True, False])
 def test_a_resume_at_any_position_continues_the_same_stream(
-  tmp_path, pipelines
+  tmp_path, pipelines, counted
 ):
-  """Across segment ends and into the second pass over a pipeline's share."""
+  """At, before and after every segment boundary and into the second pass
+  over a pipeline's share; with the files' record counts (reading at most
+  the segment) and without (--train_examples, no manifest: reading up to
+  the place)."""
   spec = spec_for(uneven_set(tmp_path / "d"), shards_per_segment=2)
-  for pipeline_id in range(pipelines):
+  for pipeline_id in range(min(pipelines, 3)):
     plan = data.plan_epoch(spec, pipelines, pipeline_id, 5)
     total = sum(plan.segment_records)
     full = pixel_ids(
@@ -476,16 +490,22 @@ def test_a_resume_at_any_position_continues_the_same_stream(
       total + 8,
     )
     assert sorted(full[:total]) == sorted(set(full[:total]))  # once per pass
-    for position in (1, 3, 9, 12, total - 1, total, total + 2):
+    positions = {1, total - 1, total, total + 2}
+    for start in _boundaries(plan)[1:-1]:
+      positions |= {start - 1, start, start + 1}
+    resumed_spec = (
+      spec if counted else dataclasses.replace(spec, file_counts=())
+    )
+    for position in sorted(positions):
       resumed = pixel_ids(
         data.make_train_dataset(
-          spec, context(pipelines, pipeline_id), pipelines, 5, position
+          resumed_spec, context(pipelines, pipeline_id), pipelines, 5, position
         ),
-        6,
+        4,
       )
-      assert resumed == full[position : position + 6], position
+      assert resumed == full[position : position + 4], (pipeline_id, position)
       # The control: one record off is another stream.
-      assert resumed != full[position + 1 : position + 7]
+      assert resumed != full[position + 1 : position + 5]
 
 
 def test_a_segment_is_shuffled_only_within_itself(tmp_path):
@@ -523,20 +543,6 @@ def test_an_empty_pipeline_is_one_line_naming_the_flag(tmp_path):
     data.plan_epoch(spec, 1, 0, 0)
 
 
-def test_given_counts_are_read_only_to_resume(tmp_path):
-  """--train_examples skips counting; a mid-epoch resume counts once and the
-  model dir remembers."""
-  pattern = uneven_set(tmp_path / "d")
-  counts = str(tmp_path / "run" / "example_counts.json")
-  spec = dataclasses.replace(spec_for(pattern), file_counts=())
-  assert data.plan_epoch(spec, 1, 0, 0).start(0) == (0, 0)
-  with pytest.raises(ValueError, match="record counts"):
-    data.plan_epoch(spec, 1, 0, 0).start(4)
-  counted = data.with_file_counts(spec, counts, remember=True)
-  assert counted.file_counts == (3, 9, 4, 8, 5, 7, 6)
-  assert data.count_records(spec.files, counts) == counted.file_counts
-
-
 def _bytes_read():
   """This process's bytes read by system calls so far (Linux)."""
   with open("/proc/self/io") as f:
@@ -548,33 +554,75 @@ def _bytes_read():
 )
 def test_a_resume_reads_at_most_one_segment_to_reach_its_place(tmp_path):
   """Bytes read until the first resumed batch stay flat as the place moves
-  through the epoch, under three segments' worth (8 in the epoch); the control (the whole epoch
-  one segment, as before segments) reads everything before its place."""
+  through the epoch: under three segments' worth (32 in the epoch). The
+  control, the whole epoch one segment (as before segments), reads
+  everything before its place."""
   directory = tmp_path / "big"
   os.makedirs(directory)
   padding = os.urandom(64 << 10)  # 64 KiB per record: reads dominate noise.
-  for f in range(16):
+  for f in range(64):
     serialized = []
-    for i in range(8):
-      example = records.image_example(_jpeg(f * 8 + i), 0, 40, 48)
+    for i in range(4):
+      example = records.image_example(_jpeg(f * 4 + i), 0, 40, 48)
       example.features.feature["padding"].bytes_list.value.append(padding)
       serialized.append(example.SerializeToString())
     records.write_shard(
-      os.path.join(directory, records.shard_name("train", f, 16)), serialized
+      os.path.join(directory, records.shard_name("train", f, 64)), serialized
     )
-  spec = spec_for(str(directory / "train-*"), shuffle_buffer=16)
-  segment_bytes = 2 * 8 * len(serialized[0])
+  spec = spec_for(str(directory / "train-*"), shuffle_buffer=8)
+  segment_bytes = 2 * 4 * len(serialized[0])
 
   def read_to_reach(shards_per_segment, position):
     segmented = dataclasses.replace(spec, shards_per_segment=shards_per_segment)
     before = _bytes_read()
-    dataset = data.make_train_dataset(segmented, context(1, 0), 1, 0, position)
-    next(iter(dataset))
-    return _bytes_read() - before
+    iterator = iter(
+      data.make_train_dataset(segmented, context(1, 0), 1, 0, position)
+    )
+    next(iterator)
+    read = _bytes_read() - before
+    del iterator  # Its prefetching stops before the next measure.
+    gc.collect()
+    return read
 
   read_to_reach(2, 0)  # Warm-up: the first dataset loads what TF loads once.
   # The segment holding the place, and what prefetching may start after it.
-  for position in (4, 40, 80, 120):
+  for position in (4, 80, 160, 240):
     assert read_to_reach(2, position) < 3 * segment_bytes, position
-  # One segment: everything before the place is read (120 of 128 records).
-  assert read_to_reach(0, 120) > 7 * segment_bytes
+  # One segment: everything up to the place (240 of 256 records) is read.
+  epoch_bytes = 32 * segment_bytes
+  assert read_to_reach(0, 240) > 0.9 * epoch_bytes
+
+
+def test_listing_shards_makes_no_call_per_file(tmp_path, monkeypatch):
+  """Start-up lists a 1024-shard set (and its manifest) without one
+  metadata call per file: on gs:// each would be a round trip. Control:
+  the calls counted here do count (a per-file isdir would show)."""
+  directory = tmp_path / "many"
+  os.makedirs(directory)
+  shards = []
+  for index in range(1024):
+    name = records.shard_name("train", index, 1024)
+    records.write_shard(os.path.join(directory, name), [])
+    shards.append({"file": name, "num_examples": 0})
+  records.write_manifest(
+    str(directory), {"splits": {"train": {"shards": shards}}}
+  )
+  calls = []
+  for name in ("isdir", "exists", "stat", "glob", "listdir"):
+    real = getattr(tf.io.gfile, name)
+
+    def counted(*args, _real=real, _name=name, **kwargs):
+      calls.append(_name)
+      return _real(*args, **kwargs)
+
+    monkeypatch.setattr(tf.io.gfile, name, counted)
+  for pattern in (str(directory / "train-*"), str(directory)):
+    calls.clear()
+    files = data.list_files(pattern, "train_data")
+    assert len(files) == 1024
+    assert data._known_counts(files, None) == (0,) * 1024
+    assert len(calls) < 10, calls
+  calls.clear()
+  for f in files[:5]:
+    tf.io.gfile.isdir(f)
+  assert calls == ["isdir"] * 5

@@ -17,10 +17,10 @@ already consumed there, and continues the run exactly (see EpochPlan).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
-import random
 
 import tensorflow as tf
 
@@ -42,9 +42,6 @@ EVAL_CROP_FRACTION = (
   0.875  # Centre crop for evaluation, as in Inception/ResNet.
 )
 MIN_CROP_AREA = 0.25  # Random-resized-crop area range (0.25, 1).
-# What config.json records as the run's input order (see EpochPlan): model
-# dirs without it were read in one shuffle over the whole epoch.
-INPUT_ORDER = "segments"
 # The key of a model dir's example_counts.json holding records per file.
 PER_FILE_KEY = "records_per_file"
 
@@ -70,29 +67,43 @@ class InputSpec:
   randaugment_magnitude: int = 9
   pca_lighting: float = 0.0  # std of the paper's colour augmentation
   # Records per file (same order as `files`); () when --train_examples was
-  # given and nothing records them (see with_file_counts).
+  # given and nothing records them (a resume then reads up to its place).
   file_counts: tuple = ()
   shards_per_segment: int = 16  # see plan_epoch
 
 
 def list_files(pattern: str, flag_name: str) -> tuple[str, ...]:
-  """Expands a pattern or directory (local or gs://) to sorted shard files.
+  """Expands a pattern or directory (local or gs://) to sorted shard files,
+  in one listing: no call per file (on gs:// each is a round trip).
 
   Raises:
     UserError: nothing matches (names the flag and the pattern).
   """
-  if tf.io.gfile.isdir(pattern):
-    candidates = tf.io.gfile.glob(os.path.join(pattern, "*"))
+  expanded = os.path.expanduser(pattern)
+  if tf.io.gfile.isdir(expanded):
+    candidates = _files_in(expanded)
   else:
-    candidates = tf.io.gfile.glob(os.path.expanduser(pattern))
+    candidates = tf.io.gfile.glob(expanded)
   files = sorted(
-    f
-    for f in candidates
-    if ".tmp-" not in f and not f.endswith(".json") and not tf.io.gfile.isdir(f)
+    f for f in candidates if ".tmp-" not in f and not f.endswith(".json")
   )
   if not files:
     raise UserError(f"--{flag_name}={pattern!r} matches no files")
   return tuple(files)
+
+
+def _files_in(directory):
+  """The files directly in `directory`: one listing (subdirectories are
+  marked by the listing itself: a trailing / on gs://, the entry's type on
+  local disk)."""
+  if "://" in directory:
+    return [
+      os.path.join(directory, name)
+      for name in tf.io.gfile.listdir(directory)
+      if not name.endswith("/")
+    ]
+  with os.scandir(directory) as entries:
+    return [entry.path for entry in entries if not entry.is_dir()]
 
 
 def detect_schema(path):
@@ -133,7 +144,9 @@ def _known_counts(files, counts_path):
   return None
 
 
-def count_records(files, counts_path=None, remember=False):
+def count_records(
+  files, counts_path=None, remember=False, skip_corrupt=False, flag="train_data"
+):
   """Records per file, in the order of `files`: the manifest beside the
   files, else `counts_path` (a model dir's record of an earlier count), else
   by reading every record (files in parallel).
@@ -142,6 +155,12 @@ def count_records(files, counts_path=None, remember=False):
     files: the shard files.
     counts_path: JSON file of counts by file, or None.
     remember: write a fresh count to `counts_path` (the chief does).
+    skip_corrupt: count the readable records of damaged files (and say
+      which), instead of failing.
+    flag: the flag the files came from (named by errors).
+
+  Raises:
+    UserError: a damaged file, named, without skip_corrupt.
   """
   known = _known_counts(files, counts_path)
   if known is not None:
@@ -153,22 +172,75 @@ def count_records(files, counts_path=None, remember=False):
     len(files),
     os.path.dirname(files[0]),
   )
-
-  def count(path):
-    return tf.data.TFRecordDataset(path, buffer_size=8 << 20).reduce(
-      tf.constant(0, tf.int64), lambda total, _: total + 1
-    )
-
-  counted = tf.data.Dataset.from_tensor_slices(list(files)).map(
-    count, num_parallel_calls=8, deterministic=True
-  )
-  counts = tuple(int(n) for n in counted.as_numpy_iterator())
+  try:
+    counts = _count_each(files)
+  except tf.errors.DataLossError as e:
+    if not skip_corrupt:
+      raise UserError(damaged_data_message(e, [(flag, files)])) from None
+    counts = tuple(_readable_records(path, flag) for path in files)
   if counts_path and remember:
     remembered = _read_counts(counts_path)
     remembered.setdefault(PER_FILE_KEY, {}).update(zip(files, counts))
     tf.io.gfile.makedirs(os.path.dirname(counts_path))
     records.write_text_atomically(counts_path, json.dumps(remembered) + "\n")
   return counts
+
+
+def _count_each(files, ignore_errors=False):
+  """Records in each file, read in parallel."""
+
+  def count(path):
+    dataset = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
+    if ignore_errors:
+      dataset = dataset.ignore_errors()
+    return dataset.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1)
+
+  counted = tf.data.Dataset.from_tensor_slices(list(files)).map(
+    count, num_parallel_calls=8, deterministic=True
+  )
+  return tuple(int(n) for n in counted.as_numpy_iterator())
+
+
+def _read_problem(path):
+  """Why `path` cannot be read to its end as TFRecords, or None."""
+  try:
+    _count_each([path])
+  except tf.errors.DataLossError as e:
+    return describe(e)
+  return None
+
+
+def _readable_records(path, flag):
+  """--skip_corrupt's count of one file: its readable records, saying so
+  when it is damaged."""
+  problem = _read_problem(path)
+  if problem is None:
+    return _count_each([path])[0]
+  readable = _count_each([path], ignore_errors=True)[0]
+  log.warning(
+    f"--{flag}: {path} is damaged ({problem}); --skip_corrupt counts its "
+    f"{readable} readable records."
+  )
+  return readable
+
+
+def damaged_data_message(error, named_files):
+  """One line for a DataLossError met while reading `named_files` ([(flag,
+  files)]): the damaged file, found by reading each file again (a cost
+  paid only after a failure), its flag and what to do."""
+  for flag, files in named_files:
+    for path in files:
+      problem = _read_problem(path)
+      if problem:
+        return (
+          f"--{flag}: {path} is damaged ({problem}); copy it again, or "
+          "skip its unreadable records with --skip_corrupt"
+        )
+  flags_named = "/".join(f"--{flag}" for flag, _ in named_files)
+  return (
+    f"damaged TFRecord data in {flags_named} ({describe(error)}); "
+    "--skip_corrupt skips unreadable records"
+  )
 
 
 def _read_counts(path):
@@ -202,7 +274,9 @@ def make_input_spec(
   if num_examples:  # Given: read nothing to count.
     file_counts = _known_counts(files, counts_path) or ()
   else:
-    file_counts = count_records(files, counts_path, remember_counts)
+    file_counts = count_records(
+      files, counts_path, remember_counts, config.skip_corrupt, flag_name
+    )
     num_examples = sum(file_counts)
   return InputSpec(
     files=files,
@@ -535,9 +609,9 @@ class EpochPlan:
   shuffled on its own, so its shuffle buffer drains at its end and where a
   record lands depends only on its segment. A pipeline that needs more
   records than it holds (pipelines hold unequal shares) reads the segments
-  again, reshuffled. Position p of the stream (records since the epoch
-  began) therefore lies in a segment found from per-file counts alone, and
-  a resume reads at most that one segment to get there.
+  again in the same order. Position p of the stream (records since the
+  epoch began) therefore lies in a segment found from per-file counts
+  alone, and a resume reads at most that one segment to get there.
   """
 
   segments: tuple  # of tuples of file paths, in reading order
@@ -545,17 +619,17 @@ class EpochPlan:
   seed: int
 
   def start(self, position):
-    """(segment index counted over repeated passes, records to skip in it)
-    of stream position `position`."""
+    """(segment, records to skip in it) where stream position `position`
+    lies; without record counts (None): (None, position), the place found
+    by reading the stream from its beginning."""
     if not position:
       return 0, 0
     if self.segment_records is None:
-      raise ValueError("a position past 0 needs the files' record counts")
-    total = sum(self.segment_records)
-    passes, position = divmod(position, total)
+      return None, position
+    position %= sum(self.segment_records)
     for index, records_in_segment in enumerate(self.segment_records):
       if position < records_in_segment:
-        return passes * len(self.segments) + index, position
+        return index, position
       position -= records_in_segment
     raise AssertionError("unreachable: position < total")
 
@@ -575,31 +649,42 @@ def plan_epoch(spec, num_pipelines, pipeline_id, epoch):
     counts = [
       n // num_pipelines + (pipeline_id < n % num_pipelines) for n in counts
     ]
-  order = list(range(len(files)))
-  random.Random(_epoch_seed(spec, epoch)).shuffle(order)
-  size = spec.shards_per_segment or len(files)
-  groups = [order[i : i + size] for i in range(0, len(order), size)]
   if spec.file_counts and not sum(counts):
     raise UserError(
       f"input pipeline {pipeline_id} of {num_pipelines} has no records: its "
       f"{len(files)} file(s) of --train_data are empty"
     )
+  seed = _epoch_seed(spec, epoch)
+  # A sort by a hash of (seed, name), not random.shuffle: the same order on
+  # every Python version, so a resume after an upgrade reads the same files.
+  order = sorted(
+    range(len(files)),
+    key=lambda i: hashlib.sha256(f"{seed}/{files[i]}".encode()).digest(),
+  )
+  size = spec.shards_per_segment or len(files)
+  groups = [order[i : i + size] for i in range(0, len(order), size)]
   return EpochPlan(
     segments=tuple(tuple(files[i] for i in group) for group in groups),
     segment_records=tuple(sum(counts[i] for i in group) for group in groups)
     if spec.file_counts
     else None,
-    seed=_epoch_seed(spec, epoch),
+    seed=seed,
   )
 
 
-def with_file_counts(spec, counts_path=None, remember=False):
-  """`spec` with its files' record counts (read if nothing records them):
-  what resuming mid-epoch needs when --train_examples skipped counting."""
-  if spec.file_counts:
-    return spec
-  counts = count_records(spec.files, counts_path, remember)
-  return dataclasses.replace(spec, file_counts=counts)
+def check_pipelines(spec, num_pipelines):
+  """Every pipeline's plan, on every worker alike: a pipeline with no
+  records is one line on all of them, not a hang on the others."""
+  for pipeline_id in range(num_pipelines):
+    plan_epoch(spec, num_pipelines, pipeline_id, 0)
+
+
+def input_order(spec):
+  """How a run reads its epochs, as config.json records it."""
+  size = spec.shards_per_segment
+  if not size:
+    return "one segment per epoch"
+  return f"segments of {size} file{'s' if size != 1 else ''}"
 
 
 def _epoch_seed(spec, epoch):
@@ -608,15 +693,19 @@ def _epoch_seed(spec, epoch):
 
 def _planned_records(spec, plan, num_pipelines, pipeline_id, by_file, start):
   """(record, file) pairs in `plan`'s order from stream position `start`."""
-  first_segment, skip_in_first = plan.start(start)
+  first_segment, skip = plan.start(start)
   width = max(len(files) for files in plan.segments)
   table = tf.constant(
     [list(files) + [""] * (width - len(files)) for files in plan.segments]
   )
   read = _records_with_source(num_pipelines, pipeline_id, by_file)
+  # One seed for every segment of the epoch, a Python int (a tensor seed
+  # fails TensorFlow's seed check when the global seed is 0): each
+  # segment's buffer draws the same pattern over other records.
+  shuffle_seed = (plan.seed * 1_000_003) % (2**31 - 1)
 
   def segment(index):
-    files = table[index % len(plan.segments)]
+    files = table[index]
     files = tf.boolean_mask(files, tf.strings.length(files) > 0)
     records = tf.data.Dataset.from_tensor_slices(files).interleave(
       read,
@@ -625,14 +714,20 @@ def _planned_records(spec, plan, num_pipelines, pipeline_id, by_file, start):
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=spec.deterministic,
     )
-    # A seed per (epoch, segment, pass): the buffer drains at the end.
-    records = records.shuffle(
-      spec.shuffle_buffer or 1, seed=plan.seed * 1_000_003 + index
-    )
-    skip = tf.constant(skip_in_first, tf.int64)
-    return records.skip(tf.where(index == first_segment, skip, 0))
+    # Its own buffer, drained at its end.
+    return records.shuffle(spec.shuffle_buffer or 1, seed=shuffle_seed)
 
-  return tf.data.Dataset.counter(first_segment).flat_map(segment)
+  def segments(first):
+    # A range, not a counter: the tf.data service's dynamic sharding hands
+    # its values (segments) to its workers, one each.
+    return tf.data.Dataset.range(first, len(plan.segments)).flat_map(segment)
+
+  every_pass = segments(0).repeat()  # Ends at once if the pipeline is empty.
+  if first_segment is None:  # No counts: read up to the place.
+    return every_pass.skip(skip)
+  if not first_segment and not skip:
+    return every_pass
+  return segments(first_segment).skip(skip).concatenate(every_pass)
 
 
 def make_train_dataset(

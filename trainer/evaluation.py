@@ -104,6 +104,43 @@ def per_class_report(confusion, class_names):
   return rows, macro
 
 
+def most_confused(confusion, class_names, count=20):
+  """The `count` largest off-diagonal cells: [{"true", "predicted",
+  "examples"}], most examples first (ties in class order)."""
+  confusion = np.asarray(confusion)
+  off_diagonal = confusion.copy()
+  np.fill_diagonal(off_diagonal, 0)
+  flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:count]
+  pairs = []
+  for index in flat:
+    true, predicted = np.unravel_index(index, confusion.shape)
+    if off_diagonal[true, predicted] == 0:
+      break
+    pairs.append(
+      {
+        "true": class_names[true],
+        "predicted": class_names[predicted],
+        "examples": int(off_diagonal[true, predicted]),
+      }
+    )
+  return pairs
+
+
+def extreme_classes(per_class, count=10):
+  """(worst, best) `count` classes by recall (the class's own accuracy),
+  as [(name, recall, support)], among the classes with examples."""
+  rows = sorted(
+    (
+      (row["recall"], name, row["support"])
+      for name, row in per_class.items()
+      if row["support"]
+    ),
+    key=lambda r: (r[0], r[1]),
+  )
+  as_tuples = [(name, recall, support) for recall, name, support in rows]
+  return as_tuples[:count], list(reversed(as_tuples[-count:]))
+
+
 def roc_curve(totals, num_classes, with_confusion=False):
   """(false_positive_rates, true_positive_rates) from the AUC histograms."""
   if num_classes != 1:

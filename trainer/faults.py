@@ -9,8 +9,8 @@ dictionary lookup per point:
     ALEXNET_CRASH_AT=POINT[:N]   at the Nth visit (default 1) of POINT, exit
                                  at once with CRASH_EXIT_CODE: os._exit, no
                                  cleanup, no flush - what kill -9 leaves.
-    ALEXNET_CRASH_WORKER=I       only the worker of TF_CONFIG task index I
-                                 dies (a cluster's other workers run on).
+    ALEXNET_CRASH_WORKER=TYPE:I  only TF_CONFIG's task TYPE:I (e.g.
+                                 worker:1) dies; the cluster's others run on.
     ALEXNET_NAN_AT_STEP=S        before the training call that starts at
                                  step S, fill the output layer's kernel with
                                  NaN (once per process), as a diverging
@@ -69,15 +69,16 @@ class _Faults:
   def __init__(self, environ):
     self.crash_at = _parse(environ.get("ALEXNET_CRASH_AT", ""))
     worker = environ.get("ALEXNET_CRASH_WORKER")
-    if worker is not None and str(_task_index(environ)) != worker:
+    if worker is not None and _task(environ) != worker:
       self.crash_at = None
     self.nan_at_step = int(environ.get("ALEXNET_NAN_AT_STEP") or 0)
     self.visits = {}
 
 
-def _task_index(environ):
+def _task(environ):
+  """TF_CONFIG's task as TYPE:INDEX ("" without one)."""
   task = json.loads(environ.get("TF_CONFIG") or "{}").get("task", {})
-  return task.get("index", 0)
+  return f"{task['type']}:{task.get('index', 0)}" if task else ""
 
 
 _FAULTS = _Faults(os.environ)

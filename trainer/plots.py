@@ -120,6 +120,33 @@ def confusion_matrix(matrix, class_names, path):
   return _save(figure, path)
 
 
+def class_summary(worst, best, confused, path):
+  """For many classes, what a full confusion matrix cannot show legibly:
+  the worst and best classes by accuracy and the most confused pairs.
+
+  worst, best: [(name, accuracy, support)]; confused: most_confused()."""
+  figure, (left, right) = plt.subplots(1, 2, figsize=(14, 7))
+  rows = worst + [("", np.nan, 0)] + best
+  names = [name for name, _, _ in rows]
+  values = [value for _, value, _ in rows]
+  colours = ["tab:red"] * len(worst) + ["white"] + ["tab:green"] * len(best)
+  left.barh(range(len(rows)), values, color=colours)
+  left.set_yticks(range(len(rows)), names)
+  left.invert_yaxis()
+  left.set_xlim(0, 1)
+  left.set_xlabel("Accuracy (recall)")
+  left.set_title(f"Worst {len(worst)} and best {len(best)} classes")
+  labels = [f"{p['true']} -> {p['predicted']}" for p in confused]
+  right.barh(range(len(confused)), [p["examples"] for p in confused])
+  right.set_yticks(range(len(confused)), labels)
+  right.invert_yaxis()
+  right.set_xlabel("Examples")
+  right.set_title("Most confused pairs (true -> predicted)")
+  right.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  figure.tight_layout()
+  return _save(figure, path)
+
+
 def roc_curve(fpr, tpr, auc, path):
   figure, axis = plt.subplots(figsize=(5, 5))
   axis.plot(fpr, tpr, label=f"ROC (AUC = {auc:.4f})")

@@ -39,7 +39,7 @@ class Trainer:
   the controller that runs it to its end (trainer.loop.controller)."""
 
   def __init__(self, config, config_name="custom"):
-    self.config = config
+    self.config = config = config_lib.validate(config)
     self.run_dir = outputs.RunDir.for_training(config.model_dir, config_name)
     self.runtime = build.build_runtime(config, self.run_dir)
     inputs = build.build_inputs(config, self.runtime, self.run_dir)
@@ -110,10 +110,6 @@ class Trainer:
     records in (a resume reads at most one segment to get there)."""
     records_per_step = self.config.global_batch_size // self.num_pipelines
     skip = steps_into_epoch * records_per_step
-    if skip:  # Finding the place takes the files' record counts.
-      self.train_spec = data.with_file_counts(
-        self.train_spec, self.run_dir.example_counts, self.is_chief
-      )
     dataset = strategy_lib.distribute_datasets(
       self.strategy,
       lambda ctx: data.make_train_dataset(

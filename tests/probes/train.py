@@ -16,14 +16,12 @@ from trainer import train as train_lib
 from trainer.loop import step as step_lib
 
 
-class OverflowOnce(train_lib.Trainer):
-  """A Trainer whose replica `replica` (of worker 1, or of the only process)
+class OverflowOnce(step_lib.TrainStep):
+  """A step whose replica `replica` (of worker 1, or of the only process)
   gets an infinite gradient while the loss scale is at its initial value (so
   until the first skip): what a float16 overflow does to one replica."""
 
-  def __init__(self, config, replica):
-    self.replica = replica
-    super().__init__(config)
+  replica = 0
 
   def apply_gradients(self, gradients):
     context = tf.distribute.get_replica_context()
@@ -36,6 +34,21 @@ class OverflowOnce(train_lib.Trainer):
     )
     factor = tf.where(poisoned, np.float32(np.inf), np.float32(1.0))
     super().apply_gradients([g * factor for g in gradients])
+
+
+def overflowing_trainer(config, replica):
+  """A Trainer running OverflowOnce as its step."""
+  trainer = train_lib.Trainer(config)
+  trainer.step = OverflowOnce(
+    trainer.config,
+    trainer.strategy,
+    trainer.model,
+    trainer.optimizer,
+    trainer.state,
+  )
+  trainer.step.replica = replica
+  trainer.train_steps = trainer.step.make_call()
+  return trainer
 
 
 def weights(trainer):
@@ -66,7 +79,7 @@ def compare(before, after):
 def mirrored_overflow():
   """Two mirrored replicas in mixed_float16, replica 1 overflowing: the
   overflowing step, then a clean one."""
-  trainer = OverflowOnce(
+  trainer = overflowing_trainer(
     tiny(
       strategy="mirrored",
       cpu_devices=2,
@@ -99,7 +112,7 @@ def mirrored_overflow():
 def multi_worker_overflow():
   """One epoch on two workers in mixed_float16, worker 1's replica
   overflowing once."""
-  trainer = OverflowOnce(
+  trainer = overflowing_trainer(
     tiny(
       strategy="multi_worker",
       precision="mixed_float16",

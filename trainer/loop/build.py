@@ -100,6 +100,8 @@ def build_inputs(config, runtime, run_dir):
       data_service=strategy_lib.data_service_address(config.data_service),
     )
     log.info(f"Input through the tf.data service at {train_spec.data_service}")
+  if not config.data_service:  # The service reads for every pipeline.
+    data.check_pipelines(train_spec, info.num_input_pipelines)
   steps_per_epoch = config.steps_per_epoch or (
     train_spec.num_examples // config.global_batch_size
   )

@@ -86,11 +86,11 @@ class Controller:
         f"{self.trainer.image_size})"
       ) from None
     except tf.errors.DataLossError as e:
-      raise TrainingError(
-        f"corrupt TFRecord data in --train_data/--eval_data "
-        f"({describe(e)}); --skip_corrupt skips bad "
-        "records"
-      ) from None
+      trainer = self.trainer
+      named = [("train_data", trainer.train_spec.files)]
+      if trainer.eval_spec:
+        named.append(("eval_data", trainer.eval_spec.files))
+      raise TrainingError(data.damaged_data_message(e, named)) from None
 
   def _run(self):
     trainer, config, state = (
@@ -120,12 +120,15 @@ class Controller:
     if finished:
       return finished
     if restored:
-      resume.note_older_input_order(trainer)
+      resume.note_other_input_order(trainer)
     # Before any checkpoint: what a resume must match is on record first.
     trainer.writer.write_config(
       config,
       trainer.class_names,
-      {"precision": trainer.precision, "input_order": data.INPUT_ORDER},
+      {
+        "precision": trainer.precision,
+        "input_order": data.input_order(trainer.train_spec),
+      },
     )
     if not restored:
       # Keras starts the averages at zero: a rollback to the step-0

@@ -81,17 +81,20 @@ def check_resumable(trainer):
     )
 
 
-def note_older_input_order(trainer):
-  """Says so when a model dir written with an older input order resumes
-  mid-epoch: the rest of that epoch is read in the current order."""
+def note_other_input_order(trainer):
+  """Says so when a model dir read in another input order (an older
+  version's, or another --shards_per_segment) resumes mid-epoch: the rest
+  of that epoch is read in the current order."""
   if not tf.io.gfile.exists(trainer.run_dir.config):
     return
-  recorded = config_lib.load_resolved(trainer.run_dir.config).get("input_order")
+  recorded = config_lib.load_resolved(trainer.run_dir.config).get(
+    "input_order", "one shuffle over the whole epoch (an older version)"
+  )
+  current = data.input_order(trainer.train_spec)
   position = trainer.state.position_in_epoch()
-  if recorded != data.INPUT_ORDER and position and trainer.is_chief:
+  if recorded != current and position and trainer.is_chief:
     log.warning(
-      f"This model dir predates the {data.INPUT_ORDER!r} input order: "
-      f"the rest of epoch {int(trainer.state.epoch.numpy())} is read in the "
-      "new order (some of its records may be seen twice or not at all); "
-      "later epochs are exact."
+      f"This model dir read epoch {int(trainer.state.epoch.numpy()) + 1} "
+      f"in {recorded}; the rest of it is read in {current} (some of its "
+      "records may be seen twice or not at all); later epochs are exact."
     )

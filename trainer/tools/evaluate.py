@@ -7,11 +7,14 @@
 Reads DIR/config.json, restores the best checkpoint (or `latest`, `export`
 for DIR/export/model.keras, or a checkpoint path), runs the evaluation set
 under a strategy - every example counted exactly once - and writes to
---out (default DIR/eval): evaluation.json (accuracy, per-class precision,
-recall, F1, macro averages, ROC AUC for binary models, top-5 accuracy at 5+
-classes, the confusion matrix),
-confusion_matrix.png and, for binary models, roc_curve.png. A table goes to
-stdout.
+--out (default DIR/eval), the numbers first: evaluation.json (accuracy,
+per-class precision, recall, F1, macro averages, ROC AUC for binary models,
+top-5 accuracy at 5+ classes, the confusion matrix one row per line; above
+20 classes also the worst and best classes and the most confused pairs).
+Then the pictures a person can read: confusion_matrix.png up to 64 classes,
+class_summary.png (worst/best classes, most confused pairs) above 20, and
+roc_curve.png for binary models. stdout shows a table, or above 20 classes
+a summary.
 """
 
 import json
@@ -37,6 +40,7 @@ from trainer import evaluation
 from trainer import model as model_lib
 from trainer import outputs
 from trainer import plots
+from trainer import records
 from trainer import strategy as strategy_lib
 from trainer.errors import UserError
 from trainer.errors import describe
@@ -165,13 +169,18 @@ def run(
     eval_call = evaluation.make_eval_call(
       info.strategy, model, config.num_classes, with_confusion=True
     )
-  figures = evaluation.evaluate(
-    info.strategy,
-    info.num_input_pipelines,
-    eval_call,
-    eval_spec,
-    config.global_batch_size,
-  )
+  try:
+    figures = evaluation.evaluate(
+      info.strategy,
+      info.num_input_pipelines,
+      eval_call,
+      eval_spec,
+      config.global_batch_size,
+    )
+  except tf.errors.DataLossError as e:
+    raise UserError(
+      data.damaged_data_message(e, [("eval_data", eval_spec.files)])
+    ) from None
   per_class, macro = evaluation.per_class_report(
     figures["confusion_matrix"], class_names
   )
@@ -195,27 +204,88 @@ def run(
   }
   out = out or run_dir.eval
   tf.io.gfile.makedirs(out)
-  report["plots"] = [
-    plots.confusion_matrix(
-      figures["confusion_matrix"],
-      class_names,
-      os.path.join(out, "confusion_matrix.png"),
-    )
-  ]
   if config.num_classes == 1:
     report["roc_auc"] = figures["auc"]
-    fpr, tpr = evaluation.roc_curve(figures["totals"], 1, with_confusion=True)
-    report["plots"].append(
-      plots.roc_curve(
-        fpr, tpr, figures["auc"], os.path.join(out, "roc_curve.png")
-      )
+  if len(class_names) > SUMMARY_ABOVE_CLASSES:
+    worst, best = evaluation.extreme_classes(per_class)
+    report["worst_classes"] = [list(row) for row in worst]
+    report["best_classes"] = [list(row) for row in best]
+    report["most_confused"] = evaluation.most_confused(
+      figures["confusion_matrix"], class_names
     )
-  with tf.io.gfile.GFile(os.path.join(out, "evaluation.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  # The numbers first: a failure while drawing must not lose them.
+  report["plots"] = []
+  _write_report(report, out)
+  report["plots"] = _draw(report, figures, config.num_classes, out)
+  _write_report(report, out)
   return report
 
 
+# Above this many classes stdout and the pictures summarise (worst and best
+# classes, most confused pairs); the numbers stay whole in evaluation.json.
+SUMMARY_ABOVE_CLASSES = 20
+
+
+def _write_report(report, out):
+  """evaluation.json, readable and compact: one line per confusion row."""
+  rows = report["confusion_matrix"]
+  text = json.dumps({**report, "confusion_matrix": "ROWS"}, indent=2)
+  matrix = (
+    "[\n" + ",\n".join(f"    {json.dumps(row)}" for row in rows) + "\n  ]"
+  )
+  records.write_text_atomically(
+    os.path.join(out, "evaluation.json"),
+    text.replace('"confusion_matrix": "ROWS"', f'"confusion_matrix": {matrix}')
+    + "\n",
+  )
+
+
+def _draw(report, figures, num_classes, out):
+  """The pictures a person can read at this class count; returns their
+  paths. A picture that fails is one line on stderr, never an error."""
+  drawn = []
+  class_names = report["class_names"]
+  pictures = []
+  if len(class_names) <= evaluation.MAX_CONFUSION_CLASSES:
+    pictures.append(
+      lambda: plots.confusion_matrix(
+        figures["confusion_matrix"],
+        class_names,
+        os.path.join(out, "confusion_matrix.png"),
+      )
+    )
+  if "most_confused" in report:
+    pictures.append(
+      lambda: plots.class_summary(
+        [tuple(r) for r in report["worst_classes"]],
+        [tuple(r) for r in report["best_classes"]],
+        report["most_confused"],
+        os.path.join(out, "class_summary.png"),
+      )
+    )
+  if num_classes == 1:
+    fpr, tpr = evaluation.roc_curve(figures["totals"], 1, with_confusion=True)
+    pictures.append(
+      lambda: plots.roc_curve(
+        fpr, tpr, figures["auc"], os.path.join(out, "roc_curve.png")
+      )
+    )
+  for draw in pictures:
+    try:
+      drawn.append(draw())
+    except Exception as e:  # noqa: BLE001 - a picture is never worth the numbers.
+      print(
+        f"Warning: a picture could not be drawn ({describe(e)}); the "
+        f"numbers are in {os.path.join(out, 'evaluation.json')}",
+        file=sys.stderr,
+      )
+  return drawn
+
+
 def format_table(report):
+  """What stdout shows: the figures, then per-class rows and the confusion
+  matrix when they fit a screen, else the worst and best classes and the
+  most confused pairs."""
   lines = [
     f"{report['num_examples']} examples ({report['skipped']} skipped), "
     f"weights: {report['weights']}",
@@ -227,8 +297,12 @@ def format_table(report):
     )
     + (f"  ROC AUC {report['roc_auc']:.4f}" if "roc_auc" in report else ""),
     "",
-    f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
   ]
+  if "most_confused" in report:
+    return "\n".join(lines + _summary_lines(report))
+  lines.append(
+    f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"
+  )
   for name, row in list(report["per_class"].items()) + [
     ("macro avg", {**report["macro"], "support": report["num_examples"]})
   ]:
@@ -240,6 +314,28 @@ def format_table(report):
   for name, row in zip(report["class_names"], report["confusion_matrix"]):
     lines.append(f"{name:<20}" + "".join(f"{v:>8}" for v in row))
   return "\n".join(lines)
+
+
+def _summary_lines(report):
+  macro = report["macro"]
+  lines = [
+    f"{len(report['class_names'])} classes; macro precision "
+    f"{macro['precision']:.4f}, recall {macro['recall']:.4f}, f1 "
+    f"{macro['f1']:.4f}. Every class and the confusion matrix: "
+    "evaluation.json.",
+  ]
+  for title, rows in (
+    ("worst classes", report["worst_classes"]),
+    ("best classes", report["best_classes"]),
+  ):
+    lines += ["", f"{title:<30}{'accuracy':>10}{'support':>10}"]
+    lines += [f"{name:<30}{value:>10.4f}{n:>10}" for name, value, n in rows]
+  lines += ["", f"{'most confused (true -> predicted)':<50}{'examples':>10}"]
+  lines += [
+    f"{pair['true'] + ' -> ' + pair['predicted']:<50}{pair['examples']:>10}"
+    for pair in report["most_confused"]
+  ]
+  return lines
 
 
 def main(argv):
