@@ -128,17 +128,19 @@ def most_confused(confusion, class_names, count=20):
 
 def extreme_classes(per_class, count=10):
   """(worst, best) `count` classes by recall (the class's own accuracy),
-  as [(name, recall, support)], among the classes with examples."""
-  rows = sorted(
-    (
-      (row["recall"], name, row["support"])
-      for name, row in per_class.items()
-      if row["support"]
-    ),
-    key=lambda r: (r[0], r[1]),
+  as [(name, recall, support)], among the classes with examples; ties in
+  label order."""
+  rows = [
+    (row["recall"], index, name, row["support"])
+    for index, (name, row) in enumerate(per_class.items())
+    if row["support"]
+  ]
+  worst = sorted(rows)[:count]
+  best = sorted(rows, key=lambda r: (-r[0], r[1]))[:count]
+  return (
+    [(name, recall, support) for recall, _, name, support in worst],
+    [(name, recall, support) for recall, _, name, support in best],
   )
-  as_tuples = [(name, recall, support) for recall, name, support in rows]
-  return as_tuples[:count], list(reversed(as_tuples[-count:]))
 
 
 def roc_curve(totals, num_classes, with_confusion=False):

@@ -131,6 +131,11 @@ def class_summary(worst, best, confused, path):
   values = [value for _, value, _ in rows]
   colours = ["tab:red"] * len(worst) + ["white"] + ["tab:green"] * len(best)
   left.barh(range(len(rows)), values, color=colours)
+  for y, (name, value, support) in enumerate(rows):
+    if name:
+      left.text(
+        min(value, 0.8) + 0.01, y, f"{value:.2f} of {support}", va="center"
+      )
   left.set_yticks(range(len(rows)), names)
   left.invert_yaxis()
   left.set_xlim(0, 1)
