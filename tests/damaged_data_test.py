@@ -152,3 +152,36 @@ def test_evaluate_names_a_damaged_eval_shard(run_cli, damaged_set, tmp_path):
   assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert f"Error: --eval_data: {damaged} is damaged (" in result.stderr
+
+
+def test_prepare_verify_lists_the_damaged_files(run_cli, damaged_set):
+  data_dir, damaged = damaged_set("truncated")
+  result = run_cli("trainer.prepare", f"--verify={data_dir}/train-*")
+  assert result.returncode == 1, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert [l for l in lines if l.startswith("damaged:")] == [
+    l for l in lines if l.startswith(f"damaged: {damaged} (")
+  ] and any(l.startswith(f"damaged: {damaged} (") for l in lines), lines
+  assert lines[-1].startswith("4 files, ") and lines[-1].endswith("1 damaged")
+  clean = run_cli("trainer.prepare", f"--verify={data_dir}-clean/train-*")
+  assert clean.returncode == 0, clean.stdout + clean.stderr[-2000:]
+  assert clean.stdout.strip() == "4 files, 256 readable records, 0 damaged"
+
+
+def test_prepare_index_counts_once_for_every_later_run(run_cli, tmp_path):
+  _shards(tmp_path / "set")
+  indexed = run_cli("trainer.prepare", f"--index={tmp_path}/set/train-*")
+  assert indexed.returncode == 0, indexed.stderr[-2000:]
+  assert indexed.stdout.startswith("256 records in 4 files: wrote ")
+  trained = run_cli(
+    "trainer.task",
+    "--config=tiny",
+    f"--train_data={tmp_path}/set/train-*",
+    "--epochs=1",
+    "--precision=float32",
+    "--export=false",
+    f"--model_dir={tmp_path / 'run'}",
+    timeout=600,
+  )
+  assert trained.returncode == 0, trained.stderr[-2000:]
+  assert "reading them once to count" not in trained.stdout

@@ -286,17 +286,37 @@ def test_skip_corrupt_skips_and_counts_undecodable_records(tmp_path):
   assert skipped == 2
 
 
-def test_counts_are_read_once_and_remembered(tmp_path):
-  """No manifest: the first start counts, later starts read the model dir."""
+def test_counts_are_read_once_per_data_set(tmp_path):
+  """No manifest: the first start counts and writes the counts beside the
+  shards and in its model dir; any later start, in any model dir, reads
+  them. Control: without either record the files are read again."""
   pattern = write_set(tmp_path / "plain", 2, 5)
   files = data.list_files(pattern, "train_data")
   counts = str(tmp_path / "run" / "example_counts.json")
   assert data.count_records(files, counts, remember=True) == (5, 5)
+  assert (tmp_path / "plain" / data.COUNTS_SIDECAR).exists()
   # Same names, other contents: a remembered count does not read them.
   for f in files:
     records.write_shard(f, [])
   assert data.count_records(files, counts) == (5, 5)
-  assert data.count_records(files) == (0, 0)  # without the model dir's record
+  assert data.count_records(files, str(tmp_path / "other" / "c.json")) == (5, 5)
+  os.remove(tmp_path / "plain" / data.COUNTS_SIDECAR)
+  assert data.count_records(files, counts) == (5, 5)  # the model dir's
+  assert data.count_records(files) == (0, 0)  # neither: read again
+
+
+def test_a_worker_waits_for_the_chiefs_count(tmp_path):
+  """The other workers of a cluster read no record: they take the count the
+  chief writes."""
+  import threading
+
+  pattern = write_set(tmp_path / "plain", 2, 5)
+  files = data.list_files(pattern, "train_data")
+  chief = threading.Timer(0.5, data.write_counts_beside, (files, (7, 9)))
+  chief.start()
+  # (7, 9): the chief's (planted) figures, not what reading would find.
+  assert data.count_records(files, wait_for_chief=True) == (7, 9)
+  chief.join()
 
 
 def test_given_example_counts_skip_counting(tmp_path):

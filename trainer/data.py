@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import tensorflow as tf
 
@@ -128,16 +129,25 @@ def detect_schema(path):
   )
 
 
+# Beside a set of shards with no manifest: their record counts, written by
+# the first run that counts them (or `trainer.prepare --index`) and read by
+# every later run and worker.
+COUNTS_SIDECAR = "record_counts.json"
+
+
 def _known_counts(files, counts_path):
-  """Records per file from the manifest beside the files or the model dir's
-  remembered counts, without reading a record; None if any is unknown."""
-  manifest = records.read_manifest(os.path.dirname(files[0])) or {}
+  """Records per file from the manifest or the counts beside the files, or
+  the model dir's remembered counts, without reading a record; None if any
+  is unknown."""
+  directory = os.path.dirname(files[0])
+  manifest = records.read_manifest(directory) or {}
   known = {}
   for split in manifest.get("splits", {}).values():
     for shard in split.get("shards", []):
-      known[os.path.join(os.path.dirname(files[0]), shard["file"])] = shard[
-        "num_examples"
-      ]
+      known[os.path.join(directory, shard["file"])] = shard["num_examples"]
+  beside = _read_counts(os.path.join(directory, COUNTS_SIDECAR))
+  for name, count in beside.get(PER_FILE_KEY, {}).items():
+    known[os.path.join(directory, name)] = count
   known.update(_read_counts(counts_path).get(PER_FILE_KEY, {}))
   if all(f in known for f in files):
     return tuple(known[f] for f in files)
@@ -145,19 +155,28 @@ def _known_counts(files, counts_path):
 
 
 def count_records(
-  files, counts_path=None, remember=False, skip_corrupt=False, flag="train_data"
+  files,
+  counts_path=None,
+  remember=False,
+  skip_corrupt=False,
+  flag="train_data",
+  wait_for_chief=False,
 ):
-  """Records per file, in the order of `files`: the manifest beside the
-  files, else `counts_path` (a model dir's record of an earlier count), else
-  by reading every record (files in parallel).
+  """Records per file, in the order of `files`: the manifest or the counts
+  beside the files, else `counts_path` (a model dir's record of an earlier
+  count), else by reading every record (files in parallel), once per data
+  set: the counts are then written beside the files (where writable) and
+  to `counts_path`.
 
   Args:
     files: the shard files.
     counts_path: JSON file of counts by file, or None.
-    remember: write a fresh count to `counts_path` (the chief does).
+    remember: write a fresh count (the chief does).
     skip_corrupt: count the readable records of damaged files (and say
       which), instead of failing.
     flag: the flag the files came from (named by errors).
+    wait_for_chief: wait for the chief's count instead of reading (the
+      other workers of a cluster).
 
   Raises:
     UserError: a damaged file, named, without skip_corrupt.
@@ -165,28 +184,64 @@ def count_records(
   known = _known_counts(files, counts_path)
   if known is not None:
     return known
+  if wait_for_chief:
+    return _wait_for_counts(files, counts_path)
+  size = sum(tf.io.gfile.stat(f).length for f in files)
   log.info(
-    "No manifest for %d file(s) in %s; counting records (once: the "
-    "count is kept in the model dir; --train_examples/--eval_examples "
-    "skip it).",
-    len(files),
-    os.path.dirname(files[0]),
+    f"--{flag}: no manifest or counts beside its {len(files)} file(s) "
+    f"({size / 1e9:.2f} GB) in {os.path.dirname(files[0])}: reading them "
+    "once to count the records (--train_examples/--eval_examples, or "
+    "python -m trainer.prepare --index PATTERN, skip it)."
   )
   try:
-    counts = _count_each(files)
+    counts = count_each(files)
   except tf.errors.DataLossError as e:
     if not skip_corrupt:
       raise UserError(damaged_data_message(e, [(flag, files)])) from None
     counts = tuple(_readable_records(path, flag) for path in files)
-  if counts_path and remember:
-    remembered = _read_counts(counts_path)
-    remembered.setdefault(PER_FILE_KEY, {}).update(zip(files, counts))
-    tf.io.gfile.makedirs(os.path.dirname(counts_path))
-    records.write_text_atomically(counts_path, json.dumps(remembered) + "\n")
+  if remember:
+    write_counts_beside(files, counts)
+    if counts_path:
+      remembered = _read_counts(counts_path)
+      remembered.setdefault(PER_FILE_KEY, {}).update(zip(files, counts))
+      tf.io.gfile.makedirs(os.path.dirname(counts_path))
+      records.write_text_atomically(counts_path, json.dumps(remembered) + "\n")
   return counts
 
 
-def _count_each(files, ignore_errors=False):
+def write_counts_beside(files, counts):
+  """COUNTS_SIDECAR beside `files` (one directory), where writable; says so
+  where not."""
+  directory = os.path.dirname(files[0])
+  if any(os.path.dirname(f) != directory for f in files):
+    return None
+  path = os.path.join(directory, COUNTS_SIDECAR)
+  known = _read_counts(path)
+  known.setdefault(PER_FILE_KEY, {}).update(
+    (os.path.basename(f), n) for f, n in zip(files, counts)
+  )
+  try:
+    records.write_text_atomically(path, json.dumps(known, indent=1) + "\n")
+  except (tf.errors.OpError, OSError) as e:
+    log.info(
+      f"Could not write {path} ({describe(e)}); counted again next time."
+    )
+    return None
+  return path
+
+
+def _wait_for_counts(files, counts_path, poll_secs=2.0):
+  """The chief's count, once written (a worker does not read the data set
+  a second time)."""
+  log.info(f"Waiting for the chief's count of {len(files)} file(s).")
+  while True:
+    known = _known_counts(files, counts_path)
+    if known is not None:
+      return known
+    time.sleep(poll_secs)
+
+
+def count_each(files, ignore_errors=False):
   """Records in each file, read in parallel."""
 
   def count(path):
@@ -201,10 +256,21 @@ def _count_each(files, ignore_errors=False):
   return tuple(int(n) for n in counted.as_numpy_iterator())
 
 
+def verify_files(files):
+  """[(file, readable records, problem or None)] of every file, read
+  through (eight at a time): what `trainer.prepare --verify` reports."""
+  from concurrent import futures
+
+  readable = count_each(files, ignore_errors=True)
+  with futures.ThreadPoolExecutor(8) as pool:
+    problems = list(pool.map(_read_problem, files))
+  return list(zip(files, readable, problems))
+
+
 def _read_problem(path):
   """Why `path` cannot be read to its end as TFRecords, or None."""
   try:
-    _count_each([path])
+    count_each([path])
   except tf.errors.DataLossError as e:
     return describe(e)
   return None
@@ -215,8 +281,8 @@ def _readable_records(path, flag):
   when it is damaged."""
   problem = _read_problem(path)
   if problem is None:
-    return _count_each([path])[0]
-  readable = _count_each([path], ignore_errors=True)[0]
+    return count_each([path])[0]
+  readable = count_each([path], ignore_errors=True)[0]
   log.warning(
     f"--{flag}: {path} is damaged ({problem}); --skip_corrupt counts its "
     f"{readable} readable records."
@@ -267,6 +333,7 @@ def make_input_spec(
   num_examples: int = 0,
   counts_path: str | None = None,
   remember_counts: bool = False,
+  wait_for_chief: bool = False,
 ) -> InputSpec:
   """The InputSpec of `pattern`; `num_examples` 0 = count (see count_records)."""
   files = list_files(pattern, flag_name)
@@ -275,7 +342,12 @@ def make_input_spec(
     file_counts = _known_counts(files, counts_path) or ()
   else:
     file_counts = count_records(
-      files, counts_path, remember_counts, config.skip_corrupt, flag_name
+      files,
+      counts_path,
+      remember_counts,
+      config.skip_corrupt,
+      flag_name,
+      wait_for_chief,
     )
     num_examples = sum(file_counts)
   return InputSpec(
@@ -303,11 +375,12 @@ def resolve_input_specs(
   image_size: int,
   counts_path: str | None = None,
   remember_counts: bool = False,
+  wait_for_chief: bool = False,
 ) -> tuple[InputSpec, InputSpec | None]:
   """(train InputSpec, eval InputSpec or None); the synthetic set by default.
 
-  counts_path, remember_counts: where example counts are remembered (see
-  count_records).
+  counts_path, remember_counts, wait_for_chief: where example counts are
+  remembered, and who counts them (see count_records).
   """
   train_pattern, eval_pattern = config.train_data, config.eval_data
   if not train_pattern:
@@ -333,6 +406,7 @@ def resolve_input_specs(
     config.train_examples,
     counts_path,
     remember_counts,
+    wait_for_chief,
   )
   eval_spec = (
     make_input_spec(
@@ -343,6 +417,7 @@ def resolve_input_specs(
       config.eval_examples,
       counts_path,
       remember_counts,
+      wait_for_chief,
     )
     if eval_pattern
     else None

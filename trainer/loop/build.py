@@ -90,6 +90,7 @@ def build_inputs(config, runtime, run_dir):
     runtime.image_size,
     counts_path=run_dir.example_counts,
     remember_counts=info.is_chief,
+    wait_for_chief=not info.is_chief,
   )
   if config.data_service:
     # One job per run and epoch, shared by all workers of this run.

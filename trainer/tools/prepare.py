@@ -51,6 +51,7 @@ startup.start_tensorflow()
 from PIL import Image
 import tensorflow as tf
 
+from trainer import data
 from trainer import records
 from trainer.errors import UserError
 
@@ -625,11 +626,63 @@ flags.DEFINE_list(
 flags.DEFINE_integer(
   "synthetic_size", 256, "Image side for --source=synthetic."
 )
+flags.DEFINE_string(
+  "index",
+  "",
+  "Instead of preparing: count the records of existing shards (a pattern, "
+  "local or gs://) and write record_counts.json beside them, so no run "
+  "counts them again.",
+)
+flags.DEFINE_string(
+  "verify",
+  "",
+  "Instead of preparing: read existing shards (a pattern) through and "
+  "list the damaged ones, their problem and readable records; exit 1 if any.",
+)
+
+
+def index(pattern):
+  """Counts the shards of `pattern` and writes their counts beside them."""
+  files = data.list_files(pattern, "index")
+  try:
+    counts = data.count_each(files)
+  except tf.errors.DataLossError as e:
+    raise UserError(data.damaged_data_message(e, [("index", files)])) from None
+  path = data.write_counts_beside(files, counts)
+  if path is None:
+    raise UserError(f"--index={pattern!r}: cannot write beside the files")
+  return f"{sum(counts)} records in {len(files)} files: wrote {path}"
+
+
+def verify(pattern):
+  """The lines --verify prints, and whether every file is whole."""
+  results = data.verify_files(data.list_files(pattern, "verify"))
+  damaged = [(f, n, problem) for f, n, problem in results if problem]
+  lines = [
+    f"damaged: {f} ({problem}); {n} readable records"
+    for f, n, problem in damaged
+  ]
+  lines.append(
+    f"{len(results)} files, {sum(n for _, n, _ in results)} readable "
+    f"records, {len(damaged)} damaged"
+  )
+  return lines, not damaged
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=2)
+  try:
+    if FLAGS.index:
+      print(index(FLAGS.index))
+      return 0
+    if FLAGS.verify:
+      lines, whole = verify(FLAGS.verify)
+      print("\n".join(lines))
+      return 0 if whole else 1
+  except UserError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 1
   if not FLAGS.source or not FLAGS.out:
     raise app.UsageError("--source and --out are required", exitcode=2)
   try:
