@@ -163,6 +163,11 @@ class GcsEmulator:
     assert proxy.stdout.readline().strip() == "ready"
     return self
 
+  def requests(self):
+    """The HTTP requests the proxy forwarded so far ("GET /storage/...")."""
+    with open(os.path.join(self.directory, "proxy.log")) as f:
+      return [line.split('"')[1] for line in f if line.startswith('"')]
+
   def create_bucket(self, name):
     request = urllib.request.Request(
       self.url + "/storage/v1/b?project=test",

@@ -83,3 +83,84 @@ def test_prepare_train_checkpoint_export_on_gcs(gcs, run_cli):
   assert [m["epoch"] for m in metrics] == [1, 2]
   status = json.loads(blobs["runs/1/status.json"].download_as_text())
   assert status["status"] == "completed"
+
+
+LISTING_PROBE = """
+import sys
+from trainer import data
+files = data.list_files(sys.argv[1], "train_data")
+assert len(files) == 1024, len(files)
+assert data._known_counts(files, None) == (1,) * 1024
+print("LISTED", flush=True)
+names, subdirectories = data.list_directory(sys.argv[2])
+assert subdirectories == ["cat", "dog"], subdirectories
+for name in subdirectories:
+  assert len(data.list_directory(sys.argv[2] + "/" + name)[0]) == 20
+print("WALKED", flush=True)
+"""
+
+
+def test_start_up_and_folder_walk_make_no_request_per_file(gcs, cache_dir):
+  """1024 shards on gs:// are listed, and their counts read, in a handful of
+  requests, as is a folder of class sub-folders: none per file (each is a
+  network round trip). Control: the proxy's log does count requests (a
+  call per file shows)."""
+  import subprocess
+  import sys
+
+  from conftest import REPO
+  from conftest import cli_env
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+
+  bucket = storage.Client(
+    project="test",
+    credentials=AnonymousCredentials(),
+    client_options={"api_endpoint": gcs.url},
+  ).bucket("alexnet-test")
+  shards = []
+  for index in range(1024):
+    name = f"train-{index:05d}-of-01024"
+    bucket.blob(f"many/{name}").upload_from_string(b"")
+    shards.append({"file": name, "num_examples": 1})
+  bucket.blob("many/manifest.json").upload_from_string(
+    json.dumps({"splits": {"train": {"shards": shards}}})
+  )
+  for class_name in ("cat", "dog"):
+    for index in range(20):
+      bucket.blob(f"folder/{class_name}/{index}.jpg").upload_from_string(b"x")
+  before = len(gcs.requests())
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      LISTING_PROBE,
+      "gs://alexnet-test/many/train-*",
+      "gs://alexnet-test/folder",
+    ],
+    cwd=REPO,
+    env=cli_env(cache_dir, **gcs.env),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "WALKED" in result.stdout
+  made = gcs.requests()[before:]
+  assert 0 < len(made) < 30, made
+  # The control: one metadata call per file is a request per file.
+  checked = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      "import sys, tensorflow as tf\n"
+      "for i in range(40): tf.io.gfile.isdir(f'gs://alexnet-test/many/train-{i:05d}-of-01024')",
+    ],
+    cwd=REPO,
+    env=cli_env(cache_dir, **gcs.env),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert checked.returncode == 0, checked.stderr[-2000:]
+  assert len(gcs.requests()) - before - len(made) >= 40

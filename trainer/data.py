@@ -94,17 +94,25 @@ def list_files(pattern: str, flag_name: str) -> tuple[str, ...]:
 
 
 def _files_in(directory):
-  """The files directly in `directory`: one listing (subdirectories are
-  marked by the listing itself: a trailing / on gs://, the entry's type on
-  local disk)."""
+  return [
+    os.path.join(directory, name) for name in list_directory(directory)[0]
+  ]
+
+
+def list_directory(directory):
+  """(file names, subdirectory names) directly in `directory`, sorted, from
+  one listing: a subdirectory is marked by the listing itself (a trailing /
+  on gs://, the entry's type on local disk), not by a call per entry."""
   if "://" in directory:
-    return [
-      os.path.join(directory, name)
-      for name in tf.io.gfile.listdir(directory)
-      if not name.endswith("/")
-    ]
-  with os.scandir(directory) as entries:
-    return [entry.path for entry in entries if not entry.is_dir()]
+    names = tf.io.gfile.listdir(directory)
+    files = [n for n in names if not n.endswith("/")]
+    subdirectories = [n.rstrip("/") for n in names if n.endswith("/")]
+  else:
+    with os.scandir(directory) as entries:
+      kinds = [(entry.name, entry.is_dir()) for entry in entries]
+    files = [name for name, is_dir in kinds if not is_dir]
+    subdirectories = [name for name, is_dir in kinds if is_dir]
+  return sorted(files), sorted(subdirectories)
 
 
 def detect_schema(path):

@@ -197,20 +197,16 @@ def folder_source(path, validation_fraction, split_seed):
   path = os.path.expanduser(path)
   if not tf.io.gfile.isdir(path):
     raise UserError(f"--source=folder:{path}: not a directory")
-  entries = sorted(tf.io.gfile.listdir(path))
-  subdirs = [
-    e.rstrip("/") for e in entries if tf.io.gfile.isdir(os.path.join(path, e))
-  ]
+  # One listing per directory (on gs:// a call per file is a round trip).
+  entries, subdirs = data.list_directory(path)
   by_class = collections.defaultdict(list)
   if subdirs:
     for class_name in subdirs:
       directory = os.path.join(path, class_name)
       # Every file is a candidate: a misnamed or non-image file is skipped
       # with a reason, not silently ignored.
-      for name in sorted(tf.io.gfile.listdir(directory)):
-        full = os.path.join(directory, name)
-        if not tf.io.gfile.isdir(full):
-          by_class[class_name].append(full)
+      for name in data.list_directory(directory)[0]:
+        by_class[class_name].append(os.path.join(directory, name))
   else:
     for name in entries:
       if _is_image(name) and _label_from_filename(name):
