@@ -185,3 +185,36 @@ def test_prepare_index_counts_once_for_every_later_run(run_cli, tmp_path):
   )
   assert trained.returncode == 0, trained.stderr[-2000:]
   assert "reading them once to count" not in trained.stdout
+
+
+def test_on_two_workers_the_one_that_hits_it_names_it_and_the_job_stops(
+  run_cli, tmp_path
+):
+  """Worker 1's share (files 1 and 3) holds the damage; the counts come from
+  a manifest (no counting pass finds it first). Worker 1 says which file,
+  the launcher stops worker 0: no hang."""
+  paths = _shards(tmp_path / "set")
+  shards = [{"file": os.path.basename(p), "num_examples": 64} for p in paths]
+  records.write_manifest(
+    str(tmp_path / "set"), {"splits": {"train": {"shards": shards}}}
+  )
+  _truncate(paths[3])
+  result = run_cli(
+    "launch.local",
+    "--workers=2",
+    "--grace_secs=5",
+    "--",
+    "--config=tiny",
+    "--strategy=multi_worker",
+    f"--train_data={tmp_path}/set/train-*",
+    "--epochs=1",
+    "--precision=float32",
+    "--export=false",
+    f"--model_dir={tmp_path / 'run'}",
+    timeout=300,
+  )
+  assert result.returncode == 1, result.stdout[-3000:]
+  assert (
+    f"[worker 1] Error: --train_data: {paths[3]} is damaged (" in result.stdout
+  ), result.stdout[-3000:]
+  assert "Traceback" not in result.stdout

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from trainer import data
 from trainer import records
+from trainer import shards
 from trainer.errors import UserError
 
 
@@ -67,11 +68,11 @@ def write_set(
 
 
 def spec_for(pattern, **overrides):
-  files = data.list_files(pattern, "train_data")
+  files = shards.list_files(pattern, "train_data")
   values = dict(
     files=files,
-    num_examples=sum(data.count_records(files)),
-    file_counts=data.count_records(files),
+    num_examples=sum(shards.count_records(files)),
+    file_counts=shards.count_records(files),
     schema=data.detect_schema(files[0]),
     image_size=16,
     num_classes=1,
@@ -245,13 +246,13 @@ def test_empty_pattern_names_flag_and_pattern(tmp_path):
   with pytest.raises(
     UserError, match=r"--eval_data='.*nothing-\*' matches no files"
   ):
-    data.list_files(str(tmp_path / "nothing-*"), "eval_data")
+    shards.list_files(str(tmp_path / "nothing-*"), "eval_data")
 
 
 def test_temporary_shards_are_never_read(tmp_path):
   pattern = write_set(tmp_path / "d", 2, 2)
   (tmp_path / "d" / "train-00002-of-00003.tmp-1234").write_bytes(b"partial")
-  assert len(data.list_files(pattern, "train_data")) == 2
+  assert len(shards.list_files(pattern, "train_data")) == 2
 
 
 def test_skip_corrupt_skips_and_counts_undecodable_records(tmp_path):
@@ -291,18 +292,21 @@ def test_counts_are_read_once_per_data_set(tmp_path):
   shards and in its model dir; any later start, in any model dir, reads
   them. Control: without either record the files are read again."""
   pattern = write_set(tmp_path / "plain", 2, 5)
-  files = data.list_files(pattern, "train_data")
+  files = shards.list_files(pattern, "train_data")
   counts = str(tmp_path / "run" / "example_counts.json")
-  assert data.count_records(files, counts, remember=True) == (5, 5)
-  assert (tmp_path / "plain" / data.COUNTS_SIDECAR).exists()
+  assert shards.count_records(files, counts, remember=True) == (5, 5)
+  assert (tmp_path / "plain" / shards.COUNTS_SIDECAR).exists()
   # Same names, other contents: a remembered count does not read them.
   for f in files:
     records.write_shard(f, [])
-  assert data.count_records(files, counts) == (5, 5)
-  assert data.count_records(files, str(tmp_path / "other" / "c.json")) == (5, 5)
-  os.remove(tmp_path / "plain" / data.COUNTS_SIDECAR)
-  assert data.count_records(files, counts) == (5, 5)  # the model dir's
-  assert data.count_records(files) == (0, 0)  # neither: read again
+  assert shards.count_records(files, counts) == (5, 5)
+  assert shards.count_records(files, str(tmp_path / "other" / "c.json")) == (
+    5,
+    5,
+  )
+  os.remove(tmp_path / "plain" / shards.COUNTS_SIDECAR)
+  assert shards.count_records(files, counts) == (5, 5)  # the model dir's
+  assert shards.count_records(files) == (0, 0)  # neither: read again
 
 
 def test_a_worker_waits_for_the_chiefs_count(tmp_path):
@@ -311,11 +315,11 @@ def test_a_worker_waits_for_the_chiefs_count(tmp_path):
   import threading
 
   pattern = write_set(tmp_path / "plain", 2, 5)
-  files = data.list_files(pattern, "train_data")
-  chief = threading.Timer(0.5, data.write_counts_beside, (files, (7, 9)))
+  files = shards.list_files(pattern, "train_data")
+  chief = threading.Timer(0.5, shards.write_counts_beside, (files, (7, 9)))
   chief.start()
   # (7, 9): the chief's (planted) figures, not what reading would find.
-  assert data.count_records(files, wait_for_chief=True) == (7, 9)
+  assert shards.count_records(files, wait_for_chief=True) == (7, 9)
   chief.join()
 
 
@@ -323,7 +327,7 @@ def test_given_example_counts_skip_counting(tmp_path):
   import configs
 
   pattern = write_set(tmp_path / "given", 1, 6)
-  for f in data.list_files(pattern, "train_data"):
+  for f in shards.list_files(pattern, "train_data"):
     records.write_shard(f, [])  # Counting would find 0.
   config = configs.get_config("tiny").replace(
     train_data=pattern,
@@ -619,13 +623,13 @@ def test_listing_shards_makes_no_call_per_file(tmp_path, monkeypatch):
   the calls counted here do count (a per-file isdir would show)."""
   directory = tmp_path / "many"
   os.makedirs(directory)
-  shards = []
+  entries = []
   for index in range(1024):
     name = records.shard_name("train", index, 1024)
     records.write_shard(os.path.join(directory, name), [])
-    shards.append({"file": name, "num_examples": 0})
+    entries.append({"file": name, "num_examples": 0})
   records.write_manifest(
-    str(directory), {"splits": {"train": {"shards": shards}}}
+    str(directory), {"splits": {"train": {"shards": entries}}}
   )
   calls = []
   for name in ("isdir", "exists", "stat", "glob", "listdir"):
@@ -638,9 +642,9 @@ def test_listing_shards_makes_no_call_per_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tf.io.gfile, name, counted)
   for pattern in (str(directory / "train-*"), str(directory)):
     calls.clear()
-    files = data.list_files(pattern, "train_data")
+    files = shards.list_files(pattern, "train_data")
     assert len(files) == 1024
-    assert data._known_counts(files, None) == (0,) * 1024
+    assert shards.known_counts(files, None) == (0,) * 1024
     assert len(calls) < 10, calls
   calls.clear()
   for f in files[:5]:

@@ -88,14 +88,15 @@ def test_prepare_train_checkpoint_export_on_gcs(gcs, run_cli):
 LISTING_PROBE = """
 import sys
 from trainer import data
-files = data.list_files(sys.argv[1], "train_data")
+from trainer import shards
+files = shards.list_files(sys.argv[1], "train_data")
 assert len(files) == 1024, len(files)
-assert data._known_counts(files, None) == (1,) * 1024
+assert shards.known_counts(files, None) == (1,) * 1024
 print("LISTED", flush=True)
-names, subdirectories = data.list_directory(sys.argv[2])
+names, subdirectories = shards.list_directory(sys.argv[2])
 assert subdirectories == ["cat", "dog"], subdirectories
 for name in subdirectories:
-  assert len(data.list_directory(sys.argv[2] + "/" + name)[0]) == 20
+  assert len(shards.list_directory(sys.argv[2] + "/" + name)[0]) == 20
 print("WALKED", flush=True)
 """
 

@@ -17,7 +17,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from trainer import data
+from trainer import shards
 
 pytestmark = pytest.mark.multiprocess
 
@@ -56,7 +56,7 @@ def make_messy_folder(root):
 
 
 def read_all(pattern):
-  files = data.list_files(pattern, "x")
+  files = shards.list_files(pattern, "x")
   out = []
   for record in tf.data.TFRecordDataset(list(files)):
     example = tf.train.Example.FromString(record.numpy())

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
-import time
 
 import tensorflow as tf
 
 from trainer import augment as augment_lib
 from trainer import config as config_lib
 from trainer import records
+from trainer import shards
 from trainer import synthetic
 from trainer.errors import UserError
 from trainer.errors import describe
@@ -43,8 +42,6 @@ EVAL_CROP_FRACTION = (
   0.875  # Centre crop for evaluation, as in Inception/ResNet.
 )
 MIN_CROP_AREA = 0.25  # Random-resized-crop area range (0.25, 1).
-# The key of a model dir's example_counts.json holding records per file.
-PER_FILE_KEY = "records_per_file"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,48 +70,6 @@ class InputSpec:
   shards_per_segment: int = 16  # see plan_epoch
 
 
-def list_files(pattern: str, flag_name: str) -> tuple[str, ...]:
-  """Expands a pattern or directory (local or gs://) to sorted shard files,
-  in one listing: no call per file (on gs:// each is a round trip).
-
-  Raises:
-    UserError: nothing matches (names the flag and the pattern).
-  """
-  expanded = os.path.expanduser(pattern)
-  if tf.io.gfile.isdir(expanded):
-    candidates = _files_in(expanded)
-  else:
-    candidates = tf.io.gfile.glob(expanded)
-  files = sorted(
-    f for f in candidates if ".tmp-" not in f and not f.endswith(".json")
-  )
-  if not files:
-    raise UserError(f"--{flag_name}={pattern!r} matches no files")
-  return tuple(files)
-
-
-def _files_in(directory):
-  return [
-    os.path.join(directory, name) for name in list_directory(directory)[0]
-  ]
-
-
-def list_directory(directory):
-  """(file names, subdirectory names) directly in `directory`, sorted, from
-  one listing: a subdirectory is marked by the listing itself (a trailing /
-  on gs://, the entry's type on local disk), not by a call per entry."""
-  if "://" in directory:
-    names = tf.io.gfile.listdir(directory)
-    files = [n for n in names if not n.endswith("/")]
-    subdirectories = [n.rstrip("/") for n in names if n.endswith("/")]
-  else:
-    with os.scandir(directory) as entries:
-      kinds = [(entry.name, entry.is_dir()) for entry in entries]
-    files = [name for name, is_dir in kinds if not is_dir]
-    subdirectories = [name for name, is_dir in kinds if is_dir]
-  return sorted(files), sorted(subdirectories)
-
-
 def detect_schema(path):
   """'imagenet' or 'tfds', read from the keys of the first record in `path`."""
   try:
@@ -137,193 +92,6 @@ def detect_schema(path):
   )
 
 
-# Beside a set of shards with no manifest: their record counts, written by
-# the first run that counts them (or `trainer.prepare --index`) and read by
-# every later run and worker.
-COUNTS_SIDECAR = "record_counts.json"
-
-
-def _known_counts(files, counts_path):
-  """Records per file from the manifest or the counts beside the files, or
-  the model dir's remembered counts, without reading a record; None if any
-  is unknown."""
-  directory = os.path.dirname(files[0])
-  manifest = records.read_manifest(directory) or {}
-  known = {}
-  for split in manifest.get("splits", {}).values():
-    for shard in split.get("shards", []):
-      known[os.path.join(directory, shard["file"])] = shard["num_examples"]
-  beside = _read_counts(os.path.join(directory, COUNTS_SIDECAR))
-  for name, count in beside.get(PER_FILE_KEY, {}).items():
-    known[os.path.join(directory, name)] = count
-  known.update(_read_counts(counts_path).get(PER_FILE_KEY, {}))
-  if all(f in known for f in files):
-    return tuple(known[f] for f in files)
-  return None
-
-
-def count_records(
-  files,
-  counts_path=None,
-  remember=False,
-  skip_corrupt=False,
-  flag="train_data",
-  wait_for_chief=False,
-):
-  """Records per file, in the order of `files`: the manifest or the counts
-  beside the files, else `counts_path` (a model dir's record of an earlier
-  count), else by reading every record (files in parallel), once per data
-  set: the counts are then written beside the files (where writable) and
-  to `counts_path`.
-
-  Args:
-    files: the shard files.
-    counts_path: JSON file of counts by file, or None.
-    remember: write a fresh count (the chief does).
-    skip_corrupt: count the readable records of damaged files (and say
-      which), instead of failing.
-    flag: the flag the files came from (named by errors).
-    wait_for_chief: wait for the chief's count instead of reading (the
-      other workers of a cluster).
-
-  Raises:
-    UserError: a damaged file, named, without skip_corrupt.
-  """
-  known = _known_counts(files, counts_path)
-  if known is not None:
-    return known
-  if wait_for_chief:
-    return _wait_for_counts(files, counts_path)
-  size = sum(tf.io.gfile.stat(f).length for f in files)
-  log.info(
-    f"--{flag}: no manifest or counts beside its {len(files)} file(s) "
-    f"({size / 1e9:.2f} GB) in {os.path.dirname(files[0])}: reading them "
-    "once to count the records (--train_examples/--eval_examples, or "
-    "python -m trainer.prepare --index PATTERN, skip it)."
-  )
-  try:
-    counts = count_each(files)
-  except tf.errors.DataLossError as e:
-    if not skip_corrupt:
-      raise UserError(damaged_data_message(e, [(flag, files)])) from None
-    counts = tuple(_readable_records(path, flag) for path in files)
-  if remember:
-    write_counts_beside(files, counts)
-    if counts_path:
-      remembered = _read_counts(counts_path)
-      remembered.setdefault(PER_FILE_KEY, {}).update(zip(files, counts))
-      tf.io.gfile.makedirs(os.path.dirname(counts_path))
-      records.write_text_atomically(counts_path, json.dumps(remembered) + "\n")
-  return counts
-
-
-def write_counts_beside(files, counts):
-  """COUNTS_SIDECAR beside `files` (one directory), where writable; says so
-  where not."""
-  directory = os.path.dirname(files[0])
-  if any(os.path.dirname(f) != directory for f in files):
-    return None
-  path = os.path.join(directory, COUNTS_SIDECAR)
-  known = _read_counts(path)
-  known.setdefault(PER_FILE_KEY, {}).update(
-    (os.path.basename(f), n) for f, n in zip(files, counts)
-  )
-  try:
-    records.write_text_atomically(path, json.dumps(known, indent=1) + "\n")
-  except (tf.errors.OpError, OSError) as e:
-    log.info(
-      f"Could not write {path} ({describe(e)}); counted again next time."
-    )
-    return None
-  return path
-
-
-def _wait_for_counts(files, counts_path, poll_secs=2.0):
-  """The chief's count, once written (a worker does not read the data set
-  a second time)."""
-  log.info(f"Waiting for the chief's count of {len(files)} file(s).")
-  while True:
-    known = _known_counts(files, counts_path)
-    if known is not None:
-      return known
-    time.sleep(poll_secs)
-
-
-def count_each(files, ignore_errors=False):
-  """Records in each file, read in parallel."""
-
-  def count(path):
-    dataset = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
-    if ignore_errors:
-      dataset = dataset.ignore_errors()
-    return dataset.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1)
-
-  counted = tf.data.Dataset.from_tensor_slices(list(files)).map(
-    count, num_parallel_calls=8, deterministic=True
-  )
-  return tuple(int(n) for n in counted.as_numpy_iterator())
-
-
-def verify_files(files):
-  """[(file, readable records, problem or None)] of every file, read
-  through (eight at a time): what `trainer.prepare --verify` reports."""
-  from concurrent import futures
-
-  readable = count_each(files, ignore_errors=True)
-  with futures.ThreadPoolExecutor(8) as pool:
-    problems = list(pool.map(_read_problem, files))
-  return list(zip(files, readable, problems))
-
-
-def _read_problem(path):
-  """Why `path` cannot be read to its end as TFRecords, or None."""
-  try:
-    count_each([path])
-  except tf.errors.DataLossError as e:
-    return describe(e)
-  return None
-
-
-def _readable_records(path, flag):
-  """--skip_corrupt's count of one file: its readable records, saying so
-  when it is damaged."""
-  problem = _read_problem(path)
-  if problem is None:
-    return count_each([path])[0]
-  readable = count_each([path], ignore_errors=True)[0]
-  log.warning(
-    f"--{flag}: {path} is damaged ({problem}); --skip_corrupt counts its "
-    f"{readable} readable records."
-  )
-  return readable
-
-
-def damaged_data_message(error, named_files):
-  """One line for a DataLossError met while reading `named_files` ([(flag,
-  files)]): the damaged file, found by reading each file again (a cost
-  paid only after a failure), its flag and what to do."""
-  for flag, files in named_files:
-    for path in files:
-      problem = _read_problem(path)
-      if problem:
-        return (
-          f"--{flag}: {path} is damaged ({problem}); copy it again, or "
-          "skip its unreadable records with --skip_corrupt"
-        )
-  flags_named = "/".join(f"--{flag}" for flag, _ in named_files)
-  return (
-    f"damaged TFRecord data in {flags_named} ({describe(error)}); "
-    "--skip_corrupt skips unreadable records"
-  )
-
-
-def _read_counts(path):
-  if not path or not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
-
-
 def class_names(files, num_classes):
   """Names from the manifest beside the files, else "0", "1", ..."""
   manifest = records.read_manifest(os.path.dirname(files[0])) or {}
@@ -344,12 +112,12 @@ def make_input_spec(
   wait_for_chief: bool = False,
 ) -> InputSpec:
   """The InputSpec of `pattern`; `num_examples` 0 = count (see count_records)."""
-  files = list_files(pattern, flag_name)
+  files = shards.list_files(pattern, flag_name)
   schema = config.schema if config.schema != "auto" else detect_schema(files[0])
   if num_examples:  # Given: read nothing to count.
-    file_counts = _known_counts(files, counts_path) or ()
+    file_counts = shards.known_counts(files, counts_path) or ()
   else:
-    file_counts = count_records(
+    file_counts = shards.count_records(
       files,
       counts_path,
       remember_counts,
@@ -790,7 +558,7 @@ def _planned_records(spec, plan, num_pipelines, pipeline_id, by_file, start):
   def segment(index):
     files = table[index]
     files = tf.boolean_mask(files, tf.strings.length(files) > 0)
-    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+    stream = tf.data.Dataset.from_tensor_slices(files).interleave(
       read,
       cycle_length=min(width, 16),
       block_length=1,
@@ -798,7 +566,7 @@ def _planned_records(spec, plan, num_pipelines, pipeline_id, by_file, start):
       deterministic=spec.deterministic,
     )
     # Its own buffer, drained at its end.
-    return records.shuffle(spec.shuffle_buffer or 1, seed=shuffle_seed)
+    return stream.shuffle(spec.shuffle_buffer or 1, seed=shuffle_seed)
 
   def segments(first):
     # A range, not a counter: the tf.data service's dynamic sharding hands

@@ -17,6 +17,7 @@ from trainer import hypertune
 from trainer import metrics
 from trainer import optimization
 from trainer import plots
+from trainer import shards
 from trainer.errors import TrainingError
 from trainer.errors import UserError
 from trainer.errors import describe
@@ -90,7 +91,7 @@ class Controller:
       named = [("train_data", trainer.train_spec.files)]
       if trainer.eval_spec:
         named.append(("eval_data", trainer.eval_spec.files))
-      raise TrainingError(data.damaged_data_message(e, named)) from None
+      raise TrainingError(shards.damaged_data_message(e, named)) from None
 
   def _run(self):
     trainer, config, state = (

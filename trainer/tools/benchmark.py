@@ -300,8 +300,9 @@ def phase_seed(config, settings):
 
   from trainer import data
   from trainer import model as model_lib
+  from trainer import shards
 
-  files = data.list_files(config.train_data, "train_data")
+  files = shards.list_files(config.train_data, "train_data")
   schema = data.detect_schema(files[0])
   image_key, label_key = data.SCHEMA_KEYS[schema]
 

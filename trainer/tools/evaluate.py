@@ -41,6 +41,7 @@ from trainer import model as model_lib
 from trainer import outputs
 from trainer import plots
 from trainer import records
+from trainer import shards
 from trainer import strategy as strategy_lib
 from trainer.errors import UserError
 from trainer.errors import describe
@@ -179,7 +180,7 @@ def run(
     )
   except tf.errors.DataLossError as e:
     raise UserError(
-      data.damaged_data_message(e, [("eval_data", eval_spec.files)])
+      shards.damaged_data_message(e, [("eval_data", eval_spec.files)])
     ) from None
   per_class, macro = evaluation.per_class_report(
     figures["confusion_matrix"], class_names

@@ -51,8 +51,8 @@ startup.start_tensorflow()
 from PIL import Image
 import tensorflow as tf
 
-from trainer import data
 from trainer import records
+from trainer import shards
 from trainer.errors import UserError
 
 IMAGE_EXTENSIONS = (
@@ -198,14 +198,14 @@ def folder_source(path, validation_fraction, split_seed):
   if not tf.io.gfile.isdir(path):
     raise UserError(f"--source=folder:{path}: not a directory")
   # One listing per directory (on gs:// a call per file is a round trip).
-  entries, subdirs = data.list_directory(path)
+  entries, subdirs = shards.list_directory(path)
   by_class = collections.defaultdict(list)
   if subdirs:
     for class_name in subdirs:
       directory = os.path.join(path, class_name)
       # Every file is a candidate: a misnamed or non-image file is skipped
       # with a reason, not silently ignored.
-      for name in data.list_directory(directory)[0]:
+      for name in shards.list_directory(directory)[0]:
         by_class[class_name].append(os.path.join(directory, name))
   else:
     for name in entries:
@@ -639,12 +639,14 @@ flags.DEFINE_string(
 
 def index(pattern):
   """Counts the shards of `pattern` and writes their counts beside them."""
-  files = data.list_files(pattern, "index")
+  files = shards.list_files(pattern, "index")
   try:
-    counts = data.count_each(files)
+    counts = shards.count_each(files)
   except tf.errors.DataLossError as e:
-    raise UserError(data.damaged_data_message(e, [("index", files)])) from None
-  path = data.write_counts_beside(files, counts)
+    raise UserError(
+      shards.damaged_data_message(e, [("index", files)])
+    ) from None
+  path = shards.write_counts_beside(files, counts)
   if path is None:
     raise UserError(f"--index={pattern!r}: cannot write beside the files")
   return f"{sum(counts)} records in {len(files)} files: wrote {path}"
@@ -652,7 +654,7 @@ def index(pattern):
 
 def verify(pattern):
   """The lines --verify prints, and whether every file is whole."""
-  results = data.verify_files(data.list_files(pattern, "verify"))
+  results = shards.verify_files(shards.list_files(pattern, "verify"))
   damaged = [(f, n, problem) for f, n, problem in results if problem]
   lines = [
     f"damaged: {f} ({problem}); {n} readable records"
