@@ -504,7 +504,7 @@ def test_a_resume_at_any_position_continues_the_same_stream(
   the segment) and without (--train_examples, no manifest: reading up to
   the place)."""
   spec = spec_for(uneven_set(tmp_path / "d"), shards_per_segment=2)
-  for pipeline_id in range(min(pipelines, 3)):
+  for pipeline_id in sorted({0, pipelines - 1}):
     plan = data.plan_epoch(spec, pipelines, pipeline_id, 5)
     total = sum(plan.segment_records)
     full = pixel_ids(
@@ -514,9 +514,10 @@ def test_a_resume_at_any_position_continues_the_same_stream(
       total + 8,
     )
     assert sorted(full[:total]) == sorted(set(full[:total]))  # once per pass
-    positions = {1, total - 1, total, total + 2}
+    positions = {1, total, total + 2}
     for start in _boundaries(plan)[1:-1]:
-      positions |= {start - 1, start, start + 1}
+      positions |= {start - 1, start}  # the last of a segment, the first
+    positions = {p for p in positions if p > 0}  # (empty segments: -1)
     resumed_spec = (
       spec if counted else dataclasses.replace(spec, file_counts=())
     )

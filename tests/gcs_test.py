@@ -148,6 +148,7 @@ def test_start_up_and_folder_walk_make_no_request_per_file(gcs, cache_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "WALKED" in result.stdout
   made = gcs.requests()[before:]
+  print(f"requests: {len(made)}")
   assert 0 < len(made) < 30, made
   # The control: one metadata call per file is a request per file.
   checked = subprocess.run(
