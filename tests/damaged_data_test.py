@@ -184,7 +184,7 @@ def test_prepare_index_counts_once_for_every_later_run(run_cli, tmp_path):
     timeout=600,
   )
   assert trained.returncode == 0, trained.stderr[-2000:]
-  assert "reading them once to count" not in trained.stdout
+  assert "reading them to count their records" not in trained.stdout
 
 
 def test_on_two_workers_the_one_that_hits_it_names_it_and_the_job_stops(

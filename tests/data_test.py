@@ -664,3 +664,44 @@ def test_any_seed_builds_the_training_stream(tmp_path, seed):
   finally:
     tf.random.set_seed(None)
   assert images.shape[0] == 4
+
+
+def test_a_damaged_files_count_stays_in_the_model_dir(tmp_path):
+  """--skip_corrupt counts what it can read of a damaged file: the run uses
+  it, but it is no fact to write beside the files for other runs."""
+  pattern = write_set(tmp_path / "set", 2, 5)
+  files = shards.list_files(pattern, "train_data")
+  with open(files[1], "rb") as f:
+    content = f.read()
+  with open(files[1], "wb") as f:
+    f.write(content[: len(content) // 2])
+  counts = str(tmp_path / "run" / "example_counts.json")
+  with pytest.raises(UserError, match=f"--train_data: {files[1]} is damaged"):
+    shards.count_records(files, counts, remember=True)
+  readable = shards.count_records(
+    files, counts, remember=True, skip_corrupt=True
+  )
+  assert readable[0] == 5 and readable[1] < 5
+  assert not (tmp_path / "set" / shards.COUNTS_SIDECAR).exists()
+  assert shards.known_counts(files, counts) == readable
+
+
+def test_the_manifest_wins_over_counts_beside_and_in_the_model_dir(tmp_path):
+  pattern = write_set(tmp_path / "set", 2, 5)
+  files = shards.list_files(pattern, "train_data")
+  counts = str(tmp_path / "run" / "example_counts.json")
+  shards.write_counts_beside(files, (1, 1))
+  assert shards.known_counts(files, counts) == (1, 1)
+  records.write_manifest(
+    str(tmp_path / "set"),
+    {
+      "splits": {
+        "train": {
+          "shards": [
+            {"file": os.path.basename(f), "num_examples": 5} for f in files
+          ]
+        }
+      }
+    },
+  )
+  assert shards.known_counts(files, counts) == (5, 5)

@@ -71,19 +71,18 @@ COUNTS_SIDECAR = "record_counts.json"
 
 
 def known_counts(files, counts_path):
-  """Records per file from the manifest or the counts beside the files, or
-  the model dir's remembered counts, without reading a record; None if any
-  is unknown."""
+  """Records per file without reading a record: the manifest beside the
+  files wins, then the counts beside them, then the model dir's; None if
+  any file is unknown."""
   directory = os.path.dirname(files[0])
-  manifest = records.read_manifest(directory) or {}
-  known = {}
-  for split in manifest.get("splits", {}).values():
-    for shard in split.get("shards", []):
-      known[os.path.join(directory, shard["file"])] = shard["num_examples"]
+  known = dict(_read_counts(counts_path).get(PER_FILE_KEY, {}))
   beside = _read_counts(os.path.join(directory, COUNTS_SIDECAR))
   for name, count in beside.get(PER_FILE_KEY, {}).items():
     known[os.path.join(directory, name)] = count
-  known.update(_read_counts(counts_path).get(PER_FILE_KEY, {}))
+  manifest = records.read_manifest(directory) or {}
+  for split in manifest.get("splits", {}).values():
+    for shard in split.get("shards", []):
+      known[os.path.join(directory, shard["file"])] = shard["num_examples"]
   if all(f in known for f in files):
     return tuple(known[f] for f in files)
   return None
@@ -100,13 +99,14 @@ def count_records(
   """Records per file, in the order of `files`: the manifest or the counts
   beside the files, else `counts_path` (a model dir's record of an earlier
   count), else by reading every record (files in parallel), once per data
-  set: the counts are then written beside the files (where writable) and
-  to `counts_path`.
+  set: the counts are then written beside the files (where writable and
+  whole) and to `counts_path`.
 
   Args:
     files: the shard files.
     counts_path: JSON file of counts by file, or None.
-    remember: write a fresh count (the chief does).
+    remember: write the counts to `counts_path`, and a fresh count beside
+      the files (the chief does: the other workers wait for it).
     skip_corrupt: count the readable records of damaged files (and say
       which), instead of failing.
     flag: the flag the files came from (named by errors).
@@ -114,41 +114,50 @@ def count_records(
       other workers of a cluster).
 
   Raises:
-    UserError: a damaged file, named, without skip_corrupt.
+    UserError: a damaged file, named, without skip_corrupt; the chief's
+      count not written within WAIT_FOR_CHIEF_SECS.
   """
-  known = known_counts(files, counts_path)
-  if known is not None:
-    return known
-  if wait_for_chief:
+  counts = known_counts(files, counts_path)
+  if counts is None and wait_for_chief:
     return _wait_for_counts(files, counts_path)
-  size = sum(tf.io.gfile.stat(f).length for f in files)
+  if counts is None:
+    counts, whole = _count(files, skip_corrupt, flag)
+    if remember and whole:
+      write_counts_beside(files, counts)
+  if remember and counts_path:
+    # Always, wherever the counts came from: the workers that wait read
+    # this file too.
+    remembered = _read_counts(counts_path)
+    remembered.setdefault(PER_FILE_KEY, {}).update(zip(files, counts))
+    tf.io.gfile.makedirs(os.path.dirname(counts_path))
+    records.write_text_atomically(counts_path, json.dumps(remembered) + "\n")
+  return counts
+
+
+def _count(files, skip_corrupt, flag):
+  """(records per file, whether every file was whole), read in parallel."""
   log.info(
-    f"--{flag}: no manifest or counts beside its {len(files)} file(s) "
-    f"({size / 1e9:.2f} GB) in {os.path.dirname(files[0])}: reading them "
-    "once to count the records (--train_examples/--eval_examples, or "
-    "python -m trainer.prepare --index PATTERN, skip it)."
+    f"--{flag}: no manifest or counts beside its {len(files)} file(s) in "
+    f"{os.path.dirname(files[0])}: reading them to count their records "
+    "(to skip this: --train_examples/--eval_examples, or python -m "
+    "trainer.prepare --index PATTERN once)."
   )
   try:
-    counts = count_each(files)
+    return count_each(files), True
   except tf.errors.DataLossError as e:
     if not skip_corrupt:
       raise UserError(damaged_data_message(e, [(flag, files)])) from None
-    counts = tuple(_readable_records(path, flag) for path in files)
-  if remember:
-    write_counts_beside(files, counts)
-    if counts_path:
-      remembered = _read_counts(counts_path)
-      remembered.setdefault(PER_FILE_KEY, {}).update(zip(files, counts))
-      tf.io.gfile.makedirs(os.path.dirname(counts_path))
-      records.write_text_atomically(counts_path, json.dumps(remembered) + "\n")
-  return counts
+  # A damaged file's count is what --skip_corrupt reads of it: not a fact
+  # to share beside the files.
+  return tuple(_readable_records(path, flag) for path in files), False
 
 
 def write_counts_beside(files, counts):
   """COUNTS_SIDECAR beside `files` (one directory), where writable; says so
-  where not."""
+  where not. Returns its path, or None."""
   directory = os.path.dirname(files[0])
   if any(os.path.dirname(f) != directory for f in files):
+    log.info("The files span several directories: no counts beside them.")
     return None
   path = os.path.join(directory, COUNTS_SIDECAR)
   known = _read_counts(path)
@@ -158,21 +167,37 @@ def write_counts_beside(files, counts):
   try:
     records.write_text_atomically(path, json.dumps(known, indent=1) + "\n")
   except (tf.errors.OpError, OSError) as e:
-    log.info(
-      f"Could not write {path} ({describe(e)}); counted again next time."
+    log.warning(
+      f"Could not write {path} ({describe(e)}): other model dirs count "
+      "these files again."
     )
     return None
   return path
 
 
+# How long a worker waits for the chief's count before it gives up (the
+# chief may have failed: nothing else tells a worker outside a collective).
+WAIT_FOR_CHIEF_SECS = 4 * 3600
+
+
 def _wait_for_counts(files, counts_path, poll_secs=2.0):
   """The chief's count, once written (a worker does not read the data set
   a second time)."""
+  started = last_said = time.time()
   log.info(f"Waiting for the chief's count of {len(files)} file(s).")
   while True:
     known = known_counts(files, counts_path)
     if known is not None:
       return known
+    if time.time() - started > WAIT_FOR_CHIEF_SECS:
+      raise UserError(
+        f"the chief wrote no count of {len(files)} file(s) to {counts_path} "
+        f"in {WAIT_FOR_CHIEF_SECS // 3600} h: see its output (a damaged "
+        "file?); --train_examples/--eval_examples skip counting"
+      )
+    if time.time() - last_said > 300:
+      last_said = time.time()
+      log.info(f"Still waiting for the chief's count ({counts_path}).")
     time.sleep(poll_secs)
 
 
@@ -235,7 +260,7 @@ def damaged_data_message(error, named_files):
       if problem:
         return (
           f"--{flag}: {path} is damaged ({problem}); copy it again, or "
-          "skip its unreadable records with --skip_corrupt"
+          "read past it with --skip_corrupt (the rest of that file is lost)"
         )
   flags_named = "/".join(f"--{flag}" for flag, _ in named_files)
   return (

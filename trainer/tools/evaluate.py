@@ -182,6 +182,13 @@ def run(
     raise UserError(
       shards.damaged_data_message(e, [("eval_data", eval_spec.files)])
     ) from None
+  except tf.errors.InvalidArgumentError as e:
+    # As training says it: a label out of range, or an undecodable image.
+    raise UserError(
+      data.label_error(e)
+      or f"bad data in --eval_data ({describe(e)}); --skip_corrupt in the "
+      "run's config skips undecodable records"
+    ) from None
   per_class, macro = evaluation.per_class_report(
     figures["confusion_matrix"], class_names
   )

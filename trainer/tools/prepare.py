@@ -54,6 +54,7 @@ import tensorflow as tf
 from trainer import records
 from trainer import shards
 from trainer.errors import UserError
+from trainer.errors import describe
 
 IMAGE_EXTENSIONS = (
   ".jpg",
@@ -411,7 +412,7 @@ def write_split(
   Returns:
     (shard entries, Counter of labels written).
   """
-  shards, labels = [], collections.Counter()
+  written_shards, labels = [], collections.Counter()
   progress = _Progress(split.num_items, split_name)
   items = iter(split.items)
 
@@ -445,7 +446,7 @@ def write_split(
           labels[label] += 1
           tally.add_image(height, width)
           num_examples += 1
-        shards.append(
+        written_shards.append(
           {"file": name, "num_examples": num_examples, "resumed": True}
         )
       else:
@@ -456,9 +457,9 @@ def write_split(
           window=2 * workers,
         )
         written = records.write_shard(path, serialize(converted))
-        shards.append({"file": name, "num_examples": written})
+        written_shards.append({"file": name, "num_examples": written})
       progress.add(count)
-  return shards, labels
+  return written_shards, labels
 
 
 def _size_stats(counts):
@@ -530,15 +531,15 @@ def prepare(
       split.num_items, bytes_per_image, readers
     )
     count = min(count, split.num_items)
-    shards, labels = write_split(
+    split_shards, labels = write_split(
       out, split_name, split, count, resize_to, quality, workers, tally
     )
     manifest_splits[split_name] = {
-      "num_examples": sum(s["num_examples"] for s in shards),
+      "num_examples": sum(s["num_examples"] for s in split_shards),
       "per_class": {
         class_names[label]: n for label, n in sorted(labels.items())
       },
-      "shards": shards,
+      "shards": split_shards,
       "pattern": f"{split_name}-*-of-{count:05d}",
     }
   total = sum(s["num_examples"] for s in manifest_splits.values())
@@ -574,6 +575,10 @@ def prepare(
       f"--source={source}: no usable images "
       f"({num_skipped} skipped: {dict(tally.skip_reasons)})"
     )
+  # Counts a run wrote beside an earlier set here are no longer this set's.
+  stale = os.path.join(out, shards.COUNTS_SIDECAR)
+  if tf.io.gfile.exists(stale):
+    tf.io.gfile.remove(stale)
   records.write_manifest(out, manifest)
   return manifest
 
@@ -644,7 +649,8 @@ def index(pattern):
     counts = shards.count_each(files)
   except tf.errors.DataLossError as e:
     raise UserError(
-      shards.damaged_data_message(e, [("index", files)])
+      f"--index={pattern!r}: a file is damaged ({describe(e)}); "
+      f"python -m trainer.prepare --verify={pattern!r} lists which"
     ) from None
   path = shards.write_counts_beside(files, counts)
   if path is None:
