@@ -165,6 +165,17 @@ def check_machine(options: dict[str, Any]) -> None:
     )
 
 
+def _check_built_in_count(machine, suffix, what, count):
+  """A machine type that names its accelerator count (a2-highgpu-4g,
+  ct5lp-hightpu-4t: the number before `suffix`) must match the count."""
+  built_in = re.search(rf"-(\d+){suffix}$", machine)
+  if built_in and int(built_in.group(1)) != count:
+    raise LaunchError(
+      f"--machine_type={machine} has {built_in.group(1)} {what}; "
+      f"got --accelerator_count={count}"
+    )
+
+
 def _check_gpu_machine(accelerator, count, machine):
   family = GPU_MACHINES[accelerator]
   if not machine.startswith(family):
@@ -172,12 +183,7 @@ def _check_gpu_machine(accelerator, count, machine):
       f"--accelerator_type={accelerator} runs on {family}* "
       f"machines, not --machine_type={machine}"
     )
-  fixed = re.search(r"-(\d+)g$", machine)
-  if fixed and int(fixed.group(1)) != count:
-    raise LaunchError(
-      f"--machine_type={machine} has {fixed.group(1)} GPUs; "
-      f"got --accelerator_count={count}"
-    )
+  _check_built_in_count(machine, "g", "GPUs", count)
   if family == "n1-" and count not in (1, 2, 4, 8):
     raise LaunchError(
       f"--accelerator_count={count}: n1 machines take 1, 2, 4 or 8 GPUs"
@@ -196,12 +202,7 @@ def _check_tpu_machine(options, accelerator, count, machine):
       f"--machine_type=cloud-tpu takes 8 TPU cores "
       f"(v2-8/v3-8), got --accelerator_count={count}"
     )
-  chips = re.search(r"-(\d+)t$", machine)
-  if chips and int(chips.group(1)) != count:
-    raise LaunchError(
-      f"--machine_type={machine} has {chips.group(1)} TPU "
-      f"chips; got --accelerator_count={count}"
-    )
+  _check_built_in_count(machine, "t", "TPU chips", count)
   for name in ("workers", "data_service_workers"):
     if options[name]:
       raise LaunchError(

@@ -131,19 +131,20 @@ def test_start_up_and_folder_walk_make_no_request_per_file(gcs, cache_dir):
     for index in range(20):
       bucket.blob(f"folder/{class_name}/{index}.jpg").upload_from_string(b"x")
   before = len(gcs.requests())
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-c",
-      LISTING_PROBE,
-      "gs://alexnet-test/many/train-*",
-      "gs://alexnet-test/folder",
-    ],
-    cwd=REPO,
-    env=cli_env(cache_dir, **gcs.env),
-    capture_output=True,
-    text=True,
-    timeout=300,
+
+  def python(*argv):
+    """`python -c` with the stand-in's environment."""
+    return subprocess.run(
+      [sys.executable, "-c", *argv],
+      cwd=REPO,
+      env=cli_env(cache_dir, **gcs.env),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+
+  result = python(
+    LISTING_PROBE, "gs://alexnet-test/many/train-*", "gs://alexnet-test/folder"
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "WALKED" in result.stdout
@@ -151,18 +152,9 @@ def test_start_up_and_folder_walk_make_no_request_per_file(gcs, cache_dir):
   print(f"requests: {len(made)}")
   assert 0 < len(made) < 30, made
   # The control: one metadata call per file is a request per file.
-  checked = subprocess.run(
-    [
-      sys.executable,
-      "-c",
-      "import sys, tensorflow as tf\n"
-      "for i in range(40): tf.io.gfile.isdir(f'gs://alexnet-test/many/train-{i:05d}-of-01024')",
-    ],
-    cwd=REPO,
-    env=cli_env(cache_dir, **gcs.env),
-    capture_output=True,
-    text=True,
-    timeout=300,
+  checked = python(
+    "import sys, tensorflow as tf\n"
+    "for i in range(40): tf.io.gfile.isdir(f'gs://alexnet-test/many/train-{i:05d}-of-01024')"
   )
   assert checked.returncode == 0, checked.stderr[-2000:]
   assert len(gcs.requests()) - before - len(made) >= 40

@@ -202,6 +202,12 @@ def step_counter(optimizer):
   return getattr(optimizer, "inner_optimizer", optimizer).iterations
 
 
+def last_update_rate(schedule, optimizer):
+  """The learning rate the last update used (the optimizer's count drives
+  the schedule; float16 loss scaling does not count skipped steps)."""
+  return float(schedule(max(0, int(step_counter(optimizer).numpy()) - 1)))
+
+
 def build_optimizer(
   config, schedule, loss_scaling, fused=True, all_reduce_dtype="float32"
 ):

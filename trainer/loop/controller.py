@@ -243,10 +243,8 @@ class Controller:
     figures = metrics.summarize(
       self._pending_log[0], trainer.config.num_classes, with_skipped=True
     )
-    figures["learning_rate"] = float(
-      trainer.schedule(
-        max(0, int(optimization.step_counter(trainer.optimizer).numpy()) - 1)
-      )
+    figures["learning_rate"] = optimization.last_update_rate(
+      trainer.schedule, trainer.optimizer
     )
     trainer.writer.write_step_figures(step, figures)
     self._pending_log = None

@@ -24,11 +24,7 @@ def epoch_record(
     "step": int(state.step.numpy()),
     "loss": train_figures["loss"],
     "accuracy": train_figures["accuracy"],
-    # The rate of the last update (the optimizer's step drives the
-    # schedule; float16 loss scaling does not count skipped steps).
-    "learning_rate": float(
-      schedule(max(0, int(optimization.step_counter(optimizer).numpy()) - 1))
-    ),
+    "learning_rate": optimization.last_update_rate(schedule, optimizer),
     "images_per_sec": speed,
   }
   for key in ("auc", "top5_accuracy"):
