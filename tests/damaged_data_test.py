@@ -218,3 +218,33 @@ def test_on_two_workers_the_one_that_hits_it_names_it_and_the_job_stops(
     f"[worker 1] Error: --train_data: {paths[3]} is damaged (" in result.stdout
   ), result.stdout[-3000:]
   assert "Traceback" not in result.stdout
+
+
+def test_through_the_data_service_the_line_names_the_file(run_cli, tmp_path):
+  """The tf.data service's workers read the files; the trainer finds which
+  one is damaged by reading them after the failure."""
+  paths = _shards(tmp_path / "set")
+  shards = [{"file": os.path.basename(p), "num_examples": 64} for p in paths]
+  records.write_manifest(
+    str(tmp_path / "set"), {"splits": {"train": {"shards": shards}}}
+  )
+  _truncate(paths[1])
+  result = run_cli(
+    "launch.local",
+    "--workers=1",
+    "--data_service_workers=1",
+    "--grace_secs=5",
+    "--",
+    "--config=tiny",
+    f"--train_data={tmp_path}/set/train-*",
+    "--epochs=1",
+    "--precision=float32",
+    "--export=false",
+    f"--model_dir={tmp_path / 'run'}",
+    timeout=300,
+  )
+  assert result.returncode == 1, result.stdout[-3000:]
+  errors = [l for l in result.stdout.splitlines() if "Error:" in l]
+  assert len(errors) == 1, result.stdout[-3000:]
+  assert f"Error: --train_data: {paths[1]} is damaged (" in errors[0], errors
+  assert "Traceback" not in result.stdout

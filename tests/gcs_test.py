@@ -158,3 +158,91 @@ def test_start_up_and_folder_walk_make_no_request_per_file(gcs, cache_dir):
   )
   assert checked.returncode == 0, checked.stderr[-2000:]
   assert len(gcs.requests()) - before - len(made) >= 40
+
+
+TRANSIENT_PROBE = """
+import hashlib, sys
+import tensorflow as tf
+from trainer import config as config_lib
+from trainer import data
+from trainer import shards
+config = config_lib.Config(
+  skip_corrupt=True, num_classes=2, seed=3, deterministic=True
+)
+spec = data.make_input_spec(sys.argv[1], "train_data", config, image_size=16)
+print("COUNTS", spec.file_counts, flush=True)
+digest = hashlib.sha256()
+context = tf.distribute.InputContext(1, 0, 1)
+for images, labels, *_ in data.make_train_dataset(spec, context, 8).take(
+  spec.num_examples // 8
+):
+  digest.update(images.numpy().tobytes() + labels.numpy().tobytes())
+print("DIGEST", digest.hexdigest(), flush=True)
+"""
+
+
+def test_transient_storage_errors_are_retried_not_skipped(gcs, cache_dir):
+  """503s from Cloud Storage while counting and reading (the first tries of
+  one shard) are retried by TensorFlow's GCS client: --skip_corrupt counts
+  and reads exactly the records of a run with no failures, and nothing is
+  reported damaged. Control: the stand-in did answer 503s."""
+  import glob
+  import os
+  import subprocess
+  import sys
+
+  from conftest import REPO
+  from conftest import cli_env
+  import data_test
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+
+  local = data_test.write_set(os.path.join(gcs.directory, "transient"), 4, 8)
+  bucket = storage.Client(
+    project="test",
+    credentials=AnonymousCredentials(),
+    client_options={"api_endpoint": gcs.url},
+  ).bucket("alexnet-test")
+  names = [os.path.basename(path) for path in sorted(glob.glob(local))]
+  for path in sorted(glob.glob(local)):
+    bucket.blob(f"transient/{os.path.basename(path)}").upload_from_filename(
+      path
+    )
+
+  def probe():
+    return subprocess.run(
+      [
+        sys.executable,
+        "-c",
+        TRANSIENT_PROBE,
+        "gs://alexnet-test/transient/train-*",
+      ],
+      cwd=REPO,
+      env=cli_env(cache_dir, **gcs.env),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+
+  clean = probe()
+  assert clean.returncode == 0, clean.stderr[-3000:]
+  assert "COUNTS (8, 8, 8, 8)" in clean.stdout
+
+  def results(run):
+    return [l for l in run.stdout.splitlines() if l[:6] in ("COUNTS", "DIGEST")]
+
+  # Without counts beside the shards the failures hit the count; with
+  # them, the training read.
+  for counts_beside in (False, True):
+    if counts_beside:
+      bucket.blob("transient/record_counts.json").upload_from_string(
+        json.dumps({"records_per_file": {n: 8 for n in names}})
+      )
+    failed_before = len(gcs.answered(503))
+    gcs.fail_next("train-00001-of-00004", times=3)
+    troubled = probe()
+    assert troubled.returncode == 0, troubled.stderr[-3000:]
+    failed = gcs.answered(503)[failed_before:]
+    assert len(failed) == 3, failed  # The control: they did fail.
+    assert results(troubled) == results(clean), failed
+    assert "damaged" not in troubled.stderr

@@ -20,6 +20,13 @@ class TrainingError(UserError):
   """Training cannot go on (NaN loss, bad data); the message says where."""
 
 
+class Unanswered(TrainingError):
+  """Storage or another worker stopped answering after TensorFlow's own
+  retries: nothing is wrong with the data, so the run exits with
+  PREEMPTED_EXIT_CODE and resumes when run again (Vertex AI and JobSet
+  restarts do that)."""
+
+
 def describe(error):
   """The first meaningful line of an exception, TensorFlow's noise removed."""
   import re

@@ -262,10 +262,13 @@ def damaged_data_message(error, named_files):
           f"--{flag}: {path} is damaged ({problem}); copy it again, or "
           "read past it with --skip_corrupt (the rest of that file is lost)"
         )
+  # Every file reads whole from here (damage seen by a tf.data service
+  # worker, or on its way from storage).
   flags_named = "/".join(f"--{flag}" for flag, _ in named_files)
   return (
-    f"damaged TFRecord data in {flags_named} ({describe(error)}); "
-    "--skip_corrupt skips unreadable records"
+    f"damaged TFRecord data in {flags_named} ({describe(error)}); python -m "
+    "trainer.prepare --verify PATTERN names the file; --skip_corrupt skips "
+    "unreadable records"
   )
 
 

@@ -19,6 +19,7 @@ from trainer import optimization
 from trainer import plots
 from trainer import shards
 from trainer.errors import TrainingError
+from trainer.errors import Unanswered
 from trainer.errors import UserError
 from trainer.errors import describe
 from trainer.logs import log
@@ -92,6 +93,12 @@ class Controller:
       if trainer.eval_spec:
         named.append(("eval_data", trainer.eval_spec.files))
       raise TrainingError(shards.damaged_data_message(e, named)) from None
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+      raise Unanswered(
+        f"{describe(e)}: storage or another worker stopped answering "
+        "(after TensorFlow's retries; the data is not damaged); run the "
+        "same command again: it resumes from the last checkpoint"
+      ) from None
 
   def _run(self):
     trainer, config, state = (

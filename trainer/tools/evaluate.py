@@ -189,6 +189,11 @@ def run(
       or f"bad data in --eval_data ({describe(e)}); --skip_corrupt in the "
       "run's config skips undecodable records"
     ) from None
+  except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+    raise UserError(
+      f"{describe(e)}: storage stopped answering (after TensorFlow's "
+      "retries; the data is not damaged); run the same command again"
+    ) from None
   per_class, macro = evaluation.per_class_report(
     figures["confusion_matrix"], class_names
   )
