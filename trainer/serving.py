@@ -93,8 +93,9 @@ def export(model, run_dir, image_size, augment, class_names):
   else:
     model.save(keras_path)
   faults.point("export:keras_written")
+  # Not archive.track(model): the archive saves the variables its endpoints
+  # use, and tracking the model as well stores every weight twice.
   archive = keras.export.ExportArchive()
-  archive.track(model)
   archive.add_endpoint(
     BYTES_SIGNATURE, serving_function(model, image_size, augment, class_names)
   )
