@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 from conftest import REPO
 from conftest import cli_env
@@ -43,8 +45,10 @@ def _write_set(directory, num_classes, num_examples, num_shards, seed):
   return os.path.join(directory, "train-*")
 
 
-def _peak_rss_mib(module, args, cache_dir):
-  """Runs `python -m module args`; returns (result, its peak RSS in MiB)."""
+def _peak_rss_mib(module, args, cache_dir, timed_lines=None):
+  """Runs `python -m module args`; returns (result, its peak RSS in MiB).
+  With a list as `timed_lines`, appends (seconds since start, line) for each
+  line of stdout as it comes."""
   script = (
     "import resource, runpy, sys\n"
     f"sys.argv = [{module!r}, *{list(args)!r}]\n"
@@ -54,13 +58,29 @@ def _peak_rss_mib(module, args, cache_dir):
     "  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
     "  print(f'PEAK_RSS_KIB {peak}', file=sys.stderr)\n"
   )
-  result = subprocess.run(
+  started = time.monotonic()
+  with subprocess.Popen(
     [sys.executable, "-c", script],
     cwd=REPO,
     env=cli_env(cache_dir),
-    capture_output=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
     text=True,
-    timeout=600,
+  ) as process:
+    stderr = []
+    reader = threading.Thread(
+      target=lambda: stderr.append(process.stderr.read())
+    )
+    reader.start()
+    stdout = []
+    for line in process.stdout:
+      stdout.append(line)
+      if timed_lines is not None:
+        timed_lines.append((time.monotonic() - started, line.rstrip("\n")))
+    process.wait(timeout=600)
+    reader.join()
+  result = subprocess.CompletedProcess(
+    process.args, process.returncode, "".join(stdout), "".join(stderr)
   )
   peak = [l for l in result.stderr.splitlines() if l.startswith("PEAK_RSS")]
   assert peak, result.stderr[-3000:]
@@ -129,3 +149,66 @@ def test_evaluate_at_1000_classes_is_bounded_compact_and_readable(
   # itself is most of either).
   assert peaks[1000] < 1.5 * peaks[2], peaks
   print(f"peak RSS MiB: {peaks}")
+
+
+@pytest.mark.cpu_budget(240)
+def test_imagenet_shaped_set_trains_and_evaluates_end_to_end(
+  tmp_path, cache_dir
+):
+  """ImageNet's shape at a small size: 1000 classes, 2 images each in 1024
+  classic shards (no manifest, so the first run counts them), 1000
+  validation images in 128 shards; the tiny model trains one epoch and
+  trainer.evaluate reports. Counting happens once per data set: a second
+  model dir reads the counts written beside the shards."""
+  train = _write_set(tmp_path / "train", 1000, 2000, 1024, 1)
+  validation = _write_set(tmp_path / "validation", 1000, 1000, 128, 2)
+  figures = {}
+
+  def train_in(name, *extra):
+    lines = []
+    result, peak = _peak_rss_mib(
+      "trainer.task",
+      [
+        "--config=tiny",
+        "--num_classes=1000",
+        f"--train_data={train}",
+        f"--eval_data={validation}",
+        "--epochs=1",
+        "--precision=float32",
+        "--export=false",
+        f"--model_dir={tmp_path / name}",
+        *extra,
+      ],
+      cache_dir,
+      lines,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (first_step,) = [t for t, l in lines if l.startswith("Training ")]
+    return result, first_step, lines[-1][0], peak
+
+  result, first_step, total, peak = train_in("first")
+  assert result.stdout.count("reading them to count their records") == 2
+  assert (tmp_path / "train" / "record_counts.json").exists()
+  figures["first run: start-up to the first step, s"] = first_step
+  figures["first run: total, s"] = total
+  figures["first run: peak RSS, MiB"] = peak
+  result, first_step, total, peak = train_in("second", "--steps_per_epoch=4")
+  assert "reading them to count their records" not in result.stdout
+  figures["second model dir: start-up to the first step, s"] = first_step
+
+  lines = []
+  started = time.monotonic()
+  result, peak = _peak_rss_mib(
+    "trainer.evaluate", [f"--model_dir={tmp_path / 'first'}"], cache_dir, lines
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  figures["evaluate: total, s"] = time.monotonic() - started
+  figures["evaluate: peak RSS, MiB"] = peak
+  report = json.loads(
+    (tmp_path / "first" / "eval" / "evaluation.json").read_text()
+  )
+  assert report["num_examples"] == 1000
+  assert len(report["confusion_matrix"]) == 1000
+  assert (tmp_path / "first" / "eval" / "class_summary.png").exists()
+  for name, value in figures.items():
+    print(f"{name}: {value:.1f}")
