@@ -93,6 +93,11 @@ def test_messy_folder_exact_counts(tmp_path, cache_dir):
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["class_names"] == ["Cat", "Dog"]
   splits = manifest["splits"]
+  train = splits["train"]
+  assert (
+    f"train: {train['num_examples']} images in 2 shards {train['per_class']}"
+    in result.stdout
+  )
   total = {
     c: splits["train"]["per_class"].get(c, 0)
     + splits["validation"]["per_class"].get(c, 0)
@@ -323,3 +328,30 @@ def test_shard_count_rule(cache_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   # ~150 MiB each; 10 per reader; never an empty shard.
   assert result.stdout.split()[-3:] == ["700", "40", "5"]
+
+
+def test_many_classes_print_a_summary_line(tmp_path, cache_dir):
+  """Above 20 classes, each split is one short line (fewest and most
+  images per class), not the whole per-class dict; the manifest keeps it.
+  (test_messy_folder_exact_counts: 2 classes still print theirs.)"""
+  for index in range(30):
+    folder = tmp_path / "src" / f"class{index:02d}"
+    folder.mkdir(parents=True)
+    for image in range(1 + index % 3):
+      (folder / f"{image}.jpg").write_bytes(
+        _image_bytes("JPEG", size=(8, 8), value=index * 3 + image)
+      )
+  result = run_prepare(
+    f"--source=folder:{tmp_path / 'src'}",
+    f"--out={tmp_path / 'out'}",
+    "--validation_fraction=0",
+    cache_dir=cache_dir,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  (line,) = [l for l in result.stdout.splitlines() if l.startswith("train:")]
+  assert line.startswith("train: 60 images in "), line
+  assert line.endswith(
+    " shards, 30 classes, 1-3 images each (fewest: class00, most: class02)"
+  ), line
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  assert len(manifest["splits"]["train"]["per_class"]) == 30

@@ -710,7 +710,7 @@ def main(argv):
   for split, info in manifest["splits"].items():
     print(
       f"{split}: {info['num_examples']} images in {len(info['shards'])} "
-      f"shards {info['per_class']}"
+      f"shards{_per_class_line(info['per_class'])}"
     )
   skipped = manifest["skipped"]
   if skipped["count"]:
@@ -720,6 +720,22 @@ def main(argv):
     )
   print(f"Wrote {os.path.join(FLAGS.out, records.MANIFEST)}")
   return 0
+
+
+# Above this many classes a split's counts are summarised on stdout (the
+# manifest has them all): ImageNet's would be one 18 KB line.
+PRINTED_CLASSES = 20
+
+
+def _per_class_line(per_class):
+  if len(per_class) <= PRINTED_CLASSES:
+    return f" {per_class}"
+  fewest = min(per_class, key=per_class.get)
+  most = max(per_class, key=per_class.get)
+  return (
+    f", {len(per_class)} classes, {per_class[fewest]}-{per_class[most]} images "
+    f"each (fewest: {fewest}, most: {most})"
+  )
 
 
 if __name__ == "__main__":
