@@ -226,12 +226,16 @@ def count_each(files, ignore_errors=False):
 def verify_files(files):
   """[(file, readable records, problem or None)] of every file, read
   through (eight at a time): what `trainer.prepare --verify` reports."""
+  readable = count_each(files, ignore_errors=True)
+  return list(zip(files, readable, _problems(files)))
+
+
+def _problems(files):
+  """_read_problem of each file, eight files at a time."""
   from concurrent import futures
 
-  readable = count_each(files, ignore_errors=True)
   with futures.ThreadPoolExecutor(8) as pool:
-    problems = list(pool.map(_read_problem, files))
-  return list(zip(files, readable, problems))
+    return list(pool.map(_read_problem, files))
 
 
 def _read_problem(path):
@@ -262,8 +266,7 @@ def damaged_data_message(error, named_files):
   files)]): the damaged file, found by reading each file again (a cost
   paid only after a failure), its flag and what to do."""
   for flag, files in named_files:
-    for path in files:
-      problem = _read_problem(path)
+    for path, problem in zip(files, _problems(files)):
       if problem:
         return (
           f"--{flag}: {path} is damaged ({problem}); copy it again, or "
