@@ -135,3 +135,21 @@ def test_top5_only_at_five_classes_or_more():
     5,
   )
   assert metrics.summarize(stats.numpy(), 5)["top5_accuracy"] == 1.0
+
+
+def test_the_best_classes_are_not_the_worst_ones_again():
+  """When most classes score alike (an early model: 2 of 30 right), the
+  best list holds only classes the worst list does not."""
+  from trainer import evaluation
+
+  per_class = {
+    str(i): {"recall": 1.0 if i in (12, 25) else 0.0, "support": 1}
+    for i in range(30)
+  }
+  worst, best = evaluation.extreme_classes(per_class)
+  assert [name for name, _, _ in worst] == [str(i) for i in range(10)]
+  assert [name for name, _, _ in best][:2] == ["12", "25"]
+  assert not {n for n, _, _ in worst} & {n for n, _, _ in best}
+  few = {str(i): {"recall": i / 4, "support": 1} for i in range(5)}
+  worst, best = evaluation.extreme_classes(few)
+  assert len(worst) == 5 and best == []

@@ -129,14 +129,16 @@ def most_confused(confusion, class_names, count=20):
 def extreme_classes(per_class, count=10):
   """(worst, best) `count` classes by recall (the class's own accuracy),
   as [(name, recall, support)], among the classes with examples; ties in
-  label order."""
+  label order. No class is in both (an early model scores most classes
+  alike)."""
   rows = [
     (row["recall"], index, name, row["support"])
     for index, (name, row) in enumerate(per_class.items())
     if row["support"]
   ]
   worst = sorted(rows)[:count]
-  best = sorted(rows, key=lambda r: (-r[0], r[1]))[:count]
+  rest = [row for row in rows if row not in worst]
+  best = sorted(rest, key=lambda r: (-r[0], r[1]))[:count]
   return (
     [(name, recall, support) for recall, _, name, support in worst],
     [(name, recall, support) for recall, _, name, support in best],
