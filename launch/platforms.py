@@ -58,6 +58,8 @@ COLAB_RUNTIME_PACKAGES = (
   "pip-freeze.txt"
 )
 PYPI = "https://pypi.org/project/{name}/"
+CLOUD_BUILD_PRICING = "https://cloud.google.com/build/pricing"
+ARTIFACT_REGISTRY_PRICING = "https://cloud.google.com/artifact-registry/pricing"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,7 +471,50 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         colab.checked,
       )
     )
+  for price in PRICES:
+    out.append(
+      (
+        "Google Cloud price",
+        price.service,
+        f"USD {price.usd} {price.unit} ({price.note})",
+        price.source,
+        price.checked,
+      )
+    )
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Price:
+  """A list price (USD) of a service launch.vertex's image build uses."""
+
+  service: str
+  usd: float
+  unit: str
+  source: str
+  checked: str = CHECKED
+  note: str = ""
+
+
+# launch.vertex builds on E2_HIGHCPU_8 (launch/image_build.py BUILD_MACHINE)
+# and keeps one image per content hash in Artifact Registry.
+CLOUD_BUILD_MINUTE = Price(
+  "Cloud Build, e2-highcpu-8 (default pool)",
+  0.016,
+  "per build-minute",
+  CLOUD_BUILD_PRICING,
+  note="queued time is free; 2,500 free minutes a month apply to "
+  "e2-standard-2 only",
+)
+REGISTRY_STORAGE = Price(
+  "Artifact Registry, Docker image storage",
+  0.10,
+  "per GB-month",
+  ARTIFACT_REGISTRY_PRICING,
+  note="the first 0.5 GB per billing account free; pulls in the same "
+  "region free",
+)
+PRICES = (CLOUD_BUILD_MINUTE, REGISTRY_STORAGE)
 
 
 def markdown_table() -> str:

@@ -6,17 +6,19 @@
         --base_output_dir=gs://b/runs/1 --dry_run -- --strategy=mirrored \
         --train_data='gs://b/data/train-*'
 
-Two ways to ship the code:
+Three ways to ship the code:
 
-  package path          (default) builds this package's sdist, uploads it to
-                        --staging_bucket and runs it on Vertex's prebuilt
-                        TensorFlow training image (pythonPackageSpec)
-  container path        --container_image=URI: runs an image built from the
-                        Dockerfile (GPU/CPU) or Dockerfile.tpu (containerSpec);
-                        nothing is uploaded. TPU jobs need it: Vertex has no
-                        prebuilt TensorFlow TPU image in this package's range.
+  built for you         (default) this package's image, from the Dockerfile
+                        (GPU/CPU) or Dockerfile.tpu (TPU), tagged by a hash of
+                        its content in Artifact Registry (--repository):
+                        reused when the tag exists, else built by Cloud Build
+                        after a preflight (launch/cloud_build.py)
+  container path        --container_image=URI: an image you built
+  package path          --executor_image_uri=URI: builds this package's
+                        sdist, uploads it to --staging_bucket and installs it
+                        on that prebuilt TensorFlow image (pythonPackageSpec)
 
-Either way the worker pools run `python -m trainer.task` with the trainer
+Every way the worker pools run `python -m trainer.task` with the trainer
 flags after `--`. Shapes:
 
   one machine, N GPUs   --machine_type --accelerator_type --accelerator_count
@@ -44,8 +46,8 @@ each run the job above, with the same worker pools, told to report --metric
 AIP_TENSORBOARD_LOG_DIR, which the trainer uses when its own flags are not
 given. Trainers on GPU or TPU machines get --require_accelerator=gpu|tpu, so
 a TensorFlow that cannot see the accelerator stops the job at once instead
-of training on the CPU. --dry_run prints the job request as JSON and submits
-nothing. Flag values, the trainer's included (parsed into its Config here),
+of training on the CPU. --dry_run prints the job request as JSON (and the
+image build it would start) and submits nothing. Flag values, the trainer's included (parsed into its Config here),
 are checked before anything is built or uploaded. Submitting never imports
 TensorFlow; google-cloud-aiplatform is imported only to submit.
 
@@ -64,6 +66,8 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from launch import cloud_build
+from launch import image_build
 from launch import tuning
 from launch import vertex_requests
 from launch import vertex_submit
@@ -177,6 +181,41 @@ def define_flags(flag_values=FLAGS):
     "Required for TPU machines.",
     flag_values=flag_values,
   )
+  flags.DEFINE_string(
+    "repository",
+    "alexnet",
+    "Artifact Registry Docker repository (in --region) for the image "
+    "built from this package when no --container_image or "
+    "--executor_image_uri is given.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "create_repository",
+    False,
+    "Create --repository if it does not exist (never done unasked).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "build_service_account",
+    "",
+    "Account the Cloud Build runs as; empty = the project's default "
+    "(the Compute Engine default account, or the legacy Cloud Build one).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "skip_permission_check",
+    False,
+    "Skip the check that the build may push and Vertex AI may pull (roles "
+    "granted on a folder or organisation are not seen by it).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "no_wait",
+    False,
+    "Return once the image build is started: its last step submits the "
+    "job when the image is pushed.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_bool(
     "spot",
     False,
@@ -226,7 +265,7 @@ def define_flags(flag_values=FLAGS):
   flags.DEFINE_bool(
     "dry_run",
     False,
-    "Print the job request as JSON; submit nothing.",
+    "Print the job request as JSON (and the image build it would start); submit nothing.",
     flag_values=flag_values,
   )
   flags.DEFINE_bool(
@@ -235,8 +274,11 @@ def define_flags(flag_values=FLAGS):
     "Stream the job's state until it ends; exit non-zero unless it succeeds.",
     flag_values=flag_values,
   )
-  flags.DEFINE_integer(
-    "poll_secs", 30, "--wait polling interval.", flag_values=flag_values
+  flags.DEFINE_float(
+    "poll_secs",
+    30,
+    "How often --wait and an image build are polled (s).",
+    flag_values=flag_values,
   )
   flags.DEFINE_bool(
     "tune",
@@ -342,6 +384,11 @@ def options_from_flags(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
       "base_output_dir",
       "executor_image_uri",
       "container_image",
+      "repository",
+      "create_repository",
+      "build_service_account",
+      "skip_permission_check",
+      "no_wait",
       "spot",
       "restart_job_on_worker_restart",
       "timeout_hours",
@@ -372,12 +419,35 @@ def main(argv):
   display_name = FLAGS.display_name or (
     f"alexnet-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
   )
+  build = None
+  if not options["container_image"] and not options["executor_image_uri"]:
+    # This package's own image, tagged by its content.
+    try:
+      build = image_build.plan(options)
+    except FileNotFoundError as e:
+      print(f"Error: {e}", file=sys.stderr)
+      return 2
+    options = {**options, "container_image": build.image}
   request = vertex_requests.build_request(
     options, parameters, trainer_args, display_name, trainer
   )
   if FLAGS.dry_run:
+    if build:
+      line, build_request = cloud_build.describe_plan(options, build, request)
+      print(line)
+      if build_request:
+        print("Cloud Build request:")
+        print(json.dumps(build_request, indent=2))
+      print("Vertex AI request:")
     print(json.dumps(request, indent=2))
     return 0
+  if build:
+    try:
+      if cloud_build.ensure_image(options, build, request, FLAGS.poll_secs):
+        return 0  # The build submits the job.
+    except LaunchError as e:
+      print(f"Error: {e}", file=sys.stderr)
+      return 1
   job = vertex_submit.submit_job(options, request, parameters, display_name)
   if FLAGS.wait:
     return 0 if vertex_submit.wait(job, FLAGS.poll_secs) else 1

@@ -94,8 +94,13 @@ def check_job_options(options: dict[str, Any]) -> None:
   container = options["container_image"]
   for name, help_text in OUTPUT_DIR_HELP.items():
     value = options[name]
-    if not value and name == "staging_bucket" and container:
-      continue  # Nothing to stage; the client falls back to the output dir.
+    if (
+      not value
+      and name == "staging_bucket"
+      and not options["executor_image_uri"]
+    ):
+      # No package to stage; a build context goes to the output dir.
+      continue
     if not value:
       raise LaunchError(f"--{name} is required: {help_text}")
     if not value.startswith("gs://"):
@@ -208,12 +213,11 @@ def _check_tpu_machine(options, accelerator, count, machine):
       raise LaunchError(
         f"--{name} is not supported with TPU machines; use a larger TPU slice"
       )
-  if not options["container_image"]:
+  if options["executor_image_uri"]:
     raise LaunchError(
-      f"--accelerator_type={accelerator} needs --container_image: Vertex "
-      "AI has no prebuilt TensorFlow TPU training image in this package's "
-      "TensorFlow range, and pip would replace tensorflow-tpu; build one "
-      "from Dockerfile.tpu (docs: Docker)"
+      f"--accelerator_type={accelerator} runs this package's TPU image "
+      "(Dockerfile.tpu; built for you without --executor_image_uri): "
+      "pip would replace tensorflow-tpu on a prebuilt image"
     )
 
 
@@ -273,53 +277,23 @@ def check_labels(options: dict[str, Any]) -> None:
       )
 
 
-def build_commands(options):
-  """The commands that build this package's image and submit with it, for
-  the pools `options` ask for (Dockerfile, or Dockerfile.tpu on TPUs)."""
-  tpu = options["accelerator_type"] in TPU_MACHINES
-  region = options["region"]
-  image = (
-    f"{region}-docker.pkg.dev/{options['project'] or 'PROJECT'}/REPO/"
-    f"alexnet-tf{'-tpu' if tpu else ''}:"
-    f"{platforms.TPU_STACK.tensorflow_tpu if tpu else platforms.GPU_IMAGE.tensorflow}"
-  )
-  build = (
-    f"docker build -f Dockerfile.tpu -t {image} . && docker push {image}"
-    if tpu
-    else f"gcloud builds submit --tag={image} ."
-  )
-  return build, f"python -m launch.vertex --container_image={image} ..."
-
-
 def check_images(options, today=None):
-  """Refuses a job whose image cannot start: none given (every prebuilt
-  TensorFlow training image is past its end of availability), or a
-  prebuilt one past its date (launch.platforms).
+  """Refuses a prebuilt --executor_image_uri that cannot start: past its
+  end of availability, or outside this package's TensorFlow range
+  (launch.platforms). Without one, the job runs this package's own image.
 
   Raises:
-    LaunchError: one line with the date, its source and the commands to use
-      this package's own image instead.
+    LaunchError: one line with the date or version, its source and what to
+      use instead.
   """
   today = today or datetime.date.today()
-  build, submit = build_commands(options)
-  instead = f"build this package's image and use it: {build}, then {submit}"
+  instead = (
+    "omit --executor_image_uri: launch.vertex then builds this package's "
+    "image with Cloud Build"
+  )
   uri = options["executor_image_uri"]
-  if options["container_image"]:
+  if options["container_image"] or not uri:
     return
-  if not uri:
-    newest = max(
-      (i for i in platforms.VERTEX_TRAINING_IMAGES if i.accelerator == "gpu"),
-      key=lambda i: tuple(map(int, i.tensorflow.split("."))),
-    )
-    if newest.expired(today):
-      raise LaunchError(
-        "Vertex AI's prebuilt TensorFlow training images are past their end "
-        f"of availability (the newest, {_image_name(newest.uri)}, on "
-        f"{newest.end_of_availability}: {newest.source}); {instead}"
-      )
-    raise LaunchError(
-      f"--container_image or --executor_image_uri is required; {instead}"
-    )
   image = platforms.vertex_image(uri)
   if image and image.expired(today):
     raise LaunchError(
@@ -336,9 +310,3 @@ def check_images(options, today=None):
       f"outside this package's {'-'.join(platforms.SUPPORTED_TENSORFLOW)}; "
       f"{instead}"
     )
-
-
-def _image_name(uri):
-  """us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest ->
-  tf-gpu.2-17.py310"""
-  return uri.rsplit("/", 1)[-1].split(":", 1)[0]

@@ -20,8 +20,11 @@ class FakeVertex:
   def __init__(
     self,
     states=("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"),
+    services=None,
   ):
     self.requests = []
+    # Other Google APIs on the same port (tests/fake_image_services.py).
+    self.services = services
     self.states = list(states)
     self.job = None  # The one job created, as served.
     self._gets = 0
@@ -39,9 +42,21 @@ class FakeVertex:
         self.end_headers()
         self.wfile.write(payload)
 
+      def _served(self, body=None):
+        """Whether fake.services answered this request."""
+        if fake.services is None:
+          return False
+        answer = fake.services.handle(self.command, self.path, body)
+        if answer is None:
+          return False
+        self._reply(answer[1], answer[0])
+        return True
+
       def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
+        if self._served(body):
+          return
         fake.requests.append(
           {
             "method": "POST",
@@ -69,6 +84,8 @@ class FakeVertex:
         self._reply(fake.job)
 
       def do_GET(self):
+        if self._served():
+          return
         fake.requests.append({"method": "GET", "path": self.path})
         if not fake.job or self.path.split("?")[0] != f"/v1/{fake.job['name']}":
           return self._reply(

@@ -13,7 +13,6 @@ from launch import local
 from launch import platforms
 from launch import tuning
 from launch import vertex
-from launch import vertex_checks
 from launch import vertex_requests
 from trainer.errors import UserError
 
@@ -121,7 +120,7 @@ def test_tuning_request_wraps_the_custom_job():
       dict(
         accelerator_type="TPU_V3", accelerator_count=8, machine_type="cloud-tpu"
       ),
-      "needs --container_image",
+      "runs this package's TPU image (Dockerfile.tpu",
     ),
     ([], dict(labels=["Team=x"]), "--labels"),
     (
@@ -175,35 +174,37 @@ def test_local_accepts_what_its_workers_run():
   local.check_trainer_flags(["--require_accelerator=gpu"], 2, "gpu")
 
 
-def test_without_an_image_the_job_is_refused_with_the_date_and_the_way_out():
+def test_without_an_image_the_job_runs_this_packages_own_build():
+  """No prebuilt TensorFlow training image is available any more (the
+  newest reached its end of availability on 2026-07-11): without an image
+  flag the job runs this package's image, built from the Dockerfile (or
+  Dockerfile.tpu on TPU pools) and tagged by content."""
+  from launch import image_build
+
   options = vertex.default_options(
     **{**REQUIRED, "executor_image_uri": ""},
     accelerator_type="NVIDIA_TESLA_T4",
     accelerator_count=1,
   )
-  with pytest.raises(vertex.LaunchError) as raised:
-    vertex.validate(
-      options, ["--config=cats_vs_dogs"], today=datetime.date(2026, 12, 6)
-    )
-  message = str(raised.value)
-  assert "tf-gpu.2-17.py310, on 2026-07-11" in message, message
-  assert platforms.VERTEX_TRAINING_CONTAINERS in message
-  assert (
-    "gcloud builds submit --tag=us-central1-docker.pkg.dev/proj/REPO/"
-    "alexnet-tf:2.21.0 ."
-  ) in message
-  assert "--container_image=us-central1-docker.pkg.dev/proj/REPO/" in message
+  vertex.validate(
+    options, ["--config=cats_vs_dogs"], today=datetime.date(2026, 12, 6)
+  )
+  build = image_build.plan(options)
+  assert build.dockerfile == "Dockerfile"
+  assert build.image.startswith(
+    "us-central1-docker.pkg.dev/proj/alexnet/alexnet-tf:"
+  )
+  newest = max(
+    (i for i in platforms.VERTEX_TRAINING_IMAGES if i.accelerator == "gpu"),
+    key=lambda i: tuple(map(int, i.tensorflow.split("."))),
+  )
+  assert newest.expired(datetime.date(2026, 12, 6))
   # TPU pools build Dockerfile.tpu.
   options.update(
-    accelerator_type="TPU_V3",
-    accelerator_count=8,
-    machine_type="cloud-tpu",
-    container_image="",
+    accelerator_type="TPU_V3", accelerator_count=8, machine_type="cloud-tpu"
   )
-  build, _ = vertex_checks.build_commands(options)
-  assert build.startswith("docker build -f Dockerfile.tpu") and (
-    "alexnet-tf-tpu:2.20.0" in build
-  )
+  vertex.validate(options, [], today=datetime.date(2026, 12, 6))
+  assert image_build.plan(options).dockerfile == "Dockerfile.tpu"
 
 
 @pytest.mark.parametrize("kind", ["cpu", "gpu"])
@@ -213,6 +214,8 @@ def test_prebuilt_images_are_refused_from_their_end_of_availability(kind):
   with pytest.raises(
     vertex.LaunchError, match="end of availability 2026-07-11"
   ):
+    vertex.validate(options, [], today=datetime.date(2026, 7, 11))
+  with pytest.raises(vertex.LaunchError, match="omit --executor_image_uri"):
     vertex.validate(options, [], today=datetime.date(2026, 7, 11))
   # Negative control: the day before, the same image is accepted.
   vertex.validate(options, [], today=datetime.date(2026, 7, 10))

@@ -35,9 +35,9 @@ def _as_named_json(body, kind="CustomJob"):
   return json_format.MessageToDict(message_class.pb(message))
 
 
-# The package path needs an image: Vertex AI's prebuilt TensorFlow images
-# are past their end of availability, so jobs here name one of the user's own
-# unless a test passes --container_image or --executor_image_uri itself.
+# Without an image flag launch.vertex builds this package's image (tested in
+# vertex_build_test.py); jobs here take the package path on an image of the
+# user's own unless a test passes --container_image or --executor_image_uri.
 OWN_IMAGE = "us-central1-docker.pkg.dev/proj/repo/tf-2-21:1"
 
 
@@ -282,22 +282,20 @@ def test_tpu_shapes_run_in_a_container(shape, topology):
 
 
 @pytest.mark.parametrize("shape,topology", TPU_SHAPES)
-def test_tpu_jobs_need_a_container_image(shape, topology):
+def test_tpu_jobs_refuse_a_prebuilt_image(shape, topology):
   # Vertex has no prebuilt TensorFlow TPU training image in the supported
   # range, and pip would put the CPU/GPU wheel over tensorflow-tpu.
   del topology
-  for extra in (
-    [],
-    [
-      "--executor_image_uri=us-docker.pkg.dev/vertex-ai/training/"
-      "tf-tpu.2-15.cp310:latest"
-    ],
-  ):
-    result = launch(*BASE, *shape, *extra, "--dry_run")
-    assert result.returncode == 2, result.stdout
-    assert "needs --container_image" in result.stderr
-    assert "Dockerfile.tpu" in result.stderr
-    assert _one_line(result.stderr)
+  result = launch(
+    *BASE,
+    *shape,
+    "--executor_image_uri=us-docker.pkg.dev/vertex-ai/training/"
+    "tf-tpu.2-15.cp310:latest",
+    "--dry_run",
+  )
+  assert result.returncode == 2, result.stdout
+  assert "runs this package's TPU image (Dockerfile.tpu" in result.stderr
+  assert _one_line(result.stderr)
 
 
 def test_tpu_strategy_given_with_a_space_is_understood():
@@ -927,46 +925,3 @@ def test_submitting_never_imports_tensorflow(extra):
   assert "NO_TF" in result.stdout, result.stdout + result.stderr
   assert '"workerPoolSpecs"' in result.stdout  # It got as far as the request.
   assert ('"studySpec"' in result.stdout) == bool(extra)
-
-
-def test_without_an_image_nothing_is_submitted_and_one_line_says_why(gcs):
-  """No prebuilt TensorFlow training image is available any more: a job
-  without an image would never start, so none is sent."""
-  env = {"STORAGE_EMULATOR_HOST": gcs.url}
-  with FakeVertex() as vertex:
-    result = subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        "launch.vertex",
-        *BASE,
-        "--display_name=noimage",
-        "--accelerator_type=NVIDIA_TESLA_T4",
-        "--accelerator_count=1",
-        f"--api_endpoint={vertex.url}",
-        "--",
-        "--config=cats_vs_dogs",
-      ],
-      cwd=REPO,
-      env={**cli_env("/tmp"), **env},
-      capture_output=True,
-      text=True,
-      timeout=300,
-    )
-    assert vertex.requests == []
-  assert result.returncode == 2
-  (line,) = result.stderr.splitlines()
-  assert line.startswith(
-    "Error: Vertex AI's prebuilt TensorFlow training "
-    "images are past their end of availability"
-  )
-  assert "2026-07-11" in line and "gcloud builds submit --tag=" in line
-  from google.auth.credentials import AnonymousCredentials
-  from google.cloud import storage
-
-  client = storage.Client(
-    project="proj",
-    credentials=AnonymousCredentials(),
-    client_options={"api_endpoint": gcs.url},
-  )
-  assert not list(client.list_blobs("bkt", prefix="staging/alexnet-tf/noimage"))
