@@ -172,12 +172,33 @@ def build_request(
       job once the image is pushed (launch.vertex --no_wait).
   """
   bucket, _, name = build.context_uri[len("gs://") :].partition("/")
+  # Each build runs on a fresh machine: the last image built (":latest")
+  # is pulled first so that a code change rebuilds only the layers from the
+  # COPY lines on, not the CUDA and TensorFlow layers.
+  latest = build.image.rsplit(":", 1)[0] + ":latest"
   steps = [
     {
       "name": DOCKER_BUILDER,
-      "args": ["build", "-f", build.dockerfile, "-t", build.image, "."],
+      "entrypoint": "bash",
+      "args": ["-c", f"docker pull {latest} || exit 0"],
+    },
+    {
+      "name": DOCKER_BUILDER,
+      "args": [
+        "build",
+        "-f",
+        build.dockerfile,
+        "--cache-from",
+        latest,
+        "-t",
+        build.image,
+        "-t",
+        latest,
+        ".",
+      ],
     },
     {"name": DOCKER_BUILDER, "args": ["push", build.image]},
+    {"name": DOCKER_BUILDER, "args": ["push", latest]},
   ]
   if then_submit:
     url, body = then_submit
@@ -186,7 +207,7 @@ def build_request(
   request: dict[str, Any] = {
     "source": {"storageSource": {"bucket": bucket, "object": name}},
     "steps": steps,
-    "images": [build.image],
+    "images": [build.image, latest],
     "timeout": f"{BUILD_TIMEOUT_SECS}s",
     "options": options,
     "tags": [build.name, build.content_hash],

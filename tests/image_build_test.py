@@ -119,11 +119,40 @@ def test_no_wait_builds_end_with_a_step_that_submits_the_same_job():
     build, then_submit=("https://r-aiplatform.googleapis.com/v1/x", job)
   )
   steps = request["steps"]
-  assert [s["args"][0] for s in steps[:2]] == ["build", "push"]
-  script = steps[2]["args"][1]
+  assert [s["args"][0] for s in steps[1:4]] == ["build", "push", "push"]
+  script = steps[4]["args"][1]
   # Cloud Build's substitution turns $$ back into $.
   unescaped = script.replace("$$", "$")
   assert '"--note=$HOME costs"' in unescaped
   assert "$(gcloud auth print-access-token)" in unescaped
   assert "$" not in script.replace("$$", "")
   assert unescaped.rstrip().endswith("https://r-aiplatform.googleapis.com/v1/x")
+
+
+def test_a_rebuild_starts_from_the_last_image_built():
+  """Cloud Build machines start empty: the build pulls ":latest" (if there
+  is one) and builds from its layers, and tags and pushes the new image as
+  ":latest" too."""
+  options = vertex.default_options(
+    project="proj", base_output_dir="gs://bkt/runs/1"
+  )
+  build = image_build.plan(options)
+  latest = "us-central1-docker.pkg.dev/proj/alexnet/alexnet-tf:latest"
+  steps = image_build.build_request(build)["steps"]
+  assert steps[0]["args"] == ["-c", f"docker pull {latest} || exit 0"]
+  assert steps[1]["args"] == [
+    "build",
+    "-f",
+    "Dockerfile",
+    "--cache-from",
+    latest,
+    "-t",
+    build.image,
+    "-t",
+    latest,
+    ".",
+  ]
+  assert [s["args"] for s in steps[2:]] == [
+    ["push", build.image],
+    ["push", latest],
+  ]
