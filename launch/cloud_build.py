@@ -117,11 +117,14 @@ def preflight(
     return
   number = _project_number(options)
   bindings = _bindings(options, repository)
-  vertex_agent = (
-    f"service-{number}@gcp-sa-aiplatform-cc.iam.gserviceaccount.com"
-  )
-  if not _granted(bindings, [vertex_agent], PULL_ROLES):
-    raise LaunchError(_grant_line(options, vertex_agent, "reader", "pull"))
+  # Who pulls the image: Vertex AI's service agent, or (launch.k8s) the
+  # cluster nodes' account.
+  puller = (
+    options.get("pull_account")
+    or "service-{number}@gcp-sa-aiplatform-cc.iam.gserviceaccount.com"
+  ).format(number=number)
+  if not _granted(bindings, [puller], PULL_ROLES):
+    raise LaunchError(_grant_line(options, puller, "reader", "pull"))
   if not needs_build:
     return
   builders = (

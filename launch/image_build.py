@@ -107,16 +107,18 @@ def content_hash(files: tuple[str, ...], repo: str = REPO) -> str:
   return digest.hexdigest()[:HASH_LENGTH]
 
 
-def plan(options: dict, repo: str = REPO) -> ImageBuild:
-  """The image for launch.vertex's options: Dockerfile.tpu on TPU machines,
-  else the Dockerfile; tagged by content in --repository."""
-  from launch.vertex_checks import TPU_MACHINES
+def plan(
+  options: dict, repo: str = REPO, tpu: bool | None = None
+) -> ImageBuild:
+  """The image for a launcher's options (project, region, repository,
+  staging_bucket or base_output_dir): Dockerfile.tpu for TPUs (`tpu`, or
+  launch.vertex's TPU --accelerator_type), else the Dockerfile; tagged by
+  content in the repository."""
+  if tpu is None:
+    from launch.vertex_checks import TPU_MACHINES
 
-  dockerfile = (
-    TPU_DOCKERFILE
-    if options["accelerator_type"] in TPU_MACHINES
-    else GPU_DOCKERFILE
-  )
+    tpu = options["accelerator_type"] in TPU_MACHINES
+  dockerfile = TPU_DOCKERFILE if tpu else GPU_DOCKERFILE
   files = context_files(dockerfile, repo)
   tag = content_hash(files, repo)
   name = IMAGE_NAMES[dockerfile]
@@ -124,7 +126,9 @@ def plan(options: dict, repo: str = REPO) -> ImageBuild:
     f"{options['region']}-docker.pkg.dev/{options['project']}/"
     f"{options['repository']}/{name}:{tag}"
   )
-  staging = options["staging_bucket"] or options["base_output_dir"]
+  staging = (
+    options.get("staging_bucket") or options.get("base_output_dir") or ""
+  )
   return ImageBuild(
     dockerfile=dockerfile,
     files=files,

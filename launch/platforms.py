@@ -58,6 +58,11 @@ COLAB_RUNTIME_PACKAGES = (
   "pip-freeze.txt"
 )
 PYPI = "https://pypi.org/project/{name}/"
+GKE_TPUS = "https://cloud.google.com/kubernetes-engine/docs/concepts/plan-tpus"
+GKE_GPUS = "https://cloud.google.com/kubernetes-engine/docs/how-to/gpus"
+JOBSET_RELEASE = (
+  "https://github.com/kubernetes-sigs/jobset/releases/tag/v0.12.0"
+)
 CLOUD_BUILD_PRICING = "https://cloud.google.com/build/pricing"
 ARTIFACT_REGISTRY_PRICING = "https://cloud.google.com/artifact-registry/pricing"
 
@@ -471,6 +476,35 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         colab.checked,
       )
     )
+  for tpu in GKE_TPU_SLICES:
+    out.append(
+      (
+        "GKE TPU slice, one host",
+        f"{tpu.accelerator} {tpu.topology}",
+        f"{tpu.chips} chip(s) on one node: google.com/tpu: {tpu.chips}",
+        tpu.source,
+        tpu.checked,
+      )
+    )
+  out.append(
+    (
+      "GKE GPU node label",
+      "cloud.google.com/gke-accelerator",
+      ", ".join(GKE_GPU_ACCELERATORS),
+      GKE_GPUS,
+      CHECKED,
+    )
+  )
+  out.append(
+    (
+      "JobSet",
+      f"jobset.x-k8s.io/v1alpha2, {JOBSET_VERSION}",
+      "the CRD schema the generated JobSets are validated against "
+      "(tests/schemas)",
+      JOBSET_RELEASE,
+      CHECKED,
+    )
+  )
   for price in PRICES:
     out.append(
       (
@@ -482,6 +516,43 @@ def rows() -> list[tuple[str, str, str, str, str]]:
       )
     )
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GkeTpuSlice:
+  """A GKE TPU slice launch.k8s can run: one host (TensorFlow drives a
+  multi-host slice from one client process, which a pod per host is not)."""
+
+  accelerator: str  # the cloud.google.com/gke-tpu-accelerator value
+  topology: str  # the cloud.google.com/gke-tpu-topology value
+  chips: int  # google.com/tpu per pod: the whole slice on its one host
+  source: str = GKE_TPUS
+  checked: str = CHECKED
+
+
+GKE_TPU_SLICES = (
+  GkeTpuSlice("tpu-v5-lite-podslice", "1x1", 1),
+  GkeTpuSlice("tpu-v5-lite-podslice", "2x2", 4),
+  GkeTpuSlice("tpu-v5-lite-podslice", "2x4", 8),
+  GkeTpuSlice("tpu-v4-podslice", "2x2x1", 4),
+)
+# cloud.google.com/gke-accelerator values of the GPUs GKE offers that this
+# package's image runs (CUDA 12.5: compute capability 5.0 and up).
+GKE_GPU_ACCELERATORS = (
+  "nvidia-tesla-t4",
+  "nvidia-tesla-v100",
+  "nvidia-l4",
+  "nvidia-tesla-a100",
+  "nvidia-a100-80gb",
+  "nvidia-h100-80gb",
+  "nvidia-h100-mega-80gb",
+)
+# The JobSet release whose CRD schema tests/schemas holds (launch.k8s writes
+# jobset.x-k8s.io/v1alpha2 objects).
+JOBSET_VERSION = "v0.12.0"
+# The Kubernetes version the core objects are validated against
+# (kubernetes-validate's bundled schemas).
+KUBERNETES_VERSION = "1.33"
 
 
 @dataclasses.dataclass(frozen=True)
