@@ -122,6 +122,13 @@ def define_flags(flag_values=FLAGS):
     "service account with Workload Identity to reach gs:// (never a key file).",
     **d,
   )
+  flags.DEFINE_multi_string(
+    "volume",
+    [],
+    "CLAIM:/mount/path: mount a PersistentVolumeClaim (ReadWriteMany, e.g. "
+    "Filestore) in every pod; --model_dir and data may then be under it.",
+    **d,
+  )
   flags.DEFINE_string(
     "queue", "", "Kueue LocalQueue (kueue.x-k8s.io/queue-name label).", **d
   )
@@ -177,7 +184,8 @@ def build_job(
     raise LaunchError(str(e)) from None
   config = trainer.config
   kind, tpu = _accelerator(options)
-  _check_trainer(options, config, kind)
+  volumes = _volumes(options)
+  _check_trainer(options, config, kind, [path for _, path in volumes])
   image = options["image"]
   if not image:
     if not options["project"]:
@@ -206,6 +214,7 @@ def build_job(
     ttl_secs=options["ttl_hours"] * 3600,
     grace_secs=options["grace_secs"],
     format=options["format"],
+    volumes=volumes,
   )
   args = k8s_manifests.implied_trainer_args(
     trainer_args,
@@ -257,7 +266,27 @@ def _accelerator(options):
   return "tpu", match[0]
 
 
-def _check_trainer(options, config, kind):
+def _volumes(options):
+  out = []
+  for value in options["volume"]:
+    claim, _, path = value.partition(":")
+    if not NAME.fullmatch(claim) or not path.startswith("/"):
+      raise LaunchError(
+        f"--volume={value!r}: expected CLAIM:/mount/path (a "
+        "PersistentVolumeClaim's name and where pods mount it)"
+      )
+    out.append((claim, path.rstrip("/") or "/"))
+  return tuple(out)
+
+
+def _shared(path, mounts):
+  """Whether every pod reads and writes `path`: gs://, or a volume's."""
+  return path.startswith("gs://") or any(
+    path == m or path.startswith(m.rstrip("/") + "/") for m in mounts
+  )
+
+
+def _check_trainer(options, config, kind, mounts):
   """What the trainer flags ask of the pods is what they get."""
   strategy = config.strategy
   if options["workers"] > 1 and strategy not in ("auto", "multi_worker"):
@@ -277,16 +306,18 @@ def _check_trainer(options, config, kind):
       f"trainer flag --require_accelerator={required}: the pods have no "
       f"{required.upper()} (--accelerator={options['accelerator'] or 'none'})"
     )
-  if not config.model_dir.startswith("gs://"):
+  if not _shared(config.model_dir, mounts):
     raise LaunchError(
       f"trainer flag --model_dir={config.model_dir or '(unset)'}: pods keep "
-      "nothing when they end, and every trainer writes there: a gs:// path"
+      "nothing when they end, and every trainer writes there: a gs:// path, "
+      "or one under a --volume"
     )
   for name in ("train_data", "eval_data"):
     value = getattr(config, name)
-    if value and not value.startswith("gs://"):
+    if value and not _shared(value, mounts):
       raise LaunchError(
-        f"trainer flag --{name}={value} is a local path; pods read gs://"
+        f"trainer flag --{name}={value} is a local path; pods read gs:// "
+        "or a --volume"
       )
   if config.data_service and options["data_service_workers"]:
     raise LaunchError(
@@ -310,8 +341,13 @@ def plan_image(options, tpu):
 def to_yaml(objects: list[dict[str, Any]]) -> str:
   import yaml
 
+  class Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data):
+      del data
+      return True  # Every object written out: no &id001 anchors.
+
   return "---\n".join(
-    yaml.safe_dump(o, sort_keys=False, default_flow_style=False)
+    yaml.dump(o, Dumper=Dumper, sort_keys=False, default_flow_style=False)
     for o in objects
   )
 
@@ -322,7 +358,7 @@ def options_from_flags(flag_values=FLAGS) -> dict[str, Any]:
     "staging_bucket", "workers", "data_service_workers", "accelerator", "gpus",
     "tpu_topology", "cpu", "memory", "data_service_cpu", "data_service_memory",
     "service_account", "queue", "max_restarts", "ttl_hours", "grace_secs",
-    "context",
+    "context", "volume",
   ]  # fmt: skip
   options = {n: flag_values[n].value for n in names}
   if not options["name"]:

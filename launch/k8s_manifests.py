@@ -76,6 +76,9 @@ class Job:
   ttl_secs: int = 86400
   grace_secs: int = 120
   format: str = "jobset"  # or indexed-job
+  # (PersistentVolumeClaim, mount path) in every pod: a shared file system
+  # (e.g. Filestore, ReadWriteMany) for --model_dir or data.
+  volumes: tuple[tuple[str, str], ...] = ()
 
 
 def roles(job: Job) -> list[Role]:
@@ -258,6 +261,15 @@ def pod_spec(job: Job, role: Role, subdomain: str = "") -> dict[str, Any]:
     "terminationGracePeriodSeconds": job.grace_secs,
     "containers": [container],
   }
+  if job.volumes:
+    spec["volumes"] = [
+      {"name": f"volume-{i}", "persistentVolumeClaim": {"claimName": claim}}
+      for i, (claim, _) in enumerate(job.volumes)
+    ]
+    container["volumeMounts"] = [
+      {"name": f"volume-{i}", "mountPath": path}
+      for i, (_, path) in enumerate(job.volumes)
+    ]
   if subdomain:
     spec["subdomain"] = subdomain
   if job.service_account:

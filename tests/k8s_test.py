@@ -84,9 +84,12 @@ SHAPES = {
     workers=2, accelerator="nvidia-l4", gpus=2, data_service_workers=2
   ),
   "tpu": dict(accelerator="tpu-v5-lite-podslice", tpu_topology="2x4"),
-  "queue and identity": dict(
-    workers=3, queue="team-a", service_account="trainer-ksa"
-  ),
+  "queue, identity, volume": dict(
+    workers=3,
+    queue="team-a",
+    service_account="trainer-ksa",
+    volume=["shared:/mnt/shared"],
+  ),  # fmt: skip
 }
 
 
@@ -199,6 +202,8 @@ def test_the_manifest_asks_for_what_the_shape_needs():
     ),
     ({}, ["--require_accelerator=gpu"], "the pods have no GPU"),
     ({}, ["--model_dir=runs/1"], "pods keep nothing"),
+    (dict(volume=["shared:/mnt/a"]), ["--model_dir=/mnt/b/run"], "pods keep"),
+    (dict(volume=["shared"]), [], "--volume='shared': expected CLAIM:/mount"),
     ({}, ["--train_data=/data/train-*"], "is a local path"),
     (dict(image=""), [], "--image=URI or --project"),
   ],
