@@ -216,7 +216,9 @@ def _jobset(model_dir, *trainer):
     "--dry_run", "--name=run1", f"--image={IMAGE}", "--workers=2",
     "--grace_secs=10", f"--volume=shared:{volume}", "--",
     "--config=tiny", f"--model_dir={model_dir}", "--precision=float32",
-    "--checkpoint_every_steps=4", "--collective_timeout_secs=60", *trainer,
+    "--deterministic", "--epochs=2", "--synthetic_train_examples=128",
+    "--synthetic_eval_examples=64", "--steps_per_call=2",
+    "--checkpoint_every_steps=2", "--collective_timeout_secs=60", *trainer,
   )  # fmt: skip
   assert result.returncode == 0, result.stderr
   (jobset,) = yaml.safe_load_all(result.stdout)
@@ -244,7 +246,7 @@ def test_the_pods_train_together_and_a_killed_pod_resumes(tmp_path, cache_dir):
   killed = Pods(_jobset(volume / "killed"), cache_dir, str(tmp_path))
   killed.start("first")
   deadline = time.time() + 300
-  while not (volume / "killed" / "checkpoints" / "ckpt-8.index").exists():
+  while not (volume / "killed" / "checkpoints" / "ckpt-4.index").exists():
     assert time.time() < deadline, killed.output("chief-0", "first")[-3000:]
     assert all(p.poll() is None for p in killed.processes.values())
     time.sleep(0.05)
