@@ -35,6 +35,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from launch import flag_defaults
 from launch import image_build
 from launch import k8s_manifests
 from launch import platforms
@@ -367,17 +368,12 @@ def options_from_flags(flag_values=FLAGS) -> dict[str, Any]:
   return options
 
 
-def default_options(**changes):
-  """The options at their defaults plus `changes` (tests, notebooks)."""
-  flag_values = flags.FlagValues()
-  define_flags(flag_values)
-  flag_values.mark_as_parsed()
-  options = options_from_flags(flag_values)
-  unknown = set(changes) - set(options)
-  if unknown:
-    raise ValueError(f"not launch.k8s options: {sorted(unknown)}")
-  options.update(changes)
-  return options
+def default_options(**changes: Any) -> dict[str, Any]:
+  """The options `main` reads from the flags, at their defaults plus
+  `changes`: for building and checking requests as functions."""
+  return flag_defaults.options(
+    define_flags, options_from_flags, "launch.k8s", changes
+  )
 
 
 def main(argv):

@@ -67,6 +67,7 @@ from absl import app
 from absl import flags
 
 from launch import cloud_build
+from launch import flag_defaults
 from launch import image_build
 from launch import tuning
 from launch import vertex_requests
@@ -343,15 +344,9 @@ def define_flags(flag_values=FLAGS):
 def default_options(**changes: Any) -> dict[str, Any]:
   """The options `main` reads from the flags, at their defaults plus
   `changes`: for building and checking requests as functions."""
-  flag_values = flags.FlagValues()
-  define_flags(flag_values)
-  flag_values.mark_as_parsed()
-  options = options_from_flags(flag_values)
-  unknown = set(changes) - set(options)
-  if unknown:
-    raise ValueError(f"not launch.vertex options: {sorted(unknown)}")
-  options.update(changes)
-  return options
+  return flag_defaults.options(
+    define_flags, options_from_flags, "launch.vertex", changes
+  )
 
 
 TUNING_FLAGS = (

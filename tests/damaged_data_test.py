@@ -187,31 +187,45 @@ def test_prepare_index_counts_once_for_every_later_run(run_cli, tmp_path):
   assert "reading them to count their records" not in trained.stdout
 
 
-def test_on_two_workers_the_one_that_hits_it_names_it_and_the_job_stops(
-  run_cli, tmp_path
-):
-  """Worker 1's share (files 1 and 3) holds the damage; the counts come from
-  a manifest (no counting pass finds it first). Worker 1 says which file,
-  the launcher stops worker 0: no hang."""
-  paths = _shards(tmp_path / "set")
+def _with_manifest(directory, damaged):
+  """Four shards and their manifest (no counting pass finds the damage
+  first), shard `damaged` truncated. Returns the shards' paths."""
+  paths = _shards(directory)
   shards = [{"file": os.path.basename(p), "num_examples": 64} for p in paths]
   records.write_manifest(
-    str(tmp_path / "set"), {"splits": {"train": {"shards": shards}}}
+    str(directory), {"splits": {"train": {"shards": shards}}}
   )
-  _truncate(paths[3])
-  result = run_cli(
+  _truncate(paths[damaged])
+  return paths
+
+
+def _launch_local(run_cli, tmp_path, launcher, trainer):
+  """launch.local with `launcher` flags, one tiny epoch on tmp_path/set."""
+  return run_cli(
     "launch.local",
-    "--workers=2",
+    *launcher,
     "--grace_secs=5",
     "--",
     "--config=tiny",
-    "--strategy=multi_worker",
+    *trainer,
     f"--train_data={tmp_path}/set/train-*",
     "--epochs=1",
     "--precision=float32",
     "--export=false",
     f"--model_dir={tmp_path / 'run'}",
     timeout=300,
+  )
+
+
+def test_on_two_workers_the_one_that_hits_it_names_it_and_the_job_stops(
+  run_cli, tmp_path
+):
+  """Worker 1's share (files 1 and 3) holds the damage; the counts come from
+  a manifest (no counting pass finds it first). Worker 1 says which file,
+  the launcher stops worker 0: no hang."""
+  paths = _with_manifest(tmp_path / "set", damaged=3)
+  result = _launch_local(
+    run_cli, tmp_path, ["--workers=2"], ["--strategy=multi_worker"]
   )
   assert result.returncode == 1, result.stdout[-3000:]
   assert (
@@ -223,25 +237,9 @@ def test_on_two_workers_the_one_that_hits_it_names_it_and_the_job_stops(
 def test_through_the_data_service_the_line_names_the_file(run_cli, tmp_path):
   """The tf.data service's workers read the files; the trainer finds which
   one is damaged by reading them after the failure."""
-  paths = _shards(tmp_path / "set")
-  shards = [{"file": os.path.basename(p), "num_examples": 64} for p in paths]
-  records.write_manifest(
-    str(tmp_path / "set"), {"splits": {"train": {"shards": shards}}}
-  )
-  _truncate(paths[1])
-  result = run_cli(
-    "launch.local",
-    "--workers=1",
-    "--data_service_workers=1",
-    "--grace_secs=5",
-    "--",
-    "--config=tiny",
-    f"--train_data={tmp_path}/set/train-*",
-    "--epochs=1",
-    "--precision=float32",
-    "--export=false",
-    f"--model_dir={tmp_path / 'run'}",
-    timeout=300,
+  paths = _with_manifest(tmp_path / "set", damaged=1)
+  result = _launch_local(
+    run_cli, tmp_path, ["--workers=1", "--data_service_workers=1"], []
   )
   assert result.returncode == 1, result.stdout[-3000:]
   errors = [l for l in result.stdout.splitlines() if "Error:" in l]

@@ -18,15 +18,7 @@ def gcs(tmp_path_factory):
 
 
 def _blobs(gcs, prefix):
-  from google.auth.credentials import AnonymousCredentials
-  from google.cloud import storage
-
-  client = storage.Client(
-    project="test",
-    credentials=AnonymousCredentials(),
-    client_options={"api_endpoint": gcs.url},
-  )
-  return {b.name: b for b in client.list_blobs("alexnet-test", prefix=prefix)}
+  return gcs.blobs("alexnet-test", prefix)
 
 
 def test_prepare_train_checkpoint_export_on_gcs(gcs, run_cli):

@@ -53,15 +53,7 @@ def gcs(tmp_path_factory):
 
 
 def _blobs(gcs, prefix):
-  from google.auth.credentials import AnonymousCredentials
-  from google.cloud import storage
-
-  client = storage.Client(
-    project="proj",
-    credentials=AnonymousCredentials(),
-    client_options={"api_endpoint": gcs.url},
-  )
-  return {b.name: b for b in client.list_blobs("bkt", prefix=prefix)}
+  return gcs.blobs("bkt", prefix)
 
 
 def launch(vertex_fake, gcs, *args):
