@@ -740,3 +740,17 @@ def test_storage_that_stops_answering_is_a_restart_not_damage(error):
     controller.Controller.run(Failing())
   assert "storage or another worker stopped answering" in str(raised.value)
   assert "resumes from the last checkpoint" in str(raised.value)
+
+
+def test_what_counts_as_storage_that_stopped_answering():
+  """The GCS client's give-up after its retries is an Aborted error; other
+  Aborted errors (a cancelled collective) and data errors are not it."""
+  from trainer import errors
+
+  gave_up = tf.errors.AbortedError(
+    None, None, "All 10 retry attempts failed. The last failure: 503"
+  )
+  assert errors.unanswered(gave_up)
+  assert errors.unanswered(tf.errors.UnavailableError(None, None, "x"))
+  assert not errors.unanswered(tf.errors.AbortedError(None, None, "cancelled"))
+  assert not errors.unanswered(tf.errors.DataLossError(None, None, "x"))

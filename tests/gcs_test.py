@@ -2,7 +2,9 @@
 prepare -> train -> checkpoint -> resume -> export, all through tf.io.gfile,
 checked with the real google-cloud-storage client."""
 
+import glob
 import json
+import os
 
 import gcs_emulator
 import pytest
@@ -238,3 +240,46 @@ def test_transient_storage_errors_are_retried_not_skipped(gcs, cache_dir):
     assert len(failed) == 3, failed  # The control: they did fail.
     assert results(troubled) == results(clean), failed
     assert "damaged" not in troubled.stderr
+
+
+def test_storage_that_stays_down_is_one_line_and_a_restart(gcs, run_cli):
+  """Past TensorFlow's GCS retries (2 here, GCS_RETRY_CONFIG_MAX_RETRIES) a
+  shard that keeps answering 503 ends the run with one line and exit 75
+  ("run again": Vertex AI and JobSet restarts resume it), not a traceback
+  nor a damaged-data line."""
+  import data_test
+
+  local = data_test.write_set(os.path.join(gcs.directory, "down"), 2, 8)
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+
+  client = storage.Client(
+    project="test",
+    credentials=AnonymousCredentials(),
+    client_options={"api_endpoint": gcs.url},
+  ).bucket("alexnet-test")
+  for path in sorted(glob.glob(local)):
+    client.blob(f"down/{os.path.basename(path)}").upload_from_filename(path)
+  gcs.fail_next("train-00001-of-00002", times=10000)
+  result = run_cli(
+    "trainer.task",
+    "--config=tiny",
+    "--train_data=gs://alexnet-test/down/train-*",
+    "--epochs=1",
+    "--export=false",
+    "--precision=float32",
+    "--model_dir=gs://alexnet-test/runs/down",
+    env={
+      **gcs.env,
+      "GCS_RETRY_CONFIG_MAX_RETRIES": "2",
+      "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "1000",
+      "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "10000",
+    },
+    timeout=300,
+  )
+  assert result.returncode == 75, result.stdout[-2000:] + result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert "storage or another worker stopped answering" in errors[0]
+  assert " is damaged (" not in errors[0]

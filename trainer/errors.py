@@ -27,6 +27,25 @@ class Unanswered(TrainingError):
   restarts do that)."""
 
 
+def unanswered(error):
+  """Whether `error` (a TensorFlow OpError) means storage or a peer stopped
+  answering, past TensorFlow's own retries: Unavailable, DeadlineExceeded,
+  or the GCS client's "All N retry attempts failed" (an Aborted)."""
+  name = type(error).__name__
+  if name in ("UnavailableError", "DeadlineExceededError"):
+    return True
+  return name == "AbortedError" and "retry attempts failed" in str(error)
+
+
+def unanswered_message(error, resumes=True):
+  return (
+    f"{describe(error)}: storage or another worker stopped answering "
+    "(after TensorFlow's retries; the data is not damaged); run the same "
+    "command again"
+    + (": it resumes from the last checkpoint" if resumes else "")
+  )
+
+
 def describe(error):
   """The first meaningful line of an exception, TensorFlow's noise removed."""
   import re

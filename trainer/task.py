@@ -85,7 +85,12 @@ def main(argv):
     startup.start_tensorflow()  # After flags are checked: errors come fast.
     from trainer import train
 
-    summary = train.train(config, configs.run_name(config.config))
+    try:
+      summary = train.train(config, configs.run_name(config.config))
+    except Exception as e:  # Past the loop too: counting, checkpoints, export.
+      if errors.unanswered(e):
+        raise errors.Unanswered(errors.unanswered_message(e)) from None
+      raise
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     if isinstance(e, errors.Unanswered):

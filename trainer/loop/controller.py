@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import data
+from trainer import errors
 from trainer import faults
 from trainer import hypertune
 from trainer import metrics
@@ -93,12 +94,10 @@ class Controller:
       if trainer.eval_spec:
         named.append(("eval_data", trainer.eval_spec.files))
       raise TrainingError(shards.damaged_data_message(e, named)) from None
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
-      raise Unanswered(
-        f"{describe(e)}: storage or another worker stopped answering "
-        "(after TensorFlow's retries; the data is not damaged); run the "
-        "same command again: it resumes from the last checkpoint"
-      ) from None
+    except tf.errors.OpError as e:
+      if errors.unanswered(e):
+        raise Unanswered(errors.unanswered_message(e)) from None
+      raise
 
   def _run(self):
     trainer, config, state = (

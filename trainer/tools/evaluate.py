@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import data
+from trainer import errors
 from trainer import evaluation
 from trainer import model as model_lib
 from trainer import outputs
@@ -189,11 +190,10 @@ def run(
       or f"bad data in --eval_data ({describe(e)}); --skip_corrupt in the "
       "run's config skips undecodable records"
     ) from None
-  except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
-    raise UserError(
-      f"{describe(e)}: storage stopped answering (after TensorFlow's "
-      "retries; the data is not damaged); run the same command again"
-    ) from None
+  except tf.errors.OpError as e:
+    if errors.unanswered(e):
+      raise UserError(errors.unanswered_message(e, resumes=False)) from None
+    raise
   per_class, macro = evaluation.per_class_report(
     figures["confusion_matrix"], class_names
   )
