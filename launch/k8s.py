@@ -160,6 +160,41 @@ def define_flags(flag_values=FLAGS):
 
 
 NAME = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
+# A PersistentVolumeClaim's name: a DNS-1123 subdomain.
+CLAIM = re.compile(r"[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?")
+MINIMUM = {
+  "workers": 1,
+  "data_service_workers": 0,
+  "max_restarts": 0,
+  "ttl_hours": 0,
+  "grace_secs": 0,
+}
+# A pod's name (and hostname) is at most 63 characters; Kubernetes adds a
+# random "-xxxxx" to the Job's name and index.
+POD_NAME_LIMIT = 63 - len("-xxxxx")
+
+
+def _check_pod_names(options):
+  """The longest pod name the job makes fits."""
+  longest = max(
+    (
+      f"{options['name']}-{role}-0-{pods - 1}"
+      for role, pods in (
+        ("chief", 1),
+        ("worker", options["workers"] - 1),
+        ("dispatcher", 1 if options["data_service_workers"] else 0),
+        ("data-worker", options["data_service_workers"]),
+      )
+      if pods > 0
+    ),
+    key=len,
+  )
+  if len(longest) > POD_NAME_LIMIT:
+    raise LaunchError(
+      f"--name={options['name']}: its pods' names would reach "
+      f"{len(longest) + 6} characters ({longest}-xxxxx), over Kubernetes' 63;"
+      " pick a shorter --name"
+    )
 
 
 def build_job(
@@ -172,13 +207,23 @@ def build_job(
       f"--name={name!r}: lowercase letters, digits and -, starting with a "
       "letter, at most 40 characters (pod DNS names add to it)"
     )
-  for flag in ("workers",):
-    if options[flag] < 1:
-      raise LaunchError(f"--{flag} must be >= 1, got {options[flag]}")
-  if options["data_service_workers"] < 0:
-    raise LaunchError(
-      f"--data_service_workers must be >= 0, got {options['data_service_workers']}"
-    )
+  for flag, least in MINIMUM.items():
+    if options[flag] < least:
+      raise LaunchError(f"--{flag} must be >= {least}, got {options[flag]}")
+  _check_pod_names(options)
+  if options["format"] == "indexed-job":
+    # Each Job would be its own workload, admitted apart (no gang), and a
+    # data service Job never ends (its TTL never fires).
+    for flag in ("queue", "data_service_workers"):
+      if options[flag]:
+        raise LaunchError(
+          f"--{flag} needs --format=jobset: with Indexed Jobs "
+          + (
+            "Kueue admits each role apart"
+            if flag == "queue"
+            else "the data service pods would outlive training"
+          )
+        )
   try:
     trainer = trainer_flags.parse(trainer_args)
   except UserError as e:
@@ -271,7 +316,7 @@ def _volumes(options):
   out = []
   for value in options["volume"]:
     claim, _, path = value.partition(":")
-    if not NAME.fullmatch(claim) or not path.startswith("/"):
+    if not CLAIM.fullmatch(claim) or not path.startswith("/"):
       raise LaunchError(
         f"--volume={value!r}: expected CLAIM:/mount/path (a "
         "PersistentVolumeClaim's name and where pods mount it)"

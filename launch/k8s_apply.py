@@ -70,32 +70,48 @@ def apply(options: dict[str, Any], job, objects) -> None:
   """Creates `objects` in the cluster and says how to follow the job.
 
   Raises:
-    LaunchError: one line (exists already, no JobSet controller, no cluster).
+    LaunchError: one line (exists already, no JobSet controller, no such
+      namespace, no cluster).
   """
+  client = _clients(options)  # Before a build: a cluster to submit to.
   if not options["image"]:
     _ensure_image(options, job)
-  client = _clients(options)
   from kubernetes.client.rest import ApiException
 
   namespace = job.namespace
+  # Jobs first: the headless Service of the Indexed-Job form is then owned
+  # by the chief's Job, and deleted with it (its TTL included).
+  ordered = sorted(objects, key=lambda o: o["kind"] == "Service")
+  chief = None
   try:
-    for obj in objects:
+    for obj in ordered:
       kind = obj["kind"]
       if kind == "JobSet":
         client.CustomObjectsApi().create_namespaced_custom_object(
-          JOBSET_GROUP, JOBSET_VERSION, namespace, JOBSET_PLURAL, obj
+          JOBSET_GROUP,
+          JOBSET_VERSION,
+          namespace,
+          JOBSET_PLURAL,
+          obj,
+          field_validation="Strict",
         )
-      elif kind == "Service":
-        client.CoreV1Api().create_namespaced_service(namespace, obj)
+      elif kind == "Job":
+        created = client.BatchV1Api().create_namespaced_job(
+          namespace, obj, field_validation="Strict"
+        )
+        if obj["metadata"]["name"].endswith(f"-{k8s_manifests.CHIEF}"):
+          chief = created
       else:
-        client.BatchV1Api().create_namespaced_job(namespace, obj)
+        if chief is not None:
+          obj = _owned_by(obj, chief)
+        client.CoreV1Api().create_namespaced_service(
+          namespace, obj, field_validation="Strict"
+        )
       print(f"Created {kind} {namespace}/{obj['metadata']['name']}", flush=True)
   except ApiException as e:
     raise LaunchError(_api_error(e, job)) from None
-  except Exception as e:  # Connection refused, DNS, TLS.
-    raise LaunchError(
-      f"cannot reach the cluster: {type(e).__name__}: {e}"
-    ) from None
+  except (OSError, _url_errors()) as e:
+    raise LaunchError(_unreachable(e)) from None
   selector = (
     f"jobset.sigs.k8s.io/jobset-name={job.name},"
     f"jobset.sigs.k8s.io/replicatedjob-name={k8s_manifests.CHIEF}"
@@ -111,7 +127,41 @@ def apply(options: dict[str, Any], job, objects) -> None:
   )
 
 
+def _owned_by(obj, job):
+  owner = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "name": job.metadata.name,
+    "uid": job.metadata.uid,
+  }
+  return {**obj, "metadata": {**obj["metadata"], "ownerReferences": [owner]}}
+
+
+def _url_errors():
+  import urllib3
+
+  return urllib3.exceptions.HTTPError
+
+
+def _unreachable(error):
+  return (
+    f"cannot reach the cluster ({type(error).__name__}: {error}); check "
+    "kubectl config current-context"
+  )
+
+
 def _api_error(error, job):
+  import json
+
+  try:
+    details = json.loads(error.body or "{}").get("details") or {}
+  except ValueError:
+    details = {}
+  if error.status == 404 and details.get("kind") == "namespaces":
+    return (
+      f"namespace {job.namespace} does not exist: kubectl create namespace "
+      f"{job.namespace}, or pass another --namespace"
+    )
   if error.status == 409:
     return (
       f"{job.name} already exists in namespace {job.namespace}: pick another "
@@ -141,16 +191,22 @@ def delete(options: dict[str, Any], name: str) -> None:
         JOBSET_GROUP, JOBSET_VERSION, namespace, JOBSET_PLURAL, name, body=body
       )
     else:
-      client.BatchV1Api().delete_collection_namespaced_job(
-        namespace,
-        label_selector=f"{k8s_manifests.RUN_LABEL}={name}",
-        propagation_policy="Foreground",
+      jobs = client.BatchV1Api()
+      selector = (
+        f"{k8s_manifests.RUN_LABEL}={name},"
+        f"{k8s_manifests.FORMAT_LABEL}=indexed-job"
       )
-      client.CoreV1Api().delete_namespaced_service(name, namespace)
+      if not jobs.list_namespaced_job(namespace, label_selector=selector).items:
+        raise LaunchError(f"no indexed-job {name} in namespace {namespace}")
+      jobs.delete_collection_namespaced_job(
+        namespace, label_selector=selector, propagation_policy="Foreground"
+      )
   except ApiException as e:
     if e.status == 404:
       raise LaunchError(
         f"no {options['format']} {name} in namespace {namespace}"
       ) from None
     raise LaunchError(f"the cluster refused ({e.status} {e.reason})") from None
+  except (OSError, _url_errors()) as e:
+    raise LaunchError(_unreachable(e)) from None
   print(f"Deleted {name} from namespace {namespace}", flush=True)

@@ -34,8 +34,11 @@ CONTAINER = "trainer"
 APP_LABEL = "app.kubernetes.io/name"
 RUN_LABEL = "alexnet-tf/run"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-# The trainer's exit code for "preempted, run again" (trainer.errors): a
-# restart that the failure policy does not count against --max_restarts.
+FORMAT_LABEL = "alexnet-tf/format"
+# The trainer's exit code for "preempted (SIGTERM), saved, run again"
+# (trainer.errors): a restart that the failure policy does not count against
+# --max_restarts. Its "peer or storage stopped answering" (69) is counted: a
+# worker that crashes for good would otherwise restart the set forever.
 PREEMPTED_EXIT_CODE = 75
 # The pod's environment that launch.k8s_pod reads.
 ENV_ROLE = "ALEXNET_ROLE"
@@ -141,13 +144,17 @@ def manifests(job: Job) -> list[dict[str, Any]]:
 
 def _labels(job: Job) -> dict[str, str]:
   labels = {APP_LABEL: "alexnet-tf", RUN_LABEL: job.name}
-  if job.queue:
-    labels[QUEUE_LABEL] = job.queue
+  if job.format != "jobset":
+    # --delete's selector: never a JobSet's own child Jobs.
+    labels[FORMAT_LABEL] = job.format
   return labels
 
 
 def _metadata(job: Job, name: str) -> dict[str, Any]:
-  return {"name": name, "namespace": job.namespace, "labels": _labels(job)}
+  labels = _labels(job)
+  if job.queue:  # The workload Kueue admits: the JobSet, as one.
+    labels[QUEUE_LABEL] = job.queue
+  return {"name": name, "namespace": job.namespace, "labels": labels}
 
 
 def jobset(job: Job) -> dict[str, Any]:
@@ -257,6 +264,9 @@ def pod_spec(job: Job, role: Role, subdomain: str = "") -> dict[str, Any]:
   }
   spec: dict[str, Any] = {
     "restartPolicy": "Never",
+    # The pause container is PID 1: SIGTERM then reaches the trainer and
+    # the data service with its default action (PID 1 would ignore it).
+    "shareProcessNamespace": True,
     # SIGTERM first: the trainer checkpoints and exits 75 within this.
     "terminationGracePeriodSeconds": job.grace_secs,
     "containers": [container],

@@ -537,7 +537,7 @@ GKE_TPU_SLICES = (
   GkeTpuSlice("tpu-v4-podslice", "2x2x1", 4),
 )
 # cloud.google.com/gke-accelerator values of the GPUs GKE offers that this
-# package's image runs (CUDA 12.5: compute capability 5.0 and up).
+# package's image runs (TensorFlow 2.18+: compute capability 6.0 and up).
 GKE_GPU_ACCELERATORS = (
   "nvidia-tesla-t4",
   "nvidia-tesla-v100",

@@ -1,14 +1,18 @@
 """A stand-in Kubernetes API server on 127.0.0.1 that records the objects
 it receives, for the real `kubernetes` client (pointed at it by a kubeconfig
-this writes). It creates and deletes JobSets, Jobs and Services by name,
-answering 409 for a name it has and 404 for one it has not; without_jobset
-makes it a cluster with no JobSet controller (404 on that API)."""
+this writes). It creates, lists and deletes JobSets, Jobs and Services by
+name or label, answering 409 for a name it has, 404 for one it has not and
+for a namespace other than "default" (as the API server does, naming the
+namespace); deleting a Job deletes what it owns (the garbage collector's
+work). without_jobset makes it a cluster with no JobSet controller."""
 
 import http.server
 import json
 import os
 import re
 import threading
+import urllib.parse
+import uuid
 
 PATHS = {
   "JobSet": r"/apis/jobset\.x-k8s\.io/v1alpha2/namespaces/([^/]+)/jobsets",
@@ -62,11 +66,33 @@ class FakeKubeApi:
             404, "NotFound", f"the server could not find {self.path}"
           )
         kind, namespace, _ = route
+        if namespace != "default":
+          return self._reply(
+            404,
+            {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+             "reason": "NotFound", "code": 404,
+             "message": f'namespaces "{namespace}" not found',
+             "details": {"name": namespace, "kind": "namespaces"}},
+          )  # fmt: skip
         key = (kind, namespace, body["metadata"]["name"])
         if key in fake.objects:
           return self._status(409, "AlreadyExists", f"{key} already exists")
+        body["metadata"]["uid"] = str(uuid.uuid4())
         fake.objects[key] = body
         self._reply(201, body)
+
+      def do_GET(self):
+        fake.requests.append(("GET", self.path))
+        route = self._route()
+        if not route or route[2] is not None:
+          return self._status(404, "NotFound", self.path)
+        kind, namespace, _ = route
+        items = fake.matching(kind, namespace, self.path)
+        self._reply(
+          200,
+          {"kind": f"{kind}List", "apiVersion": "v1", "metadata": {},
+           "items": items},
+        )  # fmt: skip
 
       def do_DELETE(self):
         fake.requests.append(("DELETE", self.path))
@@ -75,27 +101,48 @@ class FakeKubeApi:
           return self._status(404, "NotFound", self.path)
         kind, namespace, name = route
         if name is None:  # A collection, by label selector.
-          selector = re.search(r"labelSelector=([^&]+)", self.path).group(1)
-          label, _, value = (
-            selector.replace("%3D", "=").replace("%2F", "/").partition("=")
-          )
-          for key in [
-            k for k, o in fake.objects.items()
-            if k[0] == kind and k[1] == namespace
-            and o["metadata"].get("labels", {}).get(label) == value
-          ]:  # fmt: skip
-            del fake.objects[key]
+          for obj in fake.matching(kind, namespace, self.path):
+            fake.delete((kind, namespace, obj["metadata"]["name"]))
           return self._reply(200, {"kind": "Status", "status": "Success"})
         if (kind, namespace, name) not in fake.objects:
           return self._status(404, "NotFound", f"{name} not found")
         # As the API server does: the object, now being deleted.
-        self._reply(200, fake.objects.pop((kind, namespace, name)))
+        self._reply(200, fake.delete((kind, namespace, name)))
 
     self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
     self.thread = threading.Thread(
       target=self.server.serve_forever, daemon=True
     )
+
+  def matching(self, kind, namespace, path):
+    """The objects of `kind` in `namespace` that the labelSelector of
+    `path` (a=b,c=d) selects."""
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(path).query)
+    wanted = dict(
+      term.split("=", 1)
+      for term in (query.get("labelSelector") or [""])[0].split(",")
+      if term
+    )
+    return [
+      o
+      for (k, ns, _), o in self.objects.items()
+      if k == kind
+      and ns == namespace
+      and all(
+        o["metadata"].get("labels", {}).get(a) == b for a, b in wanted.items()
+      )
+    ]
+
+  def delete(self, key):
+    """Deletes the object and, as the garbage collector does, what it owns."""
+    obj = self.objects.pop(key)
+    uid = obj["metadata"].get("uid")
+    for other, owned in list(self.objects.items()):
+      owners = owned["metadata"].get("ownerReferences", [])
+      if any(o["uid"] == uid for o in owners):
+        self.delete(other)
+    return obj
 
   def kubeconfig(self, directory):
     """Writes a kubeconfig for this server; returns its path."""

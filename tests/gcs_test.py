@@ -244,9 +244,9 @@ def test_transient_storage_errors_are_retried_not_skipped(gcs, cache_dir):
 
 def test_storage_that_stays_down_is_one_line_and_a_restart(gcs, run_cli):
   """Past TensorFlow's GCS retries (2 here, GCS_RETRY_CONFIG_MAX_RETRIES) a
-  shard that keeps answering 503 ends the run with one line and exit 75
-  ("run again": Vertex AI and JobSet restarts resume it), not a traceback
-  nor a damaged-data line."""
+  shard that keeps answering 503 ends the run with one line and exit 69
+  (EX_UNAVAILABLE: a restart resumes it), not a traceback nor a
+  damaged-data line."""
   import data_test
 
   local = data_test.write_set(os.path.join(gcs.directory, "down"), 2, 8)
@@ -277,7 +277,7 @@ def test_storage_that_stays_down_is_one_line_and_a_restart(gcs, run_cli):
     },
     timeout=300,
   )
-  assert result.returncode == 75, result.stdout[-2000:] + result.stderr[-3000:]
+  assert result.returncode == 69, result.stdout[-2000:] + result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
   assert len(errors) == 1, result.stderr[-3000:]

@@ -56,7 +56,8 @@ def test_a_typo_is_one_line_in_under_a_second():
   [
     ["--workers=2", "--accelerator=nvidia-l4"],
     ["--accelerator=tpu-v5-lite-podslice", "--tpu_topology=2x4"],
-    ["--workers=2", "--data_service_workers=2", "--format=indexed-job"],
+    ["--workers=2", "--data_service_workers=2"],
+    ["--workers=2", "--format=indexed-job"],
   ],
 )
 def test_dry_run_prints_schema_valid_yaml(shape):
@@ -92,7 +93,10 @@ def test_apply_and_delete_through_the_real_client(tmp_path):
     applied = launch("--apply", *args, env=env)
     assert applied.returncode == 0, applied.stderr
     (expected,) = yaml.safe_load_all(dry.stdout)
+    (received,) = api.objects.values()
+    del received["metadata"]["uid"]  # The server's.
     assert api.objects == {("JobSet", "default", "run1"): expected}
+    assert "fieldValidation=Strict" in api.requests[0][1], api.requests
     assert "Submitted run1. Follow the chief:" in applied.stdout
     assert (
       "kubectl logs -f -n default -l jobset.sigs.k8s.io/jobset-name=run1,"
@@ -120,9 +124,26 @@ def test_apply_and_delete_through_the_real_client(tmp_path):
       ("Job", "default", "run1-worker"),
       ("Service", "default", "run1"),
     ]
+    # The Service goes with the chief's Job (its TTL, or --delete).
+    (owner,) = api.objects[("Service", "default", "run1")]["metadata"][
+      "ownerReferences"
+    ]
+    chief = api.objects[("Job", "default", "run1-chief")]
+    assert owner["uid"] == chief["metadata"]["uid"]
     gone = launch("--delete=run1", "--format=indexed-job", env=env)
     assert gone.returncode == 0, gone.stderr
     assert api.objects == {}
+    nothing = launch("--delete=run1", "--format=indexed-job", env=env)
+    assert nothing.returncode == 1
+    assert nothing.stderr.strip() == (
+      "Error: no indexed-job run1 in namespace default"
+    )
+    elsewhere = launch("--apply", "--namespace=ml", *args, env=env)
+    assert elsewhere.returncode == 1
+    assert elsewhere.stderr.strip() == (
+      "Error: namespace ml does not exist: kubectl create namespace ml, or "
+      "pass another --namespace"
+    )
 
 
 def test_a_cluster_without_jobset_says_how_to_install_it(tmp_path):

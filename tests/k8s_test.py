@@ -101,7 +101,13 @@ def test_every_jobset_is_valid(shape):
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_every_indexed_job_and_service_is_valid(shape):
-  objects = _manifests(format="indexed-job", **SHAPES[shape])
+  # The JobSet-only options left out (their refusal is tested below).
+  changes = {
+    k: v
+    for k, v in SHAPES[shape].items()
+    if k not in ("queue", "data_service_workers")
+  }
+  objects = _manifests(format="indexed-job", **changes)
   assert [o["kind"] for o in objects][:2] == ["Service", "Job"]
   for obj in objects:
     validate_core(obj)
@@ -150,6 +156,8 @@ def test_the_manifest_asks_for_what_the_shape_needs():
   )  # fmt: skip
   spec = jobset["spec"]
   assert jobset["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+  # Kueue admits the JobSet as one workload: its children carry no queue.
+  assert "kueue" not in json.dumps(jobset["spec"])
   assert [r["name"] for r in spec["replicatedJobs"]] == [
     "chief", "worker", "dispatcher", "data-worker",
   ]  # fmt: skip
@@ -166,6 +174,8 @@ def test_the_manifest_asks_for_what_the_shape_needs():
   }
   assert pods["chief"]["serviceAccountName"] == "trainer-ksa"
   assert "nodeSelector" not in pods["dispatcher"]
+  # SIGTERM reaches the trainer: it is not PID 1.
+  assert all(p["shareProcessNamespace"] for p in pods.values())
   assert chief["args"][-3:] == [
     "--strategy=multi_worker",
     "--data_service=grpc://run1-dispatcher-0-0.run1:5050",
@@ -206,6 +216,22 @@ def test_the_manifest_asks_for_what_the_shape_needs():
     (dict(volume=["shared"]), [], "--volume='shared': expected CLAIM:/mount"),
     ({}, ["--train_data=/data/train-*"], "is a local path"),
     (dict(image=""), [], "--image=URI or --project"),
+    (
+      dict(format="indexed-job", queue="q"),
+      [],
+      "--queue needs --format=jobset",
+    ),
+    (
+      dict(format="indexed-job", data_service_workers=1),
+      [],
+      "--data_service_workers needs --format=jobset",
+    ),
+    (dict(max_restarts=-1), [], "--max_restarts must be >= 0"),
+    (
+      dict(name="a" * 40, data_service_workers=101),
+      [],
+      "its pods' names would reach 64 characters",
+    ),
   ],
 )
 def test_bad_flags_are_one_line(changes, trainer, fragment):

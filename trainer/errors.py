@@ -5,6 +5,11 @@ import sys
 
 USAGE_EXIT_CODE = 2  # a bad flag or flag value; other user errors exit 1
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL, "try again": the run resumes.
+# EX_UNAVAILABLE: storage or a peer stopped answering. The run resumes when
+# run again too, but an orchestrator counts it as a failure (a worker that
+# crashes for good leaves its peers unanswered: restarting them uncounted,
+# as after a preemption, would loop forever).
+UNANSWERED_EXIT_CODE = 69
 
 
 class UserError(Exception):
@@ -23,7 +28,7 @@ class TrainingError(UserError):
 class Unanswered(TrainingError):
   """Storage or another worker stopped answering after TensorFlow's own
   retries: nothing is wrong with the data, so the run exits with
-  PREEMPTED_EXIT_CODE and resumes when run again (Vertex AI and JobSet
+  UNANSWERED_EXIT_CODE and resumes when run again (Vertex AI and JobSet
   restarts do that)."""
 
 

@@ -94,7 +94,7 @@ def main(argv):
   except UserError as e:
     print(f"Error: {e}", file=sys.stderr)
     if isinstance(e, errors.Unanswered):
-      return PREEMPTED_EXIT_CODE
+      return errors.UNANSWERED_EXIT_CODE
     return errors.USAGE_EXIT_CODE if isinstance(e, errors.UsageError) else 1
   from trainer import logs
 
