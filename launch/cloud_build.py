@@ -10,7 +10,9 @@ fixes it. The clients are imported only here, only when called; an http://
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
 import time
 from typing import Any
@@ -100,30 +102,36 @@ def find_image(options: dict[str, Any], build: image_build.ImageBuild) -> bool:
 def preflight(
   options: dict[str, Any], needs_build: bool, submits_job: bool
 ) -> None:
-  """Everything the build and the job need that can be seen before anything
-  is uploaded: the APIs, the repository (created with --create_repository),
-  and the build's and Vertex AI's accounts' roles.
+  """What the build and the job need beyond the registry (check_registry):
+  the Cloud Build API when building, and the accounts' roles.
 
   Raises:
     LaunchError: one line naming the gcloud command that fixes it.
   """
   project = options["project"]
-  _check_apis(
-    options,
-    [ARTIFACT_REGISTRY_API] + ([CLOUD_BUILD_API] if needs_build else []),
-  )
-  repository = _check_repository(options)
+  if needs_build:
+    _check_apis(options, [CLOUD_BUILD_API])
   if options["skip_permission_check"]:
     return
   number = _project_number(options)
-  bindings = _bindings(options, repository)
+  bindings = _bindings(options)
+  if bindings is None:
+    return
   # Who pulls the image: Vertex AI's service agent, or (launch.k8s) the
   # cluster nodes' account.
   puller = (
     options.get("pull_account")
     or "service-{number}@gcp-sa-aiplatform-cc.iam.gserviceaccount.com"
   ).format(number=number)
-  if not _granted(bindings, [puller], PULL_ROLES):
+  if not any(f"serviceAccount:{puller}" in m for m in bindings.values()):
+    # Vertex AI creates its agent (and grants its role) with a project's
+    # first job: nothing to judge yet.
+    print(
+      f"Note: {puller} has no role in project {project} yet; if the job "
+      "cannot pull the image, grant it roles/artifactregistry.reader",
+      flush=True,
+    )
+  elif not _granted(bindings, [puller], PULL_ROLES):
     raise LaunchError(_grant_line(options, puller, "reader", "pull"))
   if not needs_build:
     return
@@ -145,6 +153,45 @@ def preflight(
       f"jobs: gcloud projects add-iam-policy-binding {project} "
       f"--member=serviceAccount:{builders[0]} --role=roles/aiplatform.user"
     )
+
+
+def check_registry(options: dict[str, Any]):
+  """The Artifact Registry API enabled and the Docker repository present
+  (created with --create_repository, never unasked). Returns it.
+
+  Raises:
+    LaunchError: one line naming the gcloud command that fixes it.
+  """
+  from google.cloud import artifactregistry_v1
+
+  _check_apis(options, [ARTIFACT_REGISTRY_API])
+  repository = _check_repository(options)
+  if repository.format_ != artifactregistry_v1.Repository.Format.DOCKER:
+    raise LaunchError(
+      f"--repository={options['repository']} holds "
+      f"{artifactregistry_v1.Repository.Format(repository.format_).name} "
+      "packages, not Docker images: name a Docker repository"
+    )
+  return repository
+
+
+@contextlib.contextmanager
+def _one_line(doing: str):
+  """A Google API's refusal while `doing`, as one LaunchError line."""
+  from google.api_core import exceptions
+
+  try:
+    yield
+  except exceptions.GoogleAPICallError as e:
+    hint = (
+      " (the roles this needs: Permissions in the Vertex AI docs)"
+      if e.code == 403
+      else ""
+    )
+    # REST errors begin "GET https://...: "; the rest is the reason.
+    message = re.sub(r"^[A-Z]+ \S+: ", "", " ".join(str(e.message).split()))
+    message = message[:200]
+    raise LaunchError(f"{doing}: {e.code} {message}{hint}") from None
 
 
 def _check_apis(options, apis):
@@ -205,16 +252,28 @@ def _project_number(options):
   return project.name.split("/")[-1]
 
 
-def _bindings(options, repository):
-  """{role: members} granted on the repository or the project."""
+def _bindings(options):
+  """{role: members} granted on the repository or the project; None when
+  the policies cannot be read (said in a line: the check is skipped)."""
+  from google.api_core import exceptions
   from google.cloud import resourcemanager_v3
 
-  policies = [
-    _registry(options).get_iam_policy(request={"resource": repository.name}),
-    _client(resourcemanager_v3.ProjectsClient, options).get_iam_policy(
-      request={"resource": f"projects/{options['project']}"}
-    ),
-  ]
+  try:
+    policies = [
+      _registry(options).get_iam_policy(
+        request={"resource": _repository_name(options)}
+      ),
+      _client(resourcemanager_v3.ProjectsClient, options).get_iam_policy(
+        request={"resource": f"projects/{options['project']}"}
+      ),
+    ]
+  except (exceptions.PermissionDenied, exceptions.Forbidden):
+    print(
+      "Note: cannot read the repository's and the project's IAM policies: "
+      "who may push and pull is not checked",
+      flush=True,
+    )
+    return None
   granted: dict[str, set[str]] = {}
   for policy in policies:
     for binding in policy.bindings:
@@ -257,9 +316,9 @@ def start_build(
     print(f"Uploading the build context to {build.context_uri}", flush=True)
     vertex_submit.upload(tarball, build.context_uri, options["project"])
   client = _client(cloudbuild_v1.CloudBuildClient, options)
+  # parent only (no project_id): the build runs in --region, not global.
   operation = client.create_build(
     parent=f"projects/{options['project']}/locations/{options['region']}",
-    project_id=options["project"],
     build=cloudbuild_v1.Build.from_json(_json(request)),
   )
   started = operation.metadata.build
@@ -284,9 +343,7 @@ def wait_for_build(
   last = None
   started = time.time()
   while True:
-    build = client.get_build(
-      name=name, project_id=options["project"], id=name.split("/")[-1]
-    )
+    build = client.get_build(name=name)
     status = cloudbuild_v1.Build.Status(build.status).name
     if status != last:
       print(
@@ -355,8 +412,10 @@ def ensure_image(
   Raises:
     LaunchError: a preflight problem, or a failed build.
   """
-  exists = find_image(options, build)
-  preflight(options, needs_build=not exists, submits_job=options["no_wait"])
+  with _one_line("checking the image's registry"):
+    check_registry(options)
+    exists = find_image(options, build)
+    preflight(options, needs_build=not exists, submits_job=options["no_wait"])
   if exists:
     print(f"Reusing {build.image} (Artifact Registry has it)", flush=True)
     return False
@@ -364,7 +423,8 @@ def ensure_image(
   request = build_request_for(
     options, build, job_request if hands_job else None
   )
-  name, log_url = start_build(options, build, request)
+  with _one_line("starting the image build"):
+    name, log_url = start_build(options, build, request)
   print(
     f"Building {build.image} from {build.dockerfile} with Cloud Build (a "
     f"first CUDA image takes several minutes). Log: {log_url}",
@@ -378,7 +438,8 @@ def ensure_image(
       flush=True,
     )
     return True
-  wait_for_build(options, name, log_url, poll_secs)
+  with _one_line("following the image build"):
+    wait_for_build(options, name, log_url, poll_secs)
   return False
 
 

@@ -60,10 +60,23 @@ def copied_paths(dockerfile_text: str) -> list[str]:
   sources = []
   for line in dockerfile_text.splitlines():
     words = line.split("#", 1)[0].split()
-    if not words or words[0].upper() != "COPY":
+    if not words or words[0].upper() not in ("COPY", "ADD"):
       continue
+    # What the hash cannot follow is refused, not silently left out.
+    if (
+      words[0].upper() == "ADD"
+      or words[1].startswith("[")
+      or any(w.startswith("--from") for w in words)
+    ):
+      raise ValueError(
+        f"cannot tell the files of {line.strip()!r}: the image's tag "
+        "hashes plain COPY SOURCE... DEST lines only"
+      )
     arguments = [w for w in words[1:] if not w.startswith("--")]
-    sources.extend(arguments[:-1])  # The last is the destination.
+    for source in arguments[:-1]:  # The last is the destination.
+      if os.path.isabs(source) or ".." in source.split("/"):
+        raise ValueError(f"COPY source {source!r} is outside the build context")
+      sources.append(source)
   return sources
 
 
@@ -134,7 +147,9 @@ def plan(
     files=files,
     content_hash=tag,
     image=image,
-    context_uri=f"{staging.rstrip('/')}/{name}-build/{tag}.tar.gz",
+    context_uri=(
+      f"{staging.rstrip('/')}/{name}-build/{tag}.tar.gz" if staging else ""
+    ),
   )
 
 
@@ -175,6 +190,8 @@ def build_request(
     then_submit: (Vertex AI REST URL, request body): a last step posts the
       job once the image is pushed (launch.vertex --no_wait).
   """
+  if not build.context_uri.startswith("gs://"):
+    raise ValueError("no gs:// staging path for the build context")
   bucket, _, name = build.context_uri[len("gs://") :].partition("/")
   # Each build runs on a fresh machine: the last image built (":latest")
   # is pulled first so that a code change rebuilds only the layers from the
@@ -194,6 +211,10 @@ def build_request(
         build.dockerfile,
         "--cache-from",
         latest,
+        # Layer cache metadata in the image, so that the next build's
+        # --cache-from can use it under BuildKit too.
+        "--build-arg",
+        "BUILDKIT_INLINE_CACHE=1",
         "-t",
         build.image,
         "-t",

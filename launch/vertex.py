@@ -406,6 +406,11 @@ def main(argv):
   trainer_args = argv[1:]
   options = options_from_flags()
   try:
+    if FLAGS.no_wait and FLAGS.wait:
+      raise LaunchError(
+        "--no_wait and --wait exclude each other: --no_wait returns before "
+        "the job exists"
+      )
     trainer = validate(options, trainer_args)
     parameters = tuning.validate(options, trainer_args, trainer)
   except (LaunchError, tuning.TuningError) as e:
@@ -419,7 +424,7 @@ def main(argv):
     # This package's own image, tagged by its content.
     try:
       build = image_build.plan(options)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
       print(f"Error: {e}", file=sys.stderr)
       return 2
     options = {**options, "container_image": build.image}

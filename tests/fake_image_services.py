@@ -43,6 +43,8 @@ class FakeImageServices:
         "members": [f"serviceAccount:{BUILDER}"],
       },
     ]
+    self.repository_format = 1  # DOCKER (2 is MAVEN)
+    self.forbidden = set()  # paths (substrings) answered 403
     self.build_outcome = "SUCCESS"
     self.builds = []  # The requests, in order.
     self._build_gets = {}
@@ -51,6 +53,11 @@ class FakeImageServices:
   def handle(self, method, path, body):
     """(status, JSON body) for a path this stand-in serves, else None."""
     self.requests.append((method, path))
+    if any(part in path for part in self.forbidden):
+      return 403, {
+        "error": {"code": 403, "message": "Permission denied on resource",
+                  "status": "PERMISSION_DENIED"}
+      }  # fmt: skip
     path, _, query = path.partition("?")
     self._query = urllib.parse.parse_qs(query)
     prefix = f"/v1/projects/{self.project}"
@@ -71,11 +78,12 @@ class FakeImageServices:
       return self._repository(method, repository.group(1), repository.group(2))
     if path == f"{location}/repositories" and method == "POST":
       return self._create_repository(body)
-    if path in (f"{location}/builds", f"{prefix}/builds") and method == "POST":
+    # Regional builds only: the global paths are not served.
+    if path == f"{location}/builds" and method == "POST":
       return self._create_build(body)
-    build = re.fullmatch(rf"({location}|{prefix})/builds/([^/]+)", path)
+    build = re.fullmatch(rf"{location}/builds/([^/]+)", path)
     if build:
-      return self._get_build(build.group(2))
+      return self._get_build(build.group(1))
     return None
 
   def _repository(self, method, name, rest):
@@ -85,7 +93,7 @@ class FakeImageServices:
     if name not in self.repositories:
       return 404, _not_found(full)
     if not rest:
-      return 200, {"name": full, "format": 1}
+      return 200, {"name": full, "format": self.repository_format}
     if rest == ":getIamPolicy":
       return 200, {"bindings": self.repository_bindings}
     tag = re.fullmatch(r"/packages/([^/]+)/tags/([^/]+)", rest)

@@ -6,6 +6,8 @@ import os
 import shutil
 import tarfile
 
+import pytest
+
 from launch import image_build
 from launch import vertex
 
@@ -141,18 +143,28 @@ def test_a_rebuild_starts_from_the_last_image_built():
   steps = image_build.build_request(build)["steps"]
   assert steps[0]["args"] == ["-c", f"docker pull {latest} || exit 0"]
   assert steps[1]["args"] == [
-    "build",
-    "-f",
-    "Dockerfile",
-    "--cache-from",
-    latest,
-    "-t",
-    build.image,
-    "-t",
-    latest,
-    ".",
-  ]
+    "build", "-f", "Dockerfile", "--cache-from", latest,
+    "--build-arg", "BUILDKIT_INLINE_CACHE=1",
+    "-t", build.image, "-t", latest, ".",
+  ]  # fmt: skip
   assert [s["args"] for s in steps[2:]] == [
     ["push", build.image],
     ["push", latest],
   ]
+
+
+@pytest.mark.parametrize(
+  "line",
+  [
+    "ADD pkg/ pkg/",
+    'COPY ["setup.py", "./"]',
+    "COPY --from=builder /wheels /wheels",
+    "COPY /etc/passwd ./",
+    "COPY ../secrets ./",
+  ],
+)
+def test_what_the_hash_cannot_follow_is_refused(tmp_path, line):
+  root = _tree(tmp_path / "repo")
+  (root / "Dockerfile").write_text(f"FROM python:3.11-slim\n{line}\n")
+  with pytest.raises(ValueError):
+    image_build.context_files("Dockerfile", str(root))

@@ -140,6 +140,18 @@ def _no_api(services):
   services.enabled.discard("cloudbuild.googleapis.com")
 
 
+def _no_registry_api(services):
+  services.enabled.discard("artifactregistry.googleapis.com")
+
+
+def _maven_repository(services):
+  services.repository_format = 2
+
+
+def _cannot_read_tags(services):
+  services.forbidden.add("/tags/")
+
+
 def _no_repository(services):
   services.repositories.clear()
 
@@ -149,8 +161,12 @@ def _no_push(services):
 
 
 def _no_pull(services):
+  # The agent has a role in the project, but not one that pulls.
   services.project_bindings = [
-    b for b in services.project_bindings if VERTEX_AGENT not in b["members"][0]
+    {"role": "roles/viewer", "members": [f"serviceAccount:{VERTEX_AGENT}"]}
+    if VERTEX_AGENT in b["members"][0]
+    else b
+    for b in services.project_bindings
   ]
 
 
@@ -161,6 +177,20 @@ def _no_pull(services):
       _no_api,
       "Error: the Cloud Build API is not enabled in project proj: gcloud "
       "services enable cloudbuild.googleapis.com --project=proj",
+    ),
+    (
+      _no_registry_api,
+      "Error: the Artifact Registry API is not enabled in project proj: "
+      "gcloud services enable artifactregistry.googleapis.com --project=proj",
+    ),
+    (
+      _maven_repository,
+      "Error: --repository=alexnet holds MAVEN packages, not Docker images",
+    ),
+    (
+      _cannot_read_tags,
+      "Error: checking the image's registry: 403 Permission denied on "
+      "resource (the roles this needs: Permissions in the Vertex AI docs)",
     ),
     (
       _no_repository,
@@ -260,3 +290,27 @@ def test_dry_run_shows_the_build_or_the_reused_image_and_starts_nothing(gcs):
     assert _jobs(fake) == []
   assert services.builds == []
   assert not [m for m, _ in services.requests if m == "POST"]
+
+
+def test_what_cannot_be_judged_is_said_and_does_not_stop_the_job(gcs):
+  """Vertex AI's agent with no role yet (before a project's first job), and
+  IAM policies the user may not read: a note each, and the job goes on."""
+  services = FakeImageServices()
+  services.project_bindings = [
+    b for b in services.project_bindings if VERTEX_AGENT not in b["members"][0]
+  ]
+  with FakeVertex(services=services) as fake:
+    first = launch(fake, gcs, "--display_name=agentless")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (
+      f"Note: {VERTEX_AGENT} has no role in project proj yet" in first.stdout
+    )
+    services.forbidden.add(":getIamPolicy")
+    services.tags.clear()
+    second = launch(fake, gcs, "--display_name=unreadable")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (
+      "Note: cannot read the repository's and the project's IAM"
+      in second.stdout
+    )
+    assert len(_jobs(fake)) == 2 and len(services.builds) == 2

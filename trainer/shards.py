@@ -205,7 +205,17 @@ def _wait_for_counts(files, counts_path, poll_secs=2.0):
 def count_each(files, ignore_errors=False):
   """Records in each file, read in parallel (eight files at a time) in one
   pipeline: a pipeline per file cost ~9 ms a file, 9.6 s for 1024 small
-  shards where this takes 0.12 s."""
+  shards where this takes 0.12 s.
+
+  With ignore_errors (the readable records of damaged files), a file that
+  cannot be opened at all raises, as without: ignore_errors would retry it
+  forever."""
+  if not files:
+    return ()
+  if ignore_errors:
+    for path in files:
+      if not tf.io.gfile.exists(path):
+        raise tf.errors.NotFoundError(None, None, f"{path} does not exist")
   paths = tf.constant(list(files))
 
   def records_of(index):
@@ -266,12 +276,16 @@ def damaged_data_message(error, named_files):
   files)]): the damaged file, found by reading each file again (a cost
   paid only after a failure), its flag and what to do."""
   for flag, files in named_files:
-    for path, problem in zip(files, _problems(files)):
-      if problem:
-        return (
-          f"--{flag}: {path} is damaged ({problem}); copy it again, or "
-          "read past it with --skip_corrupt (the rest of that file is lost)"
-        )
+    # Eight at a time, stopping at the first damaged file: at ImageNet's
+    # size a whole second read would be 140 GB.
+    for start in range(0, len(files), 8):
+      chunk = files[start : start + 8]
+      for path, problem in zip(chunk, _problems(chunk)):
+        if problem:
+          return (
+            f"--{flag}: {path} is damaged ({problem}); copy it again, or "
+            "read past it with --skip_corrupt (the rest of that file is lost)"
+          )
   # Every file reads whole from here (damage seen by a tf.data service
   # worker, or on its way from storage).
   flags_named = "/".join(f"--{flag}" for flag, _ in named_files)
