@@ -252,7 +252,7 @@ def _submit_step(url: str, body: dict) -> dict:
     "cat > /workspace/job.json <<'JOB'\n"
     f"{json.dumps(body, indent=1)}\n"
     "JOB\n"
-    'curl -fsS -X POST -H "Authorization: Bearer '
+    'curl -sS --fail-with-body -X POST -H "Authorization: Bearer '
     '$(gcloud auth print-access-token)" '
     '-H "Content-Type: application/json" '
     f"--data @/workspace/job.json {shlex.quote(url)}\n"

@@ -168,3 +168,54 @@ def test_what_the_hash_cannot_follow_is_refused(tmp_path, line):
   (root / "Dockerfile").write_text(f"FROM python:3.11-slim\n{line}\n")
   with pytest.raises(ValueError):
     image_build.context_files("Dockerfile", str(root))
+
+
+@pytest.mark.multiprocess  # bash runs the step
+def test_the_no_wait_step_posts_the_job_as_written(tmp_path):
+  """The build's last step, run by bash as Cloud Build would (after its $$
+  substitution), with stand-ins for gcloud and curl on PATH: curl posts
+  exactly the job request, with the build account's token, to Vertex AI.
+  (Cloud Build's /workspace is a scratch directory here.)"""
+  import json
+  import stat
+  import subprocess
+
+  options = vertex.default_options(
+    project="proj", base_output_dir="gs://bkt/runs/1"
+  )
+  build = image_build.plan(options)
+  job = {"displayName": "j", "jobSpec": {"args": ["--note=$HOME's 'x'"]}}
+  url = "https://us-central1-aiplatform.googleapis.com/v1/projects/proj/x"
+  (step,) = image_build.build_request(build, then_submit=(url, job))["steps"][
+    4:
+  ]
+  script = step["args"][1].replace("$$", "$")
+  script = script.replace("/workspace", str(tmp_path))
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  stubs = {
+    "gcloud": "#!/bin/sh\necho token-123\n",
+    "curl": '#!/bin/sh\nprintf "%s\\n" "$@" > "$CURL_ARGS"\n'
+    'for a in "$@"; do case "$a" in @*) cp "${a#@}" "$CURL_BODY";; esac; done\n',
+  }
+  for name, text in stubs.items():
+    path = bin_dir / name
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+  result = subprocess.run(
+    ["bash", "-c", script],
+    env={
+      "PATH": f"{bin_dir}:/usr/bin:/bin",
+      "CURL_ARGS": str(tmp_path / "args"),
+      "CURL_BODY": str(tmp_path / "body"),
+    },
+    capture_output=True,
+    text=True,
+    timeout=30,
+  )
+  assert result.returncode == 0, result.stderr
+  args = (tmp_path / "args").read_text().splitlines()
+  assert args[-1] == url
+  assert "Authorization: Bearer token-123" in args
+  assert "--fail-with-body" in args
+  assert json.loads((tmp_path / "body").read_text()) == job
