@@ -159,6 +159,8 @@ def define_flags(flag_values=FLAGS):
   )
 
 
+# The image's project in a manifest written without --image or --project.
+PROJECT_PLACEHOLDER = "PROJECT"
 NAME = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
 # A PersistentVolumeClaim's name: a DNS-1123 subdomain.
 CLAIM = re.compile(r"[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?")
@@ -198,9 +200,14 @@ def _check_pod_names(options):
 
 
 def build_job(
-  options: dict[str, Any], trainer_args: list[str]
+  options: dict[str, Any], trainer_args: list[str], writes_only: bool = False
 ) -> k8s_manifests.Job:
-  """The checked job. Raises LaunchError: one line naming the flag."""
+  """The checked job. With `writes_only` (a manifest to print or write, not
+  to apply) and no --image or --project, the image names PROJECT.
+
+  Raises:
+    LaunchError: one line naming the flag.
+  """
   name = options["name"]
   if not NAME.fullmatch(name):
     raise LaunchError(
@@ -234,12 +241,15 @@ def build_job(
   _check_trainer(options, config, kind, [path for _, path in volumes])
   image = options["image"]
   if not image:
-    if not options["project"]:
+    if not options["project"] and not writes_only:
       raise LaunchError(
         "--image=URI or --project (this package's image, built into "
         "Artifact Registry) is required"
       )
-    image = plan_image(options, tpu is not None).image
+    image = plan_image(
+      {**options, "project": options["project"] or PROJECT_PLACEHOLDER},
+      tpu is not None,
+    ).image
   job = k8s_manifests.Job(
     name=name,
     namespace=options["namespace"],
@@ -435,12 +445,18 @@ def main(argv):
   try:
     if FLAGS.apply and FLAGS.dry_run:
       raise LaunchError("--apply and --dry_run exclude each other")
-    job = build_job(options, argv[1:])
+    job = build_job(options, argv[1:], writes_only=not FLAGS.apply)
   except LaunchError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 2
   objects = k8s_manifests.manifests(job)
   text = to_yaml(objects)
+  if f"/{PROJECT_PLACEHOLDER}/" in job.image:
+    print(
+      f"Note: the image names project {PROJECT_PLACEHOLDER}: pass --project "
+      "(or --image) for one a cluster can pull",
+      file=sys.stderr,
+    )
   if FLAGS.out:
     os.makedirs(FLAGS.out, exist_ok=True)
     path = os.path.join(FLAGS.out, f"{job.name}.yaml")

@@ -215,7 +215,6 @@ def test_the_manifest_asks_for_what_the_shape_needs():
     (dict(volume=["shared:/mnt/a"]), ["--model_dir=/mnt/b/run"], "pods keep"),
     (dict(volume=["shared"]), [], "--volume='shared': expected CLAIM:/mount"),
     ({}, ["--train_data=/data/train-*"], "is a local path"),
-    (dict(image=""), [], "--image=URI or --project"),
     (
       dict(format="indexed-job", queue="q"),
       [],
@@ -307,3 +306,15 @@ def test_data_service_pods_serve_at_their_dns_names():
   ]
   with pytest.raises(ValueError, match="JOB_COMPLETION_INDEX not set"):
     k8s_pod.Pod({k: v for k, v in env.items() if k != "JOB_COMPLETION_INDEX"})
+
+
+def test_without_an_image_or_project_a_written_manifest_names_project():
+  """A manifest to read (--dry_run, --out) names this package's image in a
+  project called PROJECT; one to apply needs --image or --project."""
+  options = k8s.default_options(name="run1")
+  job = k8s.build_job(options, TRAINER, writes_only=True)
+  assert job.image.startswith(
+    "us-central1-docker.pkg.dev/PROJECT/alexnet/alexnet-tf:"
+  )
+  with pytest.raises(k8s.LaunchError, match="--image=URI or --project"):
+    k8s.build_job(options, TRAINER)
