@@ -192,17 +192,23 @@ class GcsEmulator:
         and line.split('"')[2].split()[:1] == [str(status)]
       ]
 
-  def blobs(self, bucket, prefix):
-    """{name: Blob} under `prefix`, read with the real storage client."""
+  def bucket(self, name):
+    """The bucket `name`, through the real google-cloud-storage client."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    client = storage.Client(
+    return storage.Client(
       project="test",
       credentials=AnonymousCredentials(),
       client_options={"api_endpoint": self.url},
-    )
-    return {b.name: b for b in client.list_blobs(bucket, prefix=prefix)}
+    ).bucket(name)
+
+  def blobs(self, bucket, prefix):
+    """{name: Blob} under `prefix`, read with the real storage client."""
+    return {
+      b.name: b
+      for b in self.bucket(bucket).client.list_blobs(bucket, prefix=prefix)
+    }
 
   def create_bucket(self, name):
     request = urllib.request.Request(

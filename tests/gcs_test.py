@@ -175,33 +175,35 @@ print("DIGEST", digest.hexdigest(), flush=True)
 """
 
 
+def _upload_set(gcs, prefix, num_files, per_file):
+  """data_test's records written locally, uploaded to alexnet-test/PREFIX/;
+  returns the file names."""
+  import data_test
+
+  local = data_test.write_set(
+    os.path.join(gcs.directory, prefix), num_files, per_file
+  )
+  bucket = gcs.bucket("alexnet-test")
+  names = [os.path.basename(path) for path in sorted(glob.glob(local))]
+  for name in names:
+    bucket.blob(f"{prefix}/{name}").upload_from_filename(
+      os.path.join(os.path.dirname(local), name)
+    )
+  return names
+
+
 def test_transient_storage_errors_are_retried_not_skipped(gcs, cache_dir):
   """503s from Cloud Storage while counting and reading (the first tries of
   one shard) are retried by TensorFlow's GCS client: --skip_corrupt counts
   and reads exactly the records of a run with no failures, and nothing is
   reported damaged. Control: the stand-in did answer 503s."""
-  import glob
-  import os
   import subprocess
   import sys
 
   from conftest import REPO
   from conftest import cli_env
-  import data_test
-  from google.auth.credentials import AnonymousCredentials
-  from google.cloud import storage
 
-  local = data_test.write_set(os.path.join(gcs.directory, "transient"), 4, 8)
-  bucket = storage.Client(
-    project="test",
-    credentials=AnonymousCredentials(),
-    client_options={"api_endpoint": gcs.url},
-  ).bucket("alexnet-test")
-  names = [os.path.basename(path) for path in sorted(glob.glob(local))]
-  for path in sorted(glob.glob(local)):
-    bucket.blob(f"transient/{os.path.basename(path)}").upload_from_filename(
-      path
-    )
+  names = _upload_set(gcs, "transient", 4, 8)
 
   def probe():
     return subprocess.run(
@@ -229,7 +231,9 @@ def test_transient_storage_errors_are_retried_not_skipped(gcs, cache_dir):
   # them, the training read.
   for counts_beside in (False, True):
     if counts_beside:
-      bucket.blob("transient/record_counts.json").upload_from_string(
+      gcs.bucket("alexnet-test").blob(
+        "transient/record_counts.json"
+      ).upload_from_string(
         json.dumps({"records_per_file": {n: 8 for n in names}})
       )
     failed_before = len(gcs.answered(503))
@@ -247,19 +251,7 @@ def test_storage_that_stays_down_is_one_line_and_a_restart(gcs, run_cli):
   shard that keeps answering 503 ends the run with one line and exit 69
   (EX_UNAVAILABLE: a restart resumes it), not a traceback nor a
   damaged-data line."""
-  import data_test
-
-  local = data_test.write_set(os.path.join(gcs.directory, "down"), 2, 8)
-  from google.auth.credentials import AnonymousCredentials
-  from google.cloud import storage
-
-  client = storage.Client(
-    project="test",
-    credentials=AnonymousCredentials(),
-    client_options={"api_endpoint": gcs.url},
-  ).bucket("alexnet-test")
-  for path in sorted(glob.glob(local)):
-    client.blob(f"down/{os.path.basename(path)}").upload_from_filename(path)
+  _upload_set(gcs, "down", 2, 8)
   gcs.fail_next("train-00001-of-00002", times=10000)
   result = run_cli(
     "trainer.task",
